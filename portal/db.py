@@ -1,0 +1,142 @@
+"""Database connection and schema management.
+
+:class:`Database` wraps one SQLAlchemy engine.  SQLite (the embedded default) is
+opened in WAL mode with a busy timeout, and every transaction starts with
+``BEGIN IMMEDIATE`` so writers queue on the database lock instead of failing to
+upgrade a read snapshot.  PostgreSQL is reached through ``postgresql+psycopg://``.
+
+The hub calls :meth:`Database.upgrade` at start-up: it runs ``alembic upgrade head``
+and refuses (:class:`SchemaTooNew`) a database whose revision this code does not know,
+which is what a database upgraded by a newer hybridhub looks like.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+DEFAULT_URL = "sqlite:///hybridhub.sqlite"
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+class SchemaTooNew(RuntimeError):
+    """The database carries an alembic revision this version of hybridhub does not know."""
+
+    def __init__(self, url: str, found: str, head: str):
+        self.found = found
+        self.head = head
+        super().__init__(
+            f"database {url} is at schema revision {found!r}, which this hybridhub does not "
+            f"know (its newest is {head!r}); it was probably upgraded by a newer hybridhub. "
+            "Run that newer version, or restore a backup made before the upgrade."
+        )
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An alembic :class:`Config` for hybridhub's migrations, built without an ini file."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest schema revision this code knows."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _setup_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from pysqlite so BEGIN IMMEDIATE can be issued.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+        if engine.url.database not in (None, "", ":memory:"):
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
+        cur.execute("PRAGMA foreign_keys = ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """One database: an engine, a session factory and schema upgrades."""
+
+    def __init__(self, url: str = DEFAULT_URL, **engine_kwargs: Any):
+        self.url = url
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite":
+            engine_kwargs.setdefault("connect_args", {})
+            engine_kwargs["connect_args"].setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
+            engine_kwargs["connect_args"].setdefault("check_same_thread", False)
+        else:
+            engine_kwargs.setdefault("pool_pre_ping", True)
+        self.engine: Engine = create_engine(url, **engine_kwargs)
+        if self.dialect == "sqlite":
+            _setup_sqlite(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def __repr__(self) -> str:
+        return f"Database({make_url(self.url).render_as_string(hide_password=True)!r})"
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with any password hidden, for messages and logs."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error."""
+        with self._sessions() as session:
+            with session.begin():
+                yield session
+
+    def current_revision(self) -> str | None:
+        """The alembic revision stored in the database (None for an empty database)."""
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def check_revision(self) -> None:
+        """Raise :class:`SchemaTooNew` if the database is at a revision this code lacks."""
+        script = ScriptDirectory.from_config(alembic_config())
+        current = self.current_revision()
+        if current is None:
+            return
+        try:
+            known = script.get_revision(current)
+        except Exception:  # alembic raises ResolutionError/CommandError subclasses
+            known = None
+        if known is None:
+            raise SchemaTooNew(self.safe_url, current, head_revision())
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Upgrade the schema (``alembic upgrade head``); refuse an unknown newer schema."""
+        self.check_revision()
+        cfg = alembic_config(self.url)
+        with self.engine.connect() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+            conn.commit()
+
+    def dispose(self) -> None:
+        """Close all pooled connections."""
+        self.engine.dispose()

@@ -1,0 +1,187 @@
+"""SQLAlchemy 2 typed models for groups, budgets, reservations and the usage ledger.
+
+Times are stored as naive UTC datetimes (SQLite has no time zone type); amounts are
+floats in the budget's unit: weighted accelerator-hours (``hours``) or ``credits``.
+The schema itself is created by the alembic migrations in ``portal/migrations``;
+these classes must stay in step with them (``tests/test_models.py`` checks that).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+GROUP_KINDS = ("lab", "project", "course")
+UNITS = ("hours", "credits")
+PERIODS = ("monthly", "term", "oneoff")
+RESERVATION_STATES = ("admitted", "running", "closed")
+NOTICE_LEVELS = ("80", "95", "exhausted", "stop_pending")
+
+
+def utcnow() -> datetime:
+    """The current time as a naive UTC datetime, the form every column stores."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    """Declarative base for all hybridhub tables."""
+
+
+class Group(Base):
+    """A lab, project or course; ``name`` is the JupyterHub group name."""
+
+    __tablename__ = "groups"
+    __table_args__ = (UniqueConstraint("name", name="uq_groups_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(255))
+    kind: Mapped[str] = mapped_column(String(16), default="project")
+    frozen: Mapped[bool] = mapped_column(Boolean, default=False)
+    barred_untrusted: Mapped[bool] = mapped_column(Boolean, default=False)
+    confidential_dirs: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class GroupMember(Base):
+    """A user's membership of a group, synced from the hub."""
+
+    __tablename__ = "group_members"
+    __table_args__ = (UniqueConstraint("group_id", "username", name="uq_group_members"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    username: Mapped[str] = mapped_column(String(255), index=True)
+
+
+class Budget(Base):
+    """An amount per period for one group and resource class (optionally one model)."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (Index("ix_budgets_scope", "group_id", "resource_class", "model"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    resource_class: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    unit: Mapped[str] = mapped_column(String(16), default="hours")
+    amount: Mapped[float] = mapped_column(Float)
+    period: Mapped[str] = mapped_column(String(16), default="monthly")
+    starts_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    ends_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    period_start: Mapped[datetime] = mapped_column(DateTime)
+    used: Mapped[float] = mapped_column(Float, default=0.0)
+    reserved: Mapped[float] = mapped_column(Float, default=0.0)
+    per_user_cap: Mapped[float | None] = mapped_column(Float, nullable=True)
+    frozen: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class UserUsage(Base):
+    """One user's use of one budget in one period, for the per-user cap."""
+
+    __tablename__ = "user_usage"
+    __table_args__ = (
+        UniqueConstraint("budget_id", "username", "period_start", name="uq_user_usage"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
+    username: Mapped[str] = mapped_column(String(255))
+    period_start: Mapped[datetime] = mapped_column(DateTime)
+    used: Mapped[float] = mapped_column(Float, default=0.0)
+    reserved: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class Reservation(Base):
+    """The whole requested time of one launch, held against a budget until release."""
+
+    __tablename__ = "reservations"
+    __table_args__ = (
+        Index("ix_reservations_state", "state"),
+        Index("ix_reservations_user", "username", "state"),
+        UniqueConstraint("idempotency_key", name="uq_reservations_idempotency_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id"))
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"))
+    username: Mapped[str] = mapped_column(String(255))
+    server_name: Mapped[str] = mapped_column(String(255), default="")
+    resource_class: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    count: Mapped[int] = mapped_column(Integer)
+    hours: Mapped[float] = mapped_column(Float)
+    billing_weight: Mapped[float] = mapped_column(Float, default=1.0)
+    price_per_hour: Mapped[float] = mapped_column(Float, default=0.0)
+    amount_reserved: Mapped[float] = mapped_column(Float)
+    amount_charged: Mapped[float] = mapped_column(Float, default=0.0)
+    user_period_start: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="admitted")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    charged_until: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    close_reason: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+
+
+class UsageEntry(Base):
+    """One append-only ledger line: an amount charged for a span of a reservation."""
+
+    __tablename__ = "usage_entries"
+    __table_args__ = (
+        Index("ix_usage_entries_group_ts", "group_id", "ts_from"),
+        Index("ix_usage_entries_budget", "budget_id"),
+        Index("ix_usage_entries_user", "username", "ts_from"),
+        Index("ix_usage_entries_reservation", "reservation_id"),
+        UniqueConstraint("idempotency_key", name="uq_usage_entries_idempotency_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    reservation_id: Mapped[int] = mapped_column(ForeignKey("reservations.id"))
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id"))
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"))
+    username: Mapped[str] = mapped_column(String(255))
+    resource_class: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    amount: Mapped[float] = mapped_column(Float)
+    accelerator_hours: Mapped[float] = mapped_column(Float)
+    ts_from: Mapped[datetime] = mapped_column(DateTime)
+    ts_to: Mapped[datetime] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    idempotency_key: Mapped[str] = mapped_column(String(255))
+
+
+class Notice(Base):
+    """A threshold or stop warning shown on the hub's banner; logged once per period."""
+
+    __tablename__ = "notices"
+    __table_args__ = (
+        Index("ix_notices_group", "group_id", "created_at"),
+        UniqueConstraint("dedup_key", name="uq_notices_dedup_key"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
+    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
+    reservation_id: Mapped[int | None] = mapped_column(
+        ForeignKey("reservations.id", ondelete="CASCADE"), nullable=True
+    )
+    level: Mapped[str] = mapped_column(String(16))
+    period_start: Mapped[datetime] = mapped_column(DateTime)
+    message: Mapped[str] = mapped_column(String(1000))
+    stop_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    dedup_key: Mapped[str] = mapped_column(String(255))

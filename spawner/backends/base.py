@@ -1,0 +1,53 @@
+"""What every backend shares.
+
+A backend is a JupyterHub ``Spawner`` subclass that also carries
+:class:`BackendMixin`.  :class:`spawner.HybridSpawner` builds one as a child
+for the offering the user picked (the ProfilesSpawner/wrapspawner pattern),
+sets :attr:`BackendMixin.offering` and :attr:`BackendMixin.request`, and
+delegates ``start``/``poll``/``stop``/``progress``/state to it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from traitlets import Any
+from traitlets.config import Config
+
+if TYPE_CHECKING:
+    from ..catalog import Offering
+
+
+class BackendMixin:
+    """Interface and hooks shared by the ``local``, ``docker``, ``swarm`` and ``ec2`` backends."""
+
+    #: True when the backend only simulates the hardware (the picker says so).
+    simulated: ClassVar[bool] = False
+
+    offering = Any(help="The catalog Offering being launched (set by HybridSpawner).")
+    request = Any(help="The validated LaunchRequest (set by HybridSpawner).")
+    hybrid = Any(help="The HybridSpawner that owns this backend (accounting, catalog).")
+
+    @classmethod
+    async def free_now(cls, offering: Offering, config: Config) -> int | None:
+        """How many accelerators of ``offering`` could be launched right now.
+
+        ``None`` means the backend does not track capacity (the picker shows
+        "not tracked" rather than an invented number).
+        """
+        return None
+
+    def accelerator_env(self) -> dict[str, str]:
+        """Environment describing the assigned hardware, visible inside the server."""
+        if self.offering is None or self.request is None:
+            return {}
+        return {
+            "HYBRIDHUB_CLASS": self.offering.resource_class,
+            "HYBRIDHUB_MODEL": self.offering.model,
+            "HYBRIDHUB_COUNT": str(self.request.count),
+            "HYBRIDHUB_GROUP": self.request.group,
+        }
+
+    def provenance(self) -> dict[str, object]:
+        """Where this server runs (host, device ids, image), for provenance records."""
+        return {}

@@ -1,0 +1,368 @@
+"""HybridSpawner: one picker over community GPUs, enterprise GPUs and AWS Neuron.
+
+It renders the resource picker, re-validates ``user_options`` (form or REST)
+against the catalog and the user's groups, asks accounting to admit the
+launch, then delegates start/poll/stop to the backend of the chosen class,
+built as a child spawner.  ``get_state``/``load_state`` keep the offering, the
+request, the reservation and the backend's own state, so a restarted hub
+re-adopts running servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jupyterhub.spawner import Spawner
+from tornado import web
+from traitlets import Dict, Float, Unicode, default, observe
+from traitlets.utils.importstring import import_item
+
+from portal.accounting import Accounting, NoBudget, QuotaExceeded
+from portal.db import Database
+
+from .catalog import Catalog, CatalogError, Offering, load_catalog
+from .options import LaunchRequest, OptionError, allowed_offerings, form_to_options, validate_options
+
+TEMPLATE_DIRS = [
+    Path(__file__).resolve().parent.parent / "templates",
+    Path(__file__).resolve().parents[4] / "share" / "hybridhub" / "templates",
+]
+
+DEFAULT_BACKENDS = {
+    "local": "spawner.backends.local.LocalBackend",
+    "docker": "spawner.backends.docker.DockerBackend",
+    "swarm": "spawner.backends.swarm.SwarmBackend",
+    "ec2": "spawner.backends.ec2.Ec2Backend",
+}
+
+
+def user_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.HTTPError:
+    """An HTTPError whose message reaches the user (REST body and the picker page)."""
+    err = web.HTTPError(status, "%s", message)
+    err.jupyterhub_message = message
+    if headers:
+        err.headers = headers
+    return err
+
+
+def templates_dir() -> Path:
+    """The hybridhub templates folder (source checkout or installed data files)."""
+    for d in TEMPLATE_DIRS:
+        if (d / "picker.html").exists():
+            return d
+    raise FileNotFoundError("hybridhub templates not found in " + ", ".join(map(str, TEMPLATE_DIRS)))
+
+
+@lru_cache(maxsize=1)
+def _jinja() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())), autoescape=True
+    )
+
+
+_databases: dict[str, Accounting] = {}
+
+
+def accounting_for(db_url: str) -> Accounting:
+    """One migrated database and Accounting per URL in this process."""
+    if db_url not in _databases:
+        db = Database(db_url)
+        db.upgrade()
+        _databases[db_url] = Accounting(db)
+    return _databases[db_url]
+
+
+class HybridSpawner(Spawner):
+    """Launch notebook servers on the hardware the user picks, within their group's quota."""
+
+    catalog = Dict(
+        help="Resource catalog: class name -> class settings with 'offerings' "
+        "(see spawner.catalog.DEFAULT_CATALOG). Empty means the shipped default catalog.",
+    ).tag(config=True)
+
+    catalog_file = Unicode(
+        "",
+        help="Path to a YAML file holding the catalog; wins over `catalog` when set.",
+    ).tag(config=True)
+
+    backend_override = Unicode(
+        "",
+        help="Map every offering to this backend (the embedded demo uses 'local', so every "
+        "class runs as a simulated local process). Empty keeps each offering's backend.",
+    ).tag(config=True)
+
+    backend_classes = Dict(
+        help="Backend name -> spawner class (or import string) implementing it. "
+        f"Defaults: {DEFAULT_BACKENDS}.",
+    ).tag(config=True)
+
+    db_url = Unicode(
+        "sqlite:///hybridhub.sqlite",
+        help="SQLAlchemy URL of the accounting database (SQLite or postgresql+psycopg://).",
+    ).tag(config=True)
+
+    default_hours = Float(
+        2.0, help="Hours pre-filled in the picker's 'requested hours' field."
+    ).tag(config=True)
+
+    # --- catalog -----------------------------------------------------------------
+
+    @default("backend_classes")
+    def _default_backend_classes(self):
+        return dict(DEFAULT_BACKENDS)
+
+    @property
+    def resource_catalog(self) -> Catalog:
+        """The validated catalog (cached per configuration)."""
+        return _catalog_for(self.catalog_file, json.dumps(self.catalog, sort_keys=True), self.backend_override)
+
+    def backend_class(self, offering: Offering) -> type:
+        """The spawner class implementing ``offering.backend``."""
+        cls = self.backend_classes.get(offering.backend)
+        if cls is None:
+            raise CatalogError(f"{offering.key}.backend", f"no backend class for {offering.backend!r}")
+        return import_item(cls) if isinstance(cls, str) else cls
+
+    @property
+    def accounting(self) -> Accounting:
+        """The accounting service for :attr:`db_url`."""
+        return accounting_for(self.db_url)
+
+    # --- the user's groups --------------------------------------------------------
+
+    def user_groups(self) -> set[str]:
+        """Names of the JupyterHub groups the user belongs to."""
+        return {g.name for g in self.user.groups}
+
+    def sync_user_groups(self) -> None:
+        """Mirror the user's hub groups (and their members) into the accounting database."""
+        self.accounting.sync_groups({g.name: [u.name for u in g.users] for g in self.user.groups})
+
+    # --- picker --------------------------------------------------------------------
+
+    @default("options_form")
+    def _default_options_form(self):
+        return self.render_picker
+
+    async def render_picker(self, spawner: Spawner | None = None) -> str:
+        """The picker: classes, offerings, counts, prices, free now, remaining quota."""
+        groups = sorted(self.user_groups())
+        offerings = allowed_offerings(self.resource_catalog, set(groups))
+        await asyncio.to_thread(self.sync_user_groups)
+        free = await asyncio.gather(
+            *(self.backend_class(o).free_now(o, self.config) for o in offerings)
+        )
+        rows = []
+        for off, free_now in zip(offerings, free, strict=True):
+            remaining = {
+                g: self.accounting.remaining(g, off.resource_class, off.name, username=self.user.name)
+                for g in groups
+            }
+            rows.append(
+                {
+                    "offering": off,
+                    "free_now": free_now,
+                    "simulated": self.backend_class(off).simulated,
+                    "remaining": remaining,
+                }
+            )
+        previous = self.orm_spawner.user_options or {} if self.orm_spawner else {}
+        classes = [
+            (rc, [r for r in rows if r["offering"].resource_class == rc.name])
+            for rc in self.resource_catalog.classes
+        ]
+        return _jinja().get_template("picker.html").render(
+            classes=[(rc, rs) for rc, rs in classes if rs],
+            groups=groups,
+            default_hours=self.default_hours,
+            previous=previous,
+        )
+
+    def options_from_form(self, formdata):
+        """Map form fields to the canonical ``user_options`` (validated in apply_user_options)."""
+        return form_to_options(formdata)
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return HybridSpawner._apply_options
+
+    def _apply_options(self, user_options: dict[str, Any]) -> None:
+        """Validate options from the form or REST; a bad field is a 400 naming it."""
+        groups = self.user_groups()
+        default_group = next(iter(groups)) if len(groups) == 1 else None
+        try:
+            request, offering = validate_options(
+                user_options, self.resource_catalog, groups, default_group=default_group
+            )
+        except OptionError as e:
+            raise user_error(400, f"Invalid option {e}") from None
+        self.launch = request
+        self.offering = offering
+
+    # --- state -----------------------------------------------------------------------
+
+    launch: LaunchRequest | None = None
+    offering: Offering | None = None
+    reservation_id: int | None = None
+    backend = None
+    _backend_state: dict | None = None
+
+    def get_state(self):
+        """Persist what a restarted hub needs to find the server and its reservation."""
+        state = super().get_state()
+        if self.launch is not None:
+            state["request"] = self.launch.as_user_options()
+            state["reservation_id"] = self.reservation_id
+        if self.backend is not None:
+            state["backend_state"] = self.backend.get_state()
+        elif self._backend_state:
+            state["backend_state"] = self._backend_state
+        return state
+
+    def load_state(self, state):
+        """Restore the request, reservation and backend state saved by :meth:`get_state`."""
+        super().load_state(state)
+        request = state.get("request")
+        if not request:
+            return
+        offering = self.resource_catalog.offering(request["class"], request["model"])
+        if offering is None:
+            self.log.warning("Saved offering %s/%s no longer in catalog", request["class"], request["model"])
+            return
+        self.launch = LaunchRequest(
+            request["class"], request["model"], int(request["count"]), float(request["hours"]), request["group"]
+        )
+        self.offering = offering
+        self.reservation_id = state.get("reservation_id")
+        self._backend_state = state.get("backend_state") or {}
+
+    def clear_state(self):
+        """Forget the launch once the server is gone."""
+        super().clear_state()
+        if self.backend is not None:
+            self.backend.clear_state()
+        self.launch = self.offering = self.reservation_id = self.backend = None
+        self._backend_state = None
+
+    # --- backend child ---------------------------------------------------------------
+
+    _SHARED_TRAITS = (
+        "api_token", "oauth_client_id", "oauth_access_scopes", "cert_paths", "admin_access",
+        "user_options", "server_token_scopes", "oauth_roles",
+    )
+
+    def _build_backend(self):
+        cls = self.backend_class(self.offering)
+        child = cls(
+            user=self.user,
+            orm_spawner=self.orm_spawner,
+            hub=self.hub,
+            authenticator=self.authenticator,
+            config=self.config,
+            proxy_spec=self.proxy_spec,
+            cookie_options=self.cookie_options,
+            cookie_host_prefix_enabled=self.cookie_host_prefix_enabled,
+            public_url=self.public_url,
+            public_hub_url=self.public_hub_url,
+            internal_ssl=self.internal_ssl,
+            internal_trust_bundles=self.internal_trust_bundles,
+            internal_certs_location=self.internal_certs_location,
+            offering=self.offering,
+            request=self.launch,
+            hybrid=self,
+            log=self.log,
+        )
+        for name in self._SHARED_TRAITS:
+            if self.has_trait(name) and child.has_trait(name):
+                setattr(child, name, getattr(self, name))
+        child.clear_state()
+        if self._backend_state:
+            child.load_state(self._backend_state)
+        return child
+
+    def _ensure_backend(self):
+        if self.backend is None and self.offering is not None:
+            self.backend = self._build_backend()
+        return self.backend
+
+    @observe("api_token")
+    def _forward_token(self, change):
+        if self.backend is not None:
+            self.backend.api_token = change["new"]
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def _admit(self) -> int:
+        req, off = self.launch, self.offering
+        try:
+            return self.accounting.admit(
+                username=self.user.name,
+                group=req.group,
+                resource_class=req.resource_class,
+                model=req.model,
+                count=req.count,
+                hours=req.hours,
+                billing_weight=off.billing_weight,
+                price_per_hour=off.price_per_hour,
+                server_name=self.name,
+                idempotency_key=f"launch:{self.user.name}:{self.name}:{uuid.uuid4()}",
+            )
+        except (QuotaExceeded, NoBudget) as e:
+            raise user_error(403, str(e)) from None
+
+    async def start(self):
+        """Admit the launch against the group's budget, then start it on the backend."""
+        if self.launch is None:
+            self._apply_options(self.user_options)
+        await asyncio.to_thread(self.sync_user_groups)
+        self.reservation_id = await asyncio.to_thread(self._admit)
+        self.backend = None
+        self._backend_state = None
+        backend = self._ensure_backend()
+        try:
+            result = await backend.start()
+        except BaseException:
+            await asyncio.to_thread(self.accounting.release, self.reservation_id, "failed to start")
+            raise
+        await asyncio.to_thread(self.accounting.mark_running, self.reservation_id)
+        return result
+
+    async def poll(self):
+        """Ask the backend; a server found dead has its reservation closed."""
+        backend = self._ensure_backend()
+        if backend is None:
+            return 0
+        status = await backend.poll()
+        if status is not None and self.reservation_id is not None:
+            await asyncio.to_thread(self.accounting.release, self.reservation_id, "exited")
+        return status
+
+    async def stop(self, now=False):
+        """Stop on the backend and release the unused rest of the reservation."""
+        backend = self._ensure_backend()
+        if backend is not None:
+            await backend.stop(now=now)
+        if self.reservation_id is not None:
+            await asyncio.to_thread(self.accounting.release, self.reservation_id, "stopped")
+
+    async def progress(self):
+        """Forward the backend's progress events to the hub's spawn page."""
+        backend = self.backend
+        if backend is None:
+            yield {"progress": 10, "message": "Checking quota and capacity"}
+            return
+        async for event in backend.progress():
+            yield event
+
+
+@lru_cache(maxsize=8)
+def _catalog_for(path: str, config_json: str, backend_override: str) -> Catalog:
+    return load_catalog(
+        json.loads(config_json) or None, path=path or None, backend_override=backend_override or None
+    )

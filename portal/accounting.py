@@ -1,0 +1,1078 @@
+"""Per-group quota accounting: admit-if-fits, metering, warnings, stop at zero, release.
+
+A launch of N accelerators for H hours reserves its whole cost up front, as Slurm's
+``AccountingStorageEnforce=safe`` does.  Every change to a budget is one conditional
+``UPDATE`` (``... WHERE amount - used - reserved >= :x``), never a read followed by a
+write, so concurrent launches on separate connections cannot overspend, on SQLite and
+PostgreSQL alike.  The usage ledger (:class:`~portal.models.UsageEntry`) is append-only
+and every entry carries an idempotency key, so a restarted hub that meters again never
+charges a span twice.
+
+Time comes from an injectable ``clock`` (seconds since the epoch), so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from sqlalchemy import bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from portal.db import Database
+from portal.models import (
+    GROUP_KINDS,
+    PERIODS,
+    UNITS,
+    Budget,
+    Group,
+    GroupMember,
+    Notice,
+    Reservation,
+    UsageEntry,
+    UserUsage,
+)
+
+log = logging.getLogger("hybridhub.accounting")
+
+#: Tolerance for float comparisons of amounts (a budget that fits exactly must admit).
+EPS = 1e-9
+WARN_LEVELS = ((0.95, "95"), (0.80, "80"))
+
+
+# ---------------------------------------------------------------- errors
+
+
+class AdmissionError(Exception):
+    """A launch was refused.  ``user_message`` is the text for the person launching."""
+
+    def __init__(self, message: str):
+        self.user_message = message
+        super().__init__(message)
+
+
+class NoBudget(AdmissionError):
+    """The group has no budget for this class (or model): paid offerings cannot launch."""
+
+    def __init__(self, group: str, resource_class: str, model: str | None = None):
+        self.group = group
+        self.resource_class = resource_class
+        self.model = model
+        what = f"{resource_class} ({model})" if model else resource_class
+        super().__init__(f"group {group!r} has no budget for {what}; ask its owner for one")
+
+
+class NotMember(AdmissionError):
+    """The user is not a member of the group the launch would be charged to."""
+
+    def __init__(self, username: str, group: str):
+        self.username = username
+        self.group = group
+        super().__init__(f"{username} is not a member of group {group!r}")
+
+
+class QuotaExceeded(AdmissionError):
+    """The request does not fit what is left; says what was asked, what is left, when it resets.
+
+    ``scope`` is ``"group"`` (the group's budget) or ``"user"`` (the per-user cap).
+    """
+
+    def __init__(
+        self,
+        *,
+        asked: float,
+        left: float,
+        unit: str,
+        resets_at: datetime | None,
+        group: str,
+        resource_class: str,
+        breakdown: str,
+        scope: str = "group",
+        reason: str | None = None,
+    ):
+        self.asked = asked
+        self.left = left
+        self.unit = unit
+        self.resets_at = resets_at
+        self.group = group
+        self.resource_class = resource_class
+        self.scope = scope
+        self.reason = reason
+        where = f"{group}'s {resource_class} budget"
+        if scope == "user":
+            where = f"your per-user cap in {where}"
+        resets = f"resets {resets_at:%Y-%m-%d}" if resets_at else "does not reset"
+        msg = (
+            f"asked {fmt_amount(asked, unit)} ({breakdown}), "
+            f"{fmt_amount(left, unit)} left in {where}, {resets}"
+        )
+        if reason:
+            msg = f"{reason}: {msg}"
+        super().__init__(msg)
+
+
+class BudgetUnavailable(QuotaExceeded):
+    """The budget exists but cannot be drawn on now (frozen, or outside its dates)."""
+
+
+def fmt_amount(value: float, unit: str) -> str:
+    """``3.5 h`` or ``12.25 credits``."""
+    text = f"{round(value, 2):g}"
+    return f"{text} h" if unit == "hours" else f"{text} credits"
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Remaining:
+    """What is left of the budget that applies to a launch."""
+
+    amount_left: float
+    unit: str
+    resets_at: datetime | None
+    budget_id: int
+    amount: float
+    used: float
+    reserved: float
+    user_left: float | None = None
+    active: bool = True
+    frozen: bool = False
+
+
+@dataclass(frozen=True)
+class ReservationInfo:
+    """A read-only snapshot of a reservation, safe to hand to other threads."""
+
+    id: int
+    username: str
+    server_name: str
+    group: str
+    resource_class: str
+    model: str | None
+    count: int
+    hours: float
+    state: str
+    amount_reserved: float
+    amount_charged: float
+    started_at: datetime | None
+    charged_until: datetime | None
+
+
+class StopOrder(NamedTuple):
+    """A server that must be stopped: its reservation, why, and when the grace ended."""
+
+    reservation: ReservationInfo
+    reason: str
+    stop_at: datetime
+
+
+@dataclass(frozen=True)
+class NoticeInfo:
+    """A warning recorded by a metering tick (threshold, exhaustion or pending stop)."""
+
+    group: str
+    budget_id: int
+    level: str
+    message: str
+    reservation_id: int | None = None
+    username: str | None = None
+    stop_at: datetime | None = None
+
+
+@dataclass
+class MeterReport:
+    """The outcome of one metering tick."""
+
+    now: datetime
+    charged: int = 0
+    amount: float = 0.0
+    warnings: list[NoticeInfo] = field(default_factory=list)
+    to_stop: list[StopOrder] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Released:
+    """What :meth:`Accounting.release` did: the final charge and the amount given back."""
+
+    reservation_id: int
+    charged: float
+    released: float
+    already_closed: bool = False
+
+
+# ---------------------------------------------------------------- time helpers
+
+
+def to_datetime(value: float | datetime) -> datetime:
+    """A naive UTC datetime from epoch seconds or a (naive UTC or aware) datetime."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+    return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
+
+
+def month_start(dt: datetime) -> datetime:
+    """Midnight UTC on the first of ``dt``'s month."""
+    return dt.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month(dt: datetime) -> datetime:
+    """Midnight UTC on the first of the month after ``dt``'s."""
+    first = month_start(dt)
+    return first.replace(year=first.year + 1, month=1) if first.month == 12 else first.replace(
+        month=first.month + 1
+    )
+
+
+def period_start_for(budget: Budget, now: datetime) -> datetime:
+    """The start of the budget period that contains ``now``."""
+    if budget.period == "monthly":
+        return month_start(now)
+    return budget.starts_at or budget.period_start
+
+
+def resets_at_for(budget: Budget, now: datetime) -> datetime | None:
+    """When the budget next refills: the next month, the end of the term, or never."""
+    if budget.period == "monthly":
+        return next_month(now)
+    if budget.period == "term":
+        return budget.ends_at
+    return None
+
+
+def is_active(budget: Budget, now: datetime) -> bool:
+    """Whether ``now`` lies inside the budget's dates (monthly budgets always do)."""
+    if budget.period == "monthly":
+        return True
+    if budget.starts_at is not None and now < budget.starts_at:
+        return False
+    return not (budget.ends_at is not None and now >= budget.ends_at)
+
+
+def cost(
+    unit: str, count: int, hours: float, billing_weight: float, price_per_hour: float
+) -> float:
+    """The amount a launch costs in ``unit``: weighted accelerator-hours or credits."""
+    if unit == "hours":
+        return count * hours * billing_weight
+    return count * hours * price_per_hour
+
+
+def _breakdown(unit: str, count: int, hours: float, weight: float, price: float) -> str:
+    if unit == "hours":
+        return f"{count} x {hours:g} h x weight {weight:g}"
+    return f"{count} x {hours:g} h x {price:g} credits/h"
+
+
+# ---------------------------------------------------------------- accounting
+
+
+class Accounting:
+    """Admission, metering and release of accelerator time against group budgets.
+
+    ``clock`` returns seconds since the epoch (``time.time`` by default, injectable for
+    tests); ``meter_interval`` is the metering granularity in seconds; ``grace_seconds``
+    is how long a server may go on after its reservation or budget ran out, with a
+    warning, before it is put on the stop list.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], float] = time.time,
+        meter_interval: float = 60,
+        grace_seconds: float = 300,
+        check_membership: bool = True,
+    ):
+        if meter_interval <= 0:
+            raise ValueError("meter_interval must be positive")
+        self.db = db
+        self.clock = clock
+        self.meter_interval = float(meter_interval)
+        self.grace_seconds = float(grace_seconds)
+        self.check_membership = check_membership
+
+    # ------------------------------------------------------------ helpers
+
+    def _now(self, now: float | datetime | None = None) -> datetime:
+        return to_datetime(self.clock() if now is None else now)
+
+    def _insert_ignore(self, session: Session, model: Any, values: list[dict] | dict) -> None:
+        """INSERT ... ON CONFLICT DO NOTHING on either dialect."""
+        ins = pg_insert if self.db.dialect == "postgresql" else sqlite_insert
+        session.execute(ins(model).on_conflict_do_nothing(), values)
+
+    @staticmethod
+    def _group(session: Session, name: str) -> Group | None:
+        return session.scalar(select(Group).where(Group.name == name))
+
+    def _pick_budget(
+        self, session: Session, group: Group, resource_class: str, model: str | None, now
+    ) -> tuple[Budget, bool]:
+        """The budget that applies: a model-specific one wins over the class-wide one.
+
+        Returns ``(budget, active)``; raises :class:`NoBudget` when there is none.
+        """
+        rows = session.scalars(
+            select(Budget)
+            .where(Budget.group_id == group.id, Budget.resource_class == resource_class)
+            .order_by(Budget.id)
+        ).all()
+        specific = [b for b in rows if model is not None and b.model == model]
+        general = [b for b in rows if b.model is None]
+        for tier in (specific, general):
+            for budget in tier:
+                if is_active(budget, now):
+                    return budget, True
+        for tier in (specific, general):
+            if tier:
+                return tier[0], False
+        raise NoBudget(group.name, resource_class, model)
+
+    def _roll_period(self, session: Session, budget: Budget, now: datetime) -> datetime:
+        """Start a new monthly period if the stored one is over; return the current start."""
+        current = period_start_for(budget, now)
+        if budget.period == "monthly" and budget.period_start < current:
+            session.execute(
+                update(Budget)
+                .where(Budget.id == budget.id, Budget.period_start < current)
+                .values(period_start=current, used=0.0)
+                .execution_options(synchronize_session=False)
+            )
+        return current
+
+    @staticmethod
+    def _info(r: Any, group: str) -> ReservationInfo:
+        return ReservationInfo(
+            id=r.id,
+            username=r.username,
+            server_name=r.server_name,
+            group=group,
+            resource_class=r.resource_class,
+            model=r.model,
+            count=r.count,
+            hours=r.hours,
+            state=r.state,
+            amount_reserved=r.amount_reserved,
+            amount_charged=r.amount_charged,
+            started_at=r.started_at,
+            charged_until=r.charged_until,
+        )
+
+    # ------------------------------------------------------------ groups and budgets
+
+    def sync_groups(
+        self,
+        groups: Mapping[str, Iterable[str]],
+        kinds: Mapping[str, str] | None = None,
+    ) -> None:
+        """Create or refresh groups and their members from the hub's groups.
+
+        Groups absent from ``groups`` are left alone (their ledger history stays).
+        """
+        kinds = dict(kinds or {})
+        for name, kind in kinds.items():
+            if kind not in GROUP_KINDS:
+                raise ValueError(f"group {name!r}: kind {kind!r} is not one of {GROUP_KINDS}")
+        with self.db.session() as s:
+            for name, members in groups.items():
+                self._insert_ignore(
+                    s,
+                    Group,
+                    {
+                        "name": name,
+                        "kind": kinds.get(name, "project"),
+                        "frozen": False,
+                        "barred_untrusted": False,
+                        "confidential_dirs": [],
+                        "created_at": self._now(),
+                    },
+                )
+                group = self._group(s, name)
+                assert group is not None
+                if name in kinds and group.kind != kinds[name]:
+                    group.kind = kinds[name]
+                wanted = set(members)
+                have = set(
+                    s.scalars(
+                        select(GroupMember.username).where(GroupMember.group_id == group.id)
+                    )
+                )
+                if have - wanted:
+                    s.execute(
+                        delete(GroupMember).where(
+                            GroupMember.group_id == group.id,
+                            GroupMember.username.in_(sorted(have - wanted)),
+                        )
+                    )
+                if wanted - have:
+                    self._insert_ignore(
+                        s,
+                        GroupMember,
+                        [{"group_id": group.id, "username": u} for u in sorted(wanted - have)],
+                    )
+
+    def set_frozen(self, group: str, frozen: bool = True) -> None:
+        """Freeze (or thaw) a group: a frozen group admits nothing and its servers stop."""
+        with self.db.session() as s:
+            s.execute(update(Group).where(Group.name == group).values(frozen=frozen))
+
+    def ensure_budget(
+        self,
+        group: str,
+        resource_class: str,
+        amount: float,
+        unit: str = "hours",
+        period: str = "monthly",
+        model: str | None = None,
+        per_user_cap: float | None = None,
+        starts_at: datetime | None = None,
+        ends_at: datetime | None = None,
+        kind: str | None = None,
+        frozen: bool = False,
+    ) -> int:
+        """Create the budget, or update its amount and cap if it exists; return its id.
+
+        A budget is identified by group, class, model, period and start date.  The group
+        is created (as ``kind``, default ``project``) if the hub has not synced it yet.
+        """
+        if unit not in UNITS:
+            raise ValueError(f"unit {unit!r} is not one of {UNITS}")
+        if period not in PERIODS:
+            raise ValueError(f"period {period!r} is not one of {PERIODS}")
+        if period != "monthly" and (starts_at is None or ends_at is None):
+            raise ValueError(f"a {period} budget needs starts_at and ends_at")
+        if amount < 0 or (per_user_cap is not None and per_user_cap < 0):
+            raise ValueError("amount and per_user_cap must not be negative")
+        starts_at = to_datetime(starts_at) if starts_at is not None else None
+        ends_at = to_datetime(ends_at) if ends_at is not None else None
+        now = self._now()
+        if self._group_id(group) is None:
+            self.sync_groups({group: []}, kinds={group: kind or "project"})
+        with self.db.session() as s:
+            g = self._group(s, group)
+            assert g is not None
+            if kind and g.kind != kind:
+                g.kind = kind
+            query = select(Budget).where(
+                Budget.group_id == g.id,
+                Budget.resource_class == resource_class,
+                Budget.period == period,
+                Budget.model.is_(None) if model is None else Budget.model == model,
+                Budget.starts_at.is_(None) if starts_at is None else Budget.starts_at == starts_at,
+            )
+            budget = s.scalars(query.order_by(Budget.id)).first()
+            if budget is None:
+                budget = Budget(
+                    group_id=g.id,
+                    resource_class=resource_class,
+                    model=model,
+                    unit=unit,
+                    amount=amount,
+                    period=period,
+                    starts_at=starts_at,
+                    ends_at=ends_at,
+                    period_start=month_start(now) if period == "monthly" else starts_at,
+                    used=0.0,
+                    reserved=0.0,
+                    per_user_cap=per_user_cap,
+                    frozen=frozen,
+                    created_at=now,
+                )
+                s.add(budget)
+            else:
+                budget.amount = amount
+                budget.unit = unit
+                budget.ends_at = ends_at
+                budget.per_user_cap = per_user_cap
+                budget.frozen = frozen
+            s.flush()
+            return budget.id
+
+    def _group_id(self, name: str) -> int | None:
+        with self.db.session() as s:
+            return s.scalar(select(Group.id).where(Group.name == name))
+
+    # ------------------------------------------------------------ admission
+
+    def remaining(
+        self,
+        group: str,
+        resource_class: str,
+        model: str | None = None,
+        username: str | None = None,
+    ) -> Remaining | None:
+        """What is left of the budget a launch would draw on; None when none applies."""
+        now = self._now()
+        with self.db.session() as s:
+            g = self._group(s, group)
+            if g is None:
+                return None
+            try:
+                budget, active = self._pick_budget(s, g, resource_class, model, now)
+            except NoBudget:
+                return None
+            current = period_start_for(budget, now)
+            used = budget.used if budget.period_start >= current else 0.0
+            left = max(0.0, budget.amount - used - budget.reserved)
+            user_left = None
+            if username is not None and budget.per_user_cap is not None:
+                row = s.execute(
+                    select(UserUsage.used, UserUsage.reserved).where(
+                        UserUsage.budget_id == budget.id,
+                        UserUsage.username == username,
+                        UserUsage.period_start == current,
+                    )
+                ).first()
+                spent = (row.used + row.reserved) if row else 0.0
+                user_left = max(0.0, budget.per_user_cap - spent)
+                left = min(left, user_left)
+            frozen = budget.frozen or g.frozen
+            if not active or frozen:
+                left = 0.0
+            return Remaining(
+                amount_left=left,
+                unit=budget.unit,
+                resets_at=resets_at_for(budget, now),
+                budget_id=budget.id,
+                amount=budget.amount,
+                used=used,
+                reserved=budget.reserved,
+                user_left=user_left,
+                active=active,
+                frozen=frozen,
+            )
+
+    def admit(
+        self,
+        *,
+        username: str,
+        group: str,
+        resource_class: str,
+        model: str | None,
+        count: int,
+        hours: float,
+        billing_weight: float = 1.0,
+        price_per_hour: float = 0.0,
+        server_name: str = "",
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Reserve the whole cost of a launch, or raise; return the reservation id.
+
+        Raises :class:`NoBudget`, :class:`NotMember`, :class:`BudgetUnavailable` (frozen
+        or outside its dates) or :class:`QuotaExceeded`.  A retry with the same
+        ``idempotency_key`` returns the first reservation and reserves nothing more.
+        """
+        if count <= 0 or hours <= 0:
+            raise ValueError("count and hours must be positive")
+        key = idempotency_key or f"admit:{uuid.uuid4()}"
+        now = self._now()
+        try:
+            with self.db.session() as s:
+                existing = self._by_key(s, key)
+                if existing is not None:
+                    return existing
+                return self._admit(
+                    s, now, key, username, group, resource_class, model, count, hours,
+                    billing_weight, price_per_hour, server_name,
+                )
+        except IntegrityError:
+            # A concurrent admit with the same key won; ours was rolled back entirely.
+            with self.db.session() as s:
+                existing = self._by_key(s, key)
+            if existing is None:
+                raise
+            return existing
+
+    @staticmethod
+    def _by_key(s: Session, key: str) -> int | None:
+        return s.scalar(select(Reservation.id).where(Reservation.idempotency_key == key))
+
+    def _admit(
+        self, s: Session, now: datetime, key: str, username: str, group: str,
+        resource_class: str, model: str | None, count: int, hours: float,
+        weight: float, price: float, server_name: str,
+    ) -> int:
+        g = self._group(s, group)
+        if g is None:
+            raise NoBudget(group, resource_class, model)
+        budget, active = self._pick_budget(s, g, resource_class, model, now)
+        if self.check_membership and s.scalar(
+            select(GroupMember.id).where(
+                GroupMember.group_id == g.id, GroupMember.username == username
+            )
+        ) is None:
+            raise NotMember(username, group)
+        asked = cost(budget.unit, count, hours, weight, price)
+        breakdown = _breakdown(budget.unit, count, hours, weight, price)
+        resets = resets_at_for(budget, now)
+
+        def refuse(left: float, scope: str = "group", reason: str | None = None,
+                   cls: type[QuotaExceeded] = QuotaExceeded) -> QuotaExceeded:
+            return cls(asked=asked, left=max(0.0, left), unit=budget.unit, resets_at=resets,
+                       group=group, resource_class=resource_class, breakdown=breakdown,
+                       scope=scope, reason=reason)
+
+        if not active:
+            span = f"{budget.starts_at:%Y-%m-%d} to {budget.ends_at:%Y-%m-%d}"
+            raise refuse(0.0, reason=f"the budget is only valid from {span}",
+                         cls=BudgetUnavailable)
+        if g.frozen or budget.frozen:
+            raise refuse(0.0, reason="the budget is frozen", cls=BudgetUnavailable)
+        current = self._roll_period(s, budget, now)
+        result = s.execute(
+            update(Budget)
+            .where(
+                Budget.id == budget.id,
+                Budget.frozen.is_(False),
+                Budget.amount - Budget.used - Budget.reserved >= asked - EPS,
+            )
+            .values(reserved=Budget.reserved + asked)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            s.refresh(budget)
+            raise refuse(budget.amount - budget.used - budget.reserved)
+        user_period = None
+        if budget.per_user_cap is not None:
+            user_period = current
+            self._insert_ignore(
+                s,
+                UserUsage,
+                {"budget_id": budget.id, "username": username, "period_start": current,
+                 "used": 0.0, "reserved": 0.0},
+            )
+            cap = budget.per_user_cap
+            result = s.execute(
+                update(UserUsage)
+                .where(
+                    UserUsage.budget_id == budget.id,
+                    UserUsage.username == username,
+                    UserUsage.period_start == current,
+                    cap - UserUsage.used - UserUsage.reserved >= asked - EPS,
+                )
+                .values(reserved=UserUsage.reserved + asked)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                row = s.execute(
+                    select(UserUsage.used, UserUsage.reserved).where(
+                        UserUsage.budget_id == budget.id,
+                        UserUsage.username == username,
+                        UserUsage.period_start == current,
+                    )
+                ).one()
+                raise refuse(cap - row.used - row.reserved, scope="user")
+        reservation = Reservation(
+            budget_id=budget.id,
+            group_id=g.id,
+            username=username,
+            server_name=server_name,
+            resource_class=resource_class,
+            model=model,
+            count=count,
+            hours=hours,
+            billing_weight=weight,
+            price_per_hour=price,
+            amount_reserved=asked,
+            amount_charged=0.0,
+            user_period_start=user_period,
+            state="admitted",
+            created_at=now,
+            idempotency_key=key,
+        )
+        s.add(reservation)
+        s.flush()
+        log.info(
+            "admitted reservation %s: %s in %s, %s on %s", reservation.id, username, group,
+            fmt_amount(asked, budget.unit), resource_class,
+        )
+        return reservation.id
+
+    # ------------------------------------------------------------ running and release
+
+    def mark_running(self, reservation_id: int, started_at: float | datetime | None = None) -> bool:
+        """The server started: metering runs from ``started_at`` (default now).
+
+        Returns False if the reservation was already running or closed (idempotent).
+        """
+        start = self._now(started_at)
+        with self.db.session() as s:
+            result = s.execute(
+                update(Reservation)
+                .where(Reservation.id == reservation_id, Reservation.state == "admitted")
+                .values(state="running", started_at=start, charged_until=start)
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
+
+    def release(
+        self, reservation_id: int, reason: str, now: float | datetime | None = None
+    ) -> Released:
+        """Charge the time used since the last tick, give back the rest, close.  Idempotent."""
+        now_dt = self._now(now)
+        with self.db.session() as s:
+            r = s.scalar(
+                select(Reservation).where(Reservation.id == reservation_id).with_for_update()
+            )
+            if r is None:
+                raise KeyError(f"no reservation {reservation_id}")
+            if r.state == "closed":
+                return Released(reservation_id, 0.0, 0.0, already_closed=True)
+            charge = 0.0
+            upto = r.charged_until
+            if r.state == "running" and r.started_at and r.charged_until:
+                end = r.started_at + timedelta(hours=r.hours)
+                upto = max(r.charged_until, min(now_dt, end))
+                seconds = (upto - r.charged_until).total_seconds()
+                if seconds > 0:
+                    charge = self._charge_for(r.amount_reserved, r.hours, r.amount_charged, seconds)
+                    s.execute(insert(UsageEntry), [self._entry(r, r.charged_until, upto, charge,
+                                                               f"res:{r.id}:final", now_dt)])
+            rest = r.amount_reserved - r.amount_charged - charge
+            hold = r.amount_reserved - r.amount_charged
+            s.execute(
+                update(Budget)
+                .where(Budget.id == r.budget_id)
+                .values(used=Budget.used + charge, reserved=Budget.reserved - hold)
+                .execution_options(synchronize_session=False)
+            )
+            if r.user_period_start is not None:
+                s.execute(
+                    update(UserUsage)
+                    .where(
+                        UserUsage.budget_id == r.budget_id,
+                        UserUsage.username == r.username,
+                        UserUsage.period_start == r.user_period_start,
+                    )
+                    .values(used=UserUsage.used + charge, reserved=UserUsage.reserved - hold)
+                    .execution_options(synchronize_session=False)
+                )
+            r.amount_charged += charge
+            r.charged_until = upto
+            r.state = "closed"
+            r.closed_at = now_dt
+            r.close_reason = reason[:255]
+            log.info("released reservation %s (%s): charged %.4g, returned %.4g",
+                     reservation_id, reason, charge, rest)
+            return Released(reservation_id, charge, rest)
+
+    @staticmethod
+    def _charge_for(reserved: float, hours: float, charged: float, seconds: float) -> float:
+        """The cost of ``seconds`` at the reservation's rate, never beyond what it holds."""
+        rate = reserved / (hours * 3600.0)
+        return max(0.0, min(rate * seconds, reserved - charged))
+
+    @staticmethod
+    def _entry(r: Any, ts_from: datetime, ts_to: datetime, amount: float, key: str,
+               now: datetime) -> dict:
+        return {
+            "reservation_id": r.id,
+            "budget_id": r.budget_id,
+            "group_id": r.group_id,
+            "username": r.username,
+            "resource_class": r.resource_class,
+            "model": r.model,
+            "amount": amount,
+            "accelerator_hours": r.count * (ts_to - ts_from).total_seconds() / 3600.0,
+            "ts_from": ts_from,
+            "ts_to": ts_to,
+            "created_at": now,
+            "idempotency_key": key,
+        }
+
+    # ------------------------------------------------------------ metering
+
+    def meter(self, now: float | datetime | None = None) -> MeterReport:
+        """One metering tick over every running reservation.
+
+        Charges whole elapsed intervals since each reservation's ``charged_until`` (and
+        the tail up to its end), records 80%/95%/exhausted notices once per period, and
+        lists servers to stop once their grace period after running out has passed.
+        """
+        now_dt = self._now(now)
+        report = MeterReport(now=now_dt)
+        interval = timedelta(seconds=self.meter_interval)
+        with self.db.session() as s:
+            s.execute(
+                update(Budget)
+                .where(Budget.period == "monthly", Budget.period_start < month_start(now_dt))
+                .values(period_start=month_start(now_dt), used=0.0)
+                .execution_options(synchronize_session=False)
+            )
+            rt = Reservation.__table__
+            rows = s.execute(
+                select(rt).where(rt.c.state == "running").order_by(rt.c.id).with_for_update()
+            ).all()
+            entries: list[dict] = []
+            res_updates: list[dict] = []
+            budget_delta: dict[int, float] = defaultdict(float)
+            user_delta: dict[tuple, float] = defaultdict(float)
+            charged_after: dict[int, float] = {}
+            for r in rows:
+                end = r.started_at + timedelta(hours=r.hours)
+                if now_dt >= end:
+                    new_until = end
+                else:
+                    whole = math.floor((now_dt - r.charged_until) / interval)
+                    new_until = r.charged_until + whole * interval
+                charged_after[r.id] = r.amount_charged
+                if new_until <= r.charged_until:
+                    continue
+                seconds = (new_until - r.charged_until).total_seconds()
+                amount = self._charge_for(r.amount_reserved, r.hours, r.amount_charged, seconds)
+                offset_ms = round((r.charged_until - r.started_at).total_seconds() * 1000)
+                entries.append(self._entry(r, r.charged_until, new_until, amount,
+                                           f"res:{r.id}:{offset_ms}ms", now_dt))
+                res_updates.append({"b_id": r.id, "b_old": r.charged_until,
+                                    "b_new": new_until, "b_amount": amount})
+                budget_delta[r.budget_id] += amount
+                if r.user_period_start is not None:
+                    user_delta[(r.budget_id, r.username, r.user_period_start)] += amount
+                charged_after[r.id] = r.amount_charged + amount
+            if entries:
+                s.execute(insert(UsageEntry), entries)
+                result = s.execute(
+                    update(rt)
+                    .where(rt.c.id == bindparam("b_id"), rt.c.charged_until == bindparam("b_old"),
+                           rt.c.state == "running")
+                    .values(charged_until=bindparam("b_new"),
+                            amount_charged=rt.c.amount_charged + bindparam("b_amount")),
+                    res_updates,
+                )
+                if result.rowcount not in (-1, len(res_updates)):
+                    raise RuntimeError("reservations changed under a metering tick; retrying")
+                bt = Budget.__table__
+                s.execute(
+                    update(bt)
+                    .where(bt.c.id == bindparam("b_id"))
+                    .values(used=bt.c.used + bindparam("b_amount"),
+                            reserved=bt.c.reserved - bindparam("b_amount")),
+                    [{"b_id": k, "b_amount": v} for k, v in sorted(budget_delta.items())],
+                )
+                if user_delta:
+                    ut = UserUsage.__table__
+                    s.execute(
+                        update(ut)
+                        .where(ut.c.budget_id == bindparam("b_id"),
+                               ut.c.username == bindparam("b_user"),
+                               ut.c.period_start == bindparam("b_period"))
+                        .values(used=ut.c.used + bindparam("b_amount"),
+                                reserved=ut.c.reserved - bindparam("b_amount")),
+                        [{"b_id": b, "b_user": u, "b_period": p, "b_amount": v}
+                         for (b, u, p), v in sorted(user_delta.items())],
+                    )
+                report.charged = len(entries)
+                report.amount = sum(budget_delta.values())
+            self._record_thresholds(s, now_dt, report)
+            self._find_stops(s, rows, charged_after, now_dt, report)
+        for notice in report.warnings:
+            log.warning("quota %s for %s: %s", notice.level, notice.group, notice.message)
+        return report
+
+    def _record_thresholds(self, s: Session, now: datetime, report: MeterReport) -> None:
+        budgets = s.execute(
+            select(Budget, Group.name)
+            .join(Group, Group.id == Budget.group_id)
+            .where(Budget.amount > 0, Budget.used >= Budget.amount * WARN_LEVELS[-1][0])
+        ).all()
+        if not budgets:
+            return
+        wanted: dict[str, dict] = {}
+        for budget, gname in budgets:
+            share = budget.used / budget.amount
+            levels = [name for frac, name in WARN_LEVELS if share >= frac - EPS]
+            if share >= 1 - EPS:
+                levels.append("exhausted")
+            scope = budget.resource_class + (f" ({budget.model})" if budget.model else "")
+            resets = resets_at_for(budget, now)
+            resets_text = f", resets {resets:%Y-%m-%d}" if resets else ""
+            for level in levels:
+                state = "used up" if level == "exhausted" else f"{level}% used"
+                key = f"budget:{budget.id}:{budget.period_start.isoformat()}:{level}"
+                wanted[key] = {
+                    "group_id": budget.group_id,
+                    "budget_id": budget.id,
+                    "reservation_id": None,
+                    "level": level,
+                    "period_start": budget.period_start,
+                    "message": (
+                        f"{gname}'s {scope} budget is {state} "
+                        f"({fmt_amount(budget.used, budget.unit)} of "
+                        f"{fmt_amount(budget.amount, budget.unit)}){resets_text}"
+                    ),
+                    "stop_at": None,
+                    "created_at": now,
+                    "dedup_key": key,
+                    "_group": gname,
+                }
+        have = set(s.scalars(select(Notice.dedup_key).where(Notice.dedup_key.in_(list(wanted)))))
+        new = [v for k, v in wanted.items() if k not in have]
+        if new:
+            self._insert_ignore(
+                s, Notice, [{k: v for k, v in n.items() if k != "_group"} for n in new]
+            )
+            for n in new:
+                report.warnings.append(
+                    NoticeInfo(group=n["_group"], budget_id=n["budget_id"], level=n["level"],
+                               message=n["message"])
+                )
+
+    def _find_stops(
+        self, s: Session, rows: list, charged_after: dict[int, float], now: datetime,
+        report: MeterReport,
+    ) -> None:
+        if not rows:
+            return
+        budget_ids = {r.budget_id for r in rows}
+        state = {
+            b.id: (b, gname, gfrozen)
+            for b, gname, gfrozen in s.execute(
+                select(Budget, Group.name, Group.frozen)
+                .join(Group, Group.id == Budget.group_id)
+                .where(Budget.id.in_(budget_ids))
+            ).all()
+        }
+        reasons: dict[int, str] = {}
+        for r in rows:
+            budget, _gname, gfrozen = state[r.budget_id]
+            end = r.started_at + timedelta(hours=r.hours)
+            if now >= end or charged_after[r.id] >= r.amount_reserved - EPS:
+                reasons[r.id] = f"its reservation of {r.hours:g} h ran out"
+            elif gfrozen or budget.frozen:
+                reasons[r.id] = "the group's budget was frozen"
+            elif budget.used >= budget.amount - EPS:
+                reasons[r.id] = "the group's budget is used up"
+        if not reasons:
+            return
+        existing = {
+            n.reservation_id: n
+            for n in s.scalars(
+                select(Notice).where(
+                    Notice.reservation_id.in_(list(reasons)), Notice.level == "stop_pending"
+                )
+            )
+        }
+        by_id = {r.id: r for r in rows}
+        for rid, reason in reasons.items():
+            r = by_id[rid]
+            budget, gname, _ = state[r.budget_id]
+            notice = existing.get(rid)
+            if notice is None:
+                # The grace period runs from the warning, so nobody is stopped unwarned.
+                stop_at = now + timedelta(seconds=self.grace_seconds)
+                server = f"{r.username}/{r.server_name}" if r.server_name else r.username
+                message = (
+                    f"server {server} will be stopped at {stop_at:%Y-%m-%d %H:%M} UTC: {reason}"
+                )
+                self._insert_ignore(s, Notice, {
+                    "group_id": r.group_id, "budget_id": r.budget_id, "reservation_id": rid,
+                    "level": "stop_pending", "period_start": budget.period_start,
+                    "message": message, "stop_at": stop_at, "created_at": now,
+                    "dedup_key": f"reservation:{rid}:stop_pending",
+                })
+                report.warnings.append(NoticeInfo(
+                    group=gname, budget_id=r.budget_id, level="stop_pending", message=message,
+                    reservation_id=rid, username=r.username, stop_at=stop_at,
+                ))
+            else:
+                stop_at = notice.stop_at or now
+            if now >= stop_at:
+                report.to_stop.append(StopOrder(self._info(r, gname), reason, stop_at))
+
+    # ------------------------------------------------------------ reading
+
+    def banners_for(self, username: str, now: float | datetime | None = None) -> list[str]:
+        """Banner lines for a user: threshold notices of their groups, their pending stops."""
+        now_dt = self._now(now)
+        lines: list[str] = []
+        with self.db.session() as s:
+            group_ids = select(GroupMember.group_id).where(GroupMember.username == username)
+            notices = s.execute(
+                select(Notice, Budget)
+                .join(Budget, Budget.id == Notice.budget_id)
+                .where(
+                    Notice.group_id.in_(group_ids),
+                    Notice.reservation_id.is_(None),
+                    Notice.period_start == Budget.period_start,
+                )
+                .order_by(Notice.budget_id, Notice.id)
+            ).all()
+            rank = {"80": 1, "95": 2, "exhausted": 3}
+            best: dict[int, Notice] = {}
+            for notice, budget in notices:
+                if budget.period == "monthly" and budget.period_start < month_start(now_dt):
+                    continue  # a new month began; the old period's warnings no longer apply
+                held = best.get(notice.budget_id)
+                if held is None or rank.get(notice.level, 0) > rank.get(held.level, 0):
+                    best[notice.budget_id] = notice
+            lines.extend(n.message for n in best.values())
+            stops = s.scalars(
+                select(Notice)
+                .join(Reservation, Reservation.id == Notice.reservation_id)
+                .where(Reservation.username == username, Reservation.state != "closed",
+                       Notice.level == "stop_pending")
+                .order_by(Notice.id)
+            ).all()
+            lines.extend(n.message for n in stops)
+        return lines
+
+    def open_reservations(self, username: str | None = None) -> list[ReservationInfo]:
+        """Reservations not yet closed (admitted or running), optionally for one user."""
+        with self.db.session() as s:
+            query = (
+                select(Reservation, Group.name)
+                .join(Group, Group.id == Reservation.group_id)
+                .where(Reservation.state != "closed")
+                .order_by(Reservation.id)
+            )
+            if username is not None:
+                query = query.where(Reservation.username == username)
+            return [self._info(r, gname) for r, gname in s.execute(query).all()]
+
+    def reservation(self, reservation_id: int) -> ReservationInfo | None:
+        """One reservation by id."""
+        with self.db.session() as s:
+            row = s.execute(
+                select(Reservation, Group.name)
+                .join(Group, Group.id == Reservation.group_id)
+                .where(Reservation.id == reservation_id)
+            ).first()
+            return self._info(row[0], row[1]) if row else None
+
+    def usage(
+        self,
+        group: str | None = None,
+        username: str | None = None,
+        since: float | datetime | None = None,
+        until: float | datetime | None = None,
+    ) -> dict[str, float]:
+        """Ledger totals: ``amount`` (budget units) and ``accelerator_hours``, filtered."""
+        query = select(
+            func.coalesce(func.sum(UsageEntry.amount), 0.0),
+            func.coalesce(func.sum(UsageEntry.accelerator_hours), 0.0),
+            func.count(UsageEntry.id),
+        )
+        if group is not None:
+            query = query.join(Group, Group.id == UsageEntry.group_id).where(Group.name == group)
+        if username is not None:
+            query = query.where(UsageEntry.username == username)
+        if since is not None:
+            query = query.where(UsageEntry.ts_from >= to_datetime(since))
+        if until is not None:
+            query = query.where(UsageEntry.ts_from < to_datetime(until))
+        with self.db.session() as s:
+            amount, hours, entries = s.execute(query).one()
+        return {"amount": float(amount), "accelerator_hours": float(hours), "entries": entries}

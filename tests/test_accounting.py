@@ -399,7 +399,10 @@ def test_fifty_simultaneous_launches_admit_exactly_what_fits(db, db_factory, clo
             outcomes.append(result)
 
     databases = [db_factory(pool_size=1, max_overflow=0) for _ in users]
-    threads = [threading.Thread(target=launch, args=(u, d)) for u, d in zip(users, databases)]
+    threads = [
+        threading.Thread(target=launch, args=(u, d))
+        for u, d in zip(users, databases, strict=True)
+    ]
     for t in threads:
         t.start()
     for t in threads:

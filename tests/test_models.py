@@ -20,7 +20,7 @@ def test_upgrade_from_empty_creates_every_table(db_factory):
     database = db_factory()
     assert database.current_revision() is None
     database.upgrade()
-    assert database.current_revision() == head_revision() == "0001"
+    assert database.current_revision() == head_revision()
     assert TABLES <= set(inspect(database.engine).get_table_names())
 
 
@@ -29,9 +29,16 @@ def test_upgrade_twice_is_a_no_op(db):
     assert db.current_revision() == head_revision()
 
 
+def _only_known_tables(obj, name, type_, reflected, compare_to) -> bool:
+    """Skip tables other modules' models and migrations add (not in this metadata)."""
+    return not (type_ == "table" and reflected and compare_to is None)
+
+
 def test_migrations_match_the_models(db):
     with db.engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"compare_type": False})
+        ctx = MigrationContext.configure(
+            conn, opts={"compare_type": False, "include_object": _only_known_tables}
+        )
         diff = compare_metadata(ctx, Base.metadata)
     assert diff == []
 

@@ -853,7 +853,7 @@ class Accounting:
                     res_updates,
                 )
                 if result.rowcount not in (-1, len(res_updates)):
-                    raise RuntimeError("reservations changed under a metering tick; retrying")
+                    raise RuntimeError("reservations changed under a metering tick; rolled back")
                 bt = Budget.__table__
                 s.execute(
                     update(bt)

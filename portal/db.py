@@ -88,8 +88,6 @@ class Database:
             engine_kwargs.setdefault("connect_args", {})
             engine_kwargs["connect_args"].setdefault("timeout", SQLITE_BUSY_TIMEOUT_S)
             engine_kwargs["connect_args"].setdefault("check_same_thread", False)
-        else:
-            engine_kwargs.setdefault("pool_pre_ping", True)
         self.engine: Engine = create_engine(url, **engine_kwargs)
         if self.dialect == "sqlite":
             _setup_sqlite(self.engine)

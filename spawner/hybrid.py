@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -23,15 +24,15 @@ from tornado import web
 from traitlets import Dict, Float, Unicode, default, observe
 from traitlets.utils.importstring import import_item
 
-from portal.accounting import Accounting, NoBudget, QuotaExceeded
+from portal.accounting import Accounting, AdmissionError
 from portal.db import Database
 
 from .catalog import Catalog, CatalogError, Offering, load_catalog
 from .options import LaunchRequest, OptionError, allowed_offerings, form_to_options, validate_options
 
 TEMPLATE_DIRS = [
-    Path(__file__).resolve().parent.parent / "templates",
-    Path(__file__).resolve().parents[4] / "share" / "hybridhub" / "templates",
+    Path(__file__).resolve().parent.parent / "templates",  # source checkout / editable install
+    Path(sys.prefix) / "share" / "hybridhub" / "templates",  # wheel install (data-files)
 ]
 
 DEFAULT_BACKENDS = {
@@ -281,7 +282,6 @@ class HybridSpawner(Spawner):
         for name in self._SHARED_TRAITS:
             if self.has_trait(name) and child.has_trait(name):
                 setattr(child, name, getattr(self, name))
-        child.clear_state()
         if self._backend_state:
             child.load_state(self._backend_state)
         return child
@@ -313,7 +313,7 @@ class HybridSpawner(Spawner):
                 server_name=self.name,
                 idempotency_key=f"launch:{self.user.name}:{self.name}:{uuid.uuid4()}",
             )
-        except (QuotaExceeded, NoBudget) as e:
+        except AdmissionError as e:
             raise user_error(403, str(e)) from None
 
     async def start(self):

@@ -73,6 +73,12 @@ def form_to_options(formdata: dict[str, list[str]]) -> dict[str, Any]:
         value = _first(formdata.get(name))
         if value not in (None, ""):
             opts[name] = value
+    # store numbers as numbers, as a REST body would; unparseable text is left for validation
+    for name, kind in (("count", int), ("hours", float)):
+        try:
+            opts[name] = kind(opts[name])
+        except (KeyError, ValueError):
+            pass
     return opts
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from traitlets import Any
+from traitlets import Any, HasTraits
 from traitlets.config import Config
 
 if TYPE_CHECKING:
     from ..catalog import Offering
 
 
-class BackendMixin:
+class BackendMixin(HasTraits):
     """Interface and hooks shared by the ``local``, ``docker``, ``swarm`` and ``ec2`` backends."""
 
     #: True when the backend only simulates the hardware (the picker says so).

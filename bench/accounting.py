@@ -96,11 +96,15 @@ def fill(db: Database, rows: int, now: datetime) -> None:
             batch = []
     if batch:
         _bulk(db, "usage_entries", ENTRY_COLS, batch)
-    with db.engine.begin() as conn:
-        if db.dialect == "postgresql":
+    # Settle after the bulk load (statistics, and no autovacuum or checkpoint mid-measurement).
+    if db.dialect == "postgresql":
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM (ANALYZE)"))
+            conn.execute(text("CHECKPOINT"))
+    else:
+        with db.engine.begin() as conn:
             conn.execute(text("ANALYZE"))
-        else:
-            conn.execute(text("ANALYZE"))
+            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
     print(f"  filled {rows:,} ledger rows in {time.perf_counter() - t0:.1f} s")
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -48,6 +48,43 @@ log = logging.getLogger("hybridhub.accounting")
 #: Tolerance for float comparisons of amounts (a budget that fits exactly must admit).
 EPS = 1e-9
 WARN_LEVELS = ((0.95, "95"), (0.80, "80"))
+
+_GT, _BT, _MT, _RT = (
+    Group.__table__, Budget.__table__, GroupMember.__table__, Reservation.__table__
+)
+#: Admission's one lookup: the group, its budgets for the class, membership, the retry key.
+_ADMIT_LOOKUP = (
+    select(
+        _GT.c.id.label("g_id"),
+        _GT.c.frozen.label("g_frozen"),
+        *_BT.c,
+        exists()
+        .where(_MT.c.group_id == _GT.c.id, _MT.c.username == bindparam("user"))
+        .label("is_member"),
+        select(_RT.c.id)
+        .where(_RT.c.idempotency_key == bindparam("key"))
+        .scalar_subquery()
+        .label("existing"),
+    )
+    .select_from(
+        _GT.outerjoin(
+            _BT, and_(_BT.c.group_id == _GT.c.id, _BT.c.resource_class == bindparam("rc"))
+        )
+    )
+    .where(_GT.c.name == bindparam("group"))
+    .order_by(_BT.c.id)
+)
+#: The conditional update at the heart of admission: reserve only if it still fits.
+_RESERVE = (
+    update(_BT)
+    .where(
+        _BT.c.id == bindparam("b_id"),
+        _BT.c.frozen.is_(False),
+        _BT.c.amount - _BT.c.used - _BT.c.reserved >= bindparam("b_need"),
+    )
+    .values(reserved=_BT.c.reserved + bindparam("b_asked"))
+)
+_INSERT_RESERVATION = insert(_RT).returning(_RT.c.id)
 
 
 # ---------------------------------------------------------------- errors
@@ -609,23 +646,9 @@ class Accounting:
         resource_class: str, model: str | None, count: int, hours: float,
         weight: float, price: float, server_name: str,
     ) -> int:
-        # One round trip: the group, its budgets for the class, membership, the retry key.
-        is_member = (
-            select(GroupMember.id)
-            .where(GroupMember.group_id == Group.id, GroupMember.username == username)
-            .exists()
-        )
-        existing = (
-            select(Reservation.id).where(Reservation.idempotency_key == key).scalar_subquery()
-        )
-        rows = s.execute(
-            select(Group, Budget, is_member.label("is_member"), existing.label("existing"))
-            .outerjoin(
-                Budget,
-                (Budget.group_id == Group.id) & (Budget.resource_class == resource_class),
-            )
-            .where(Group.name == group)
-            .order_by(Budget.id)
+        conn = s.connection()
+        rows = conn.execute(
+            _ADMIT_LOOKUP, {"group": group, "rc": resource_class, "user": username, "key": key}
         ).all()
         if not rows:
             existing_id = self._by_key(s, key)
@@ -634,11 +657,11 @@ class Accounting:
             raise NoBudget(group, resource_class, model)
         if rows[0].existing is not None:
             return rows[0].existing
-        g = rows[0].Group
+        first = rows[0]
         budget, active = self._choose_budget(
-            (r.Budget for r in rows if r.Budget is not None), group, resource_class, model, now
+            (r for r in rows if r.id is not None), group, resource_class, model, now
         )
-        if self.check_membership and not rows[0].is_member:
+        if self.check_membership and not first.is_member:
             raise NotMember(username, group)
         asked = cost(budget.unit, count, hours, weight, price)
         breakdown = _breakdown(budget.unit, count, hours, weight, price)
@@ -654,22 +677,17 @@ class Accounting:
             span = f"{budget.starts_at:%Y-%m-%d} to {budget.ends_at:%Y-%m-%d}"
             raise refuse(0.0, reason=f"the budget is only valid from {span}",
                          cls=BudgetUnavailable)
-        if g.frozen or budget.frozen:
+        if first.g_frozen or budget.frozen:
             raise refuse(0.0, reason="the budget is frozen", cls=BudgetUnavailable)
         current = self._roll_period(s, budget, now)
-        result = s.execute(
-            update(Budget)
-            .where(
-                Budget.id == budget.id,
-                Budget.frozen.is_(False),
-                Budget.amount - Budget.used - Budget.reserved >= asked - EPS,
-            )
-            .values(reserved=Budget.reserved + asked)
-            .execution_options(synchronize_session=False)
+        result = conn.execute(
+            _RESERVE, {"b_id": budget.id, "b_need": asked - EPS, "b_asked": asked}
         )
         if result.rowcount != 1:
-            s.refresh(budget)
-            raise refuse(budget.amount - budget.used - budget.reserved)
+            fresh = conn.execute(
+                select(Budget.amount, Budget.used, Budget.reserved).where(Budget.id == budget.id)
+            ).one()
+            raise refuse(fresh.amount - fresh.used - fresh.reserved)
         user_period = None
         if budget.per_user_cap is not None:
             user_period = current
@@ -700,31 +718,32 @@ class Accounting:
                     )
                 ).one()
                 raise refuse(cap - row.used - row.reserved, scope="user")
-        reservation = Reservation(
-            budget_id=budget.id,
-            group_id=g.id,
-            username=username,
-            server_name=server_name,
-            resource_class=resource_class,
-            model=model,
-            count=count,
-            hours=hours,
-            billing_weight=weight,
-            price_per_hour=price,
-            amount_reserved=asked,
-            amount_charged=0.0,
-            user_period_start=user_period,
-            state="admitted",
-            created_at=now,
-            idempotency_key=key,
-        )
-        s.add(reservation)
-        s.flush()
+        reservation_id = conn.execute(
+            _INSERT_RESERVATION,
+            {
+                "budget_id": budget.id,
+                "group_id": first.g_id,
+                "username": username,
+                "server_name": server_name,
+                "resource_class": resource_class,
+                "model": model,
+                "count": count,
+                "hours": hours,
+                "billing_weight": weight,
+                "price_per_hour": price,
+                "amount_reserved": asked,
+                "amount_charged": 0.0,
+                "user_period_start": user_period,
+                "state": "admitted",
+                "created_at": now,
+                "idempotency_key": key,
+            },
+        ).scalar_one()
         log.info(
-            "admitted reservation %s: %s in %s, %s on %s", reservation.id, username, group,
+            "admitted reservation %s: %s in %s, %s on %s", reservation_id, username, group,
             fmt_amount(asked, budget.unit), resource_class,
         )
-        return reservation.id
+        return reservation_id
 
     # ------------------------------------------------------------ running and release
 

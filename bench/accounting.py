@@ -102,9 +102,12 @@ def fill(db: Database, rows: int, now: datetime) -> None:
             conn.execute(text("VACUUM (ANALYZE)"))
             conn.execute(text("CHECKPOINT"))
     else:
-        with db.engine.begin() as conn:
-            conn.execute(text("ANALYZE"))
-            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+        raw = db.engine.raw_connection()  # autocommit: a checkpoint cannot run in a transaction
+        try:
+            raw.cursor().execute("ANALYZE")
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            raw.close()
     print(f"  filled {rows:,} ledger rows in {time.perf_counter() - t0:.1f} s")
 
 

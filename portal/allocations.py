@@ -111,7 +111,9 @@ def choose_host(candidates: Sequence[Candidate], taken: set[str], count: int) ->
 class Allocator:
     """Allocate, free and list GPU allocations in the hybridhub database."""
 
-    def __init__(self, db: Database, *, clock: Callable[[], datetime] = utcnow, max_attempts: int = 50):
+    def __init__(
+        self, db: Database, *, clock: Callable[[], datetime] = utcnow, max_attempts: int = 50
+    ):
         self.db = db
         self.clock = clock
         self.max_attempts = max_attempts
@@ -172,14 +174,18 @@ class Allocator:
                     )
                     if mine:
                         return Placement(mine[0].host, tuple(a.gpu_uuid for a in mine))
-                    taken = set(
-                        s.scalars(
-                            select(GpuAllocation.gpu_uuid).where(
-                                GpuAllocation.released_at.is_(None),
-                                GpuAllocation.gpu_uuid.in_(all_uuids),
+                    taken = (
+                        set(
+                            s.scalars(
+                                select(GpuAllocation.gpu_uuid).where(
+                                    GpuAllocation.released_at.is_(None),
+                                    GpuAllocation.gpu_uuid.in_(all_uuids),
+                                )
                             )
                         )
-                    ) if all_uuids else set()
+                        if all_uuids
+                        else set()
+                    )
                     placement = choose_host(candidates, taken, count)
                     if placement is None:
                         free = {c.host: sum(g not in taken for g in c.gpus) for c in candidates}
@@ -188,9 +194,15 @@ class Allocator:
                     for uuid in placement.gpus:
                         s.add(
                             GpuAllocation(
-                                host=placement.host, gpu_uuid=uuid, model=model, owner=owner,
-                                username=username, server_name=server_name, offering=offering,
-                                reservation_id=reservation_id, allocated_at=now,
+                                host=placement.host,
+                                gpu_uuid=uuid,
+                                model=model,
+                                owner=owner,
+                                username=username,
+                                server_name=server_name,
+                                offering=offering,
+                                reservation_id=reservation_id,
+                                allocated_at=now,
                             )
                         )
                     s.flush()
@@ -204,14 +216,15 @@ class Allocator:
         raise NoCapacity(what, count, self.free_by_host(candidates))
 
     def adopt(self, placement: Placement, *, owner: str, **fields: object) -> list[str]:
-        """Make sure ``owner`` holds ``placement`` (a re-adopted server); returns GPUs held by others."""
+        """Make sure ``owner`` holds ``placement`` (re-adoption); returns GPUs held by others."""
         conflicts = []
         with self.db.session() as s:
             active = {
                 a.gpu_uuid: a
                 for a in s.scalars(
                     select(GpuAllocation).where(
-                        GpuAllocation.released_at.is_(None), GpuAllocation.gpu_uuid.in_(placement.gpus)
+                        GpuAllocation.released_at.is_(None),
+                        GpuAllocation.gpu_uuid.in_(placement.gpus),
                     )
                 )
             }
@@ -220,14 +233,20 @@ class Allocator:
                 if row is None:
                     s.add(
                         GpuAllocation(
-                            host=placement.host, gpu_uuid=uuid, owner=owner, allocated_at=self.clock(), **fields
+                            host=placement.host,
+                            gpu_uuid=uuid,
+                            owner=owner,
+                            allocated_at=self.clock(),
+                            **fields,
                         )
                     )
                 elif row.owner != owner:
                     conflicts.append(uuid)
         return conflicts
 
-    def release(self, *, owner: str | None = None, host: str | None = None, reason: str = "stopped") -> int:
+    def release(
+        self, *, owner: str | None = None, host: str | None = None, reason: str = "stopped"
+    ) -> int:
         """Release the active allocations of ``owner`` (or of every server on ``host``)."""
         if owner is None and host is None:
             raise ValueError("release needs an owner or a host")
@@ -237,7 +256,9 @@ class Allocator:
         if host is not None:
             q = q.where(GpuAllocation.host == host)
         with self.db.session() as s:
-            return s.execute(q.values(released_at=self.clock(), release_reason=reason[:255])).rowcount
+            return s.execute(
+                q.values(released_at=self.clock(), release_reason=reason[:255])
+            ).rowcount
 
 
 _allocators: dict[str, Allocator] = {}

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from traitlets import List
+import yaml
+from traitlets import List, Unicode
 from traitlets.config import Configurable
 
 if TYPE_CHECKING:
@@ -88,7 +89,9 @@ def parse_nvidia_smi_csv(text: str, *, source: str = "nvidia-smi") -> list[Gpu]:
         if row[0].strip().lower() == "index":
             continue
         if len(row) != 4:
-            raise InventoryError(f"{source}:{lineno}", f"expected 4 fields, got {len(row)}: {row!r}")
+            raise InventoryError(
+                f"{source}:{lineno}", f"expected 4 fields, got {len(row)}: {row!r}"
+            )
         index, uuid, name, memory = (c.strip() for c in row)
         if not index.isdigit():
             raise InventoryError(f"{source}:{lineno}", f"index must be an integer, got {index!r}")
@@ -96,7 +99,9 @@ def parse_nvidia_smi_csv(text: str, *, source: str = "nvidia-smi") -> list[Gpu]:
             raise InventoryError(f"{source}:{lineno}", f"not a GPU UUID: {uuid!r}")
         m = re.fullmatch(r"(\d+)(?:\s*MiB)?", memory)
         if not m:
-            raise InventoryError(f"{source}:{lineno}", f"memory.total must be like '81559 MiB', got {memory!r}")
+            raise InventoryError(
+                f"{source}:{lineno}", f"memory.total must be like '81559 MiB', got {memory!r}"
+            )
         gpus.append(Gpu(index=int(index), uuid=uuid, model=name, memory_mib=int(m.group(1))))
     return gpus
 
@@ -181,8 +186,12 @@ def _gpu_from_dict(d: Any, where: str, index: int) -> Gpu:
             raise InventoryError(f"{where}.{key}", "is required (a non-empty string)")
     memory = d.get("memory_mib", 0)
     if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-        raise InventoryError(f"{where}.memory_mib", f"must be a non-negative integer, got {memory!r}")
-    return Gpu(index=int(d.get("index", index)), uuid=d["uuid"], model=d["model"], memory_mib=memory)
+        raise InventoryError(
+            f"{where}.memory_mib", f"must be a non-negative integer, got {memory!r}"
+        )
+    return Gpu(
+        index=int(d.get("index", index)), uuid=d["uuid"], model=d["model"], memory_mib=memory
+    )
 
 
 def host_from_config(cfg: Any, position: int) -> Host:
@@ -190,7 +199,17 @@ def host_from_config(cfg: Any, position: int) -> Host:
     where = f"hosts[{position}]"
     if not isinstance(cfg, dict):
         raise InventoryError(where, "must be a mapping")
-    allowed = {"name", "url", "class", "pool", "labels", "gpus", "nvidia_smi", "nvidia_smi_file", "ip"}
+    allowed = {
+        "name",
+        "url",
+        "class",
+        "pool",
+        "labels",
+        "gpus",
+        "nvidia_smi",
+        "nvidia_smi_file",
+        "ip",
+    }
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise InventoryError(f"{where}.{unknown[0]}", f"unknown key; allowed: {sorted(allowed)}")
@@ -200,7 +219,9 @@ def host_from_config(cfg: Any, position: int) -> Host:
     where = f"hosts[{name}]"
     url = cfg.get("url")
     if not isinstance(url, str) or "://" not in url:
-        raise InventoryError(f"{where}.url", f"must be a Docker Engine URL (unix:// or tcp://), got {url!r}")
+        raise InventoryError(
+            f"{where}.url", f"must be a Docker Engine URL (unix:// or tcp://), got {url!r}"
+        )
     cls = cfg.get("class")
     if cls not in HOST_CLASSES:
         raise InventoryError(f"{where}.class", f"must be one of {list(HOST_CLASSES)}, got {cls!r}")
@@ -254,9 +275,31 @@ class GpuInventory(Configurable):
         """,
     ).tag(config=True)
 
+    hosts_file = Unicode(
+        "",
+        help="YAML file with more hosts (a list of mappings shaped like `hosts` entries, or a "
+        "mapping with a `hosts` list); read on every placement, so hosts can be added "
+        "without restarting the hub.",
+    ).tag(config=True)
+
+    def host_configs(self) -> list[Any]:
+        """``hosts`` followed by the entries of ``hosts_file``."""
+        configs = list(self.hosts)
+        if self.hosts_file:
+            try:
+                loaded = yaml.safe_load(Path(self.hosts_file).read_text()) or []
+            except (OSError, yaml.YAMLError) as e:
+                raise InventoryError("hosts_file", f"cannot read {self.hosts_file}: {e}") from e
+            if isinstance(loaded, dict):
+                loaded = loaded.get("hosts", [])
+            if not isinstance(loaded, list):
+                raise InventoryError("hosts_file", "must hold a list of hosts")
+            configs += loaded
+        return configs
+
     def all_hosts(self) -> list[Host]:
         """Every configured host, validated; raises :class:`InventoryError` naming a bad key."""
-        hosts = [host_from_config(cfg, i) for i, cfg in enumerate(self.hosts)]
+        hosts = [host_from_config(cfg, i) for i, cfg in enumerate(self.host_configs())]
         names = [h.name for h in hosts]
         if len(set(names)) != len(names):
             raise InventoryError("hosts", "host names must be unique")
@@ -264,7 +307,9 @@ class GpuInventory(Configurable):
         for h in hosts:
             for g in h.gpus:
                 if g.uuid in seen:
-                    raise InventoryError(f"hosts[{h.name}].gpus", f"GPU {g.uuid} is also on {seen[g.uuid]}")
+                    raise InventoryError(
+                        f"hosts[{h.name}].gpus", f"GPU {g.uuid} is also on {seen[g.uuid]}"
+                    )
                 seen[g.uuid] = h.name
         return hosts
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
 from tests.fixtures.docker import DATA, fake_gpus
@@ -13,10 +11,18 @@ pytestmark = pytest.mark.docker
 
 def hosts_two(engines) -> list[dict]:
     return [
-        {"name": "h1", "url": engines.urls["h1"], "class": "enterprise",
-         "nvidia_smi_file": str(DATA / "nvidia-smi-8xh100.csv")},
-        {"name": "h2", "url": engines.urls["h2"], "class": "enterprise",
-         "gpus": fake_gpus("b2", "NVIDIA H100 80GB HBM3", 2)},
+        {
+            "name": "h1",
+            "url": engines.urls["h1"],
+            "class": "enterprise",
+            "nvidia_smi_file": str(DATA / "nvidia-smi-8xh100.csv"),
+        },
+        {
+            "name": "h2",
+            "url": engines.urls["h2"],
+            "class": "enterprise",
+            "gpus": fake_gpus("b2", "NVIDIA H100 80GB HBM3", 2),
+        },
     ]
 
 

@@ -29,8 +29,8 @@ from typing import Any
 
 import docker
 import requests
-from dockerspawner import DockerSpawner
 from docker.errors import APIError, DockerException, NotFound
+from dockerspawner import DockerSpawner
 from jupyterhub.utils import random_port
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
@@ -94,7 +94,9 @@ def engine_down(exc: BaseException) -> bool:
     if isinstance(exc, ENGINE_DOWN_ERRORS):
         return True
     # docker.APIClient(version="auto") wraps a refused connection in DockerException
-    return isinstance(exc, DockerException) and "Error while fetching server API version" in str(exc)
+    return isinstance(exc, DockerException) and "Error while fetching server API version" in str(
+        exc
+    )
 
 
 def no_capacity_error(message: str) -> web.HTTPError:
@@ -139,8 +141,19 @@ class ContainerSpec:
     extra_host_config: dict[str, Any] = field(default_factory=dict)
 
 
+def check_binds(binds: dict[str, dict[str, str]]) -> None:
+    """Refuse any bind that would hand a notebook the Docker socket (root on the host)."""
+    for source, b in binds.items():
+        if (
+            source.rstrip("/") in DOCKER_SOCKET_PATHS
+            or source.endswith("docker.sock")
+            or (b["bind"].endswith("docker.sock"))
+        ):
+            raise ValueError(f"refusing to mount the Docker socket into a notebook ({source})")
+
+
 def container_config(spec: ContainerSpec) -> dict[str, Any]:
-    """``create_container`` keyword arguments, with ``host_config`` as ``create_host_config`` kwargs.
+    """``create_container`` kwargs, with ``host_config`` as ``create_host_config`` kwargs.
 
     Always unprivileged, with every capability dropped, ``no-new-privileges``,
     no Docker socket, and the CPU/memory limits given; the GPUs are device
@@ -151,11 +164,7 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
         binds[source] = {"bind": target, "mode": "ro"}
     if spec.home is not None:
         binds[spec.home.source] = {"bind": spec.home.target, "mode": "rw"}
-    for source, b in binds.items():
-        if source.rstrip("/") in DOCKER_SOCKET_PATHS or source.endswith("docker.sock") or (
-            b["bind"].endswith("docker.sock")
-        ):
-            raise ValueError(f"refusing to mount the Docker socket into a notebook ({source})")
+    check_binds(binds)
     env = dict(spec.env)
     env["NVIDIA_VISIBLE_DEVICES"] = ",".join(spec.gpu_uuids) if spec.gpu_uuids else "void"
     if spec.gpu_uuids:
@@ -203,7 +212,7 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
 
 
 def db_url_from_config(config: Config) -> str:
-    """The allocation database: ``DockerBackend.allocation_db_url``, else ``HybridSpawner.db_url``."""
+    """The allocation database: ``DockerBackend.allocation_db_url``, else the hub's ``db_url``."""
     for section, key in (("DockerBackend", "allocation_db_url"), ("HybridSpawner", "db_url")):
         if section in config and config[section].get(key):
             return str(config[section][key])
@@ -212,7 +221,9 @@ def db_url_from_config(config: Config) -> str:
 
 def candidates_for(inventory: GpuInventory, offering) -> list[Candidate]:
     """The allocation candidates (host name and matching GPU UUIDs) for ``offering``."""
-    return [Candidate(h.name, tuple(g.uuid for g in gpus)) for h, gpus in inventory.candidates(offering)]
+    return [
+        Candidate(h.name, tuple(g.uuid for g in gpus)) for h, gpus in inventory.candidates(offering)
+    ]
 
 
 class DockerBackend(BackendMixin, DockerSpawner):
@@ -524,7 +535,7 @@ class DockerBackend(BackendMixin, DockerSpawner):
                 return
             except HTTPClientError:
                 return  # it answered, with a status: it is up
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 checks += 1
                 if checks % 25 == 0 and await self.poll() is not None:
                     return  # died: the hub reports it
@@ -569,7 +580,9 @@ class DockerBackend(BackendMixin, DockerSpawner):
             except Exception as e:
                 if not engine_down(e):
                     raise
-                self.log.warning("Host %s unreachable while stopping %s", self.host_name, self._log_name)
+                self.log.warning(
+                    "Host %s unreachable while stopping %s", self.host_name, self._log_name
+                )
             if self.remove:
                 await self._remove_quietly()
             await self._release("stopped")
@@ -670,7 +683,9 @@ class Reconciler:
                     raise
                 report.unreachable_hosts.append(host.name)
                 continue
-            active = [a for a in self.allocator.active(host=host.name) if a.owner.startswith(prefix)]
+            active = [
+                a for a in self.allocator.active(host=host.name) if a.owner.startswith(prefix)
+            ]
             holders = {a.owner for a in active}
             present = set()
             for c in containers:
@@ -678,9 +693,13 @@ class Reconciler:
                 name = c["Names"][0].lstrip("/") if c.get("Names") else c["Id"]
                 orphan = owner not in holders or (known is not None and owner not in known)
                 if orphan:
-                    log.warning("Reconcile: removing %s on %s (unknown to the database)", name, host.name)
+                    log.warning(
+                        "Reconcile: removing %s on %s (unknown to the database)", name, host.name
+                    )
                     try:
-                        engine_client(host.url, self.api_timeout).remove_container(c["Id"], force=True)
+                        engine_client(host.url, self.api_timeout).remove_container(
+                            c["Id"], force=True
+                        )
                     except NotFound:
                         pass
                     report.removed_containers.append(name)

@@ -1,0 +1,526 @@
+"""The ``swarm`` backend: one Docker Swarm service per server, GPUs as generic resources.
+
+Every GPU host joins one swarm and advertises its GPUs in its daemon.json as
+``"node-generic-resources": ["NVIDIA-GPU=<uuid>", ...]``, and carries node
+labels ``hybridhub.class`` (community / enterprise) and ``hybridhub.gpu_model``
+(the normalised model, e.g. ``rtx4090``, ``h10080gb``).  A launch of N GPUs is
+a service asking for ``NVIDIA-GPU=N`` with placement constraints on those
+labels: Swarm picks the node and the devices, and the container sees them in
+``DOCKER_RESOURCE_NVIDIA-GPU`` (and, through the NVIDIA runtime's
+``NVIDIA_VISIBLE_DEVICES``, uses them).  The GPUs Swarm assigned are recorded
+as allocation rows too, so usage and provenance look the same as on ``docker``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+from docker.errors import NotFound
+from docker.types import (
+    ContainerSpec as SwarmContainerSpec,
+)
+from docker.types import (
+    EndpointSpec,
+    Mount,
+    Placement,
+    Resources,
+    RestartPolicy,
+    TaskTemplate,
+)
+from dockerspawner import SwarmSpawner
+from jupyterhub.utils import random_port
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from traitlets import Dict, Float, List, Unicode, default
+from traitlets.config import Config
+
+from portal.allocations import Allocator, allocator_for
+from portal.allocations import Placement as GpuPlacement
+
+from .base import BackendMixin
+from .docker import (
+    LABEL_HUB,
+    LABEL_OFFERING,
+    LABEL_OWNER,
+    LABEL_USER,
+    ContainerSpec,
+    HomeMount,
+    check_binds,
+    db_url_from_config,
+    docker_executor,
+    engine_client,
+    engine_down,
+    no_capacity_error,
+)
+
+DEFAULT_SWARM_URL = "unix:///var/run/docker.sock"
+
+
+def gpu_model_label(offering) -> str:
+    """The ``hybridhub.gpu_model`` node label value for an offering: its normalised model."""
+    name = offering.extra.get("gpu_model") or offering.model
+    if not isinstance(name, str):
+        name = str(name[0])
+    return (
+        "".join(ch for ch in name.lower() if ch.isalnum())
+        .removeprefix("nvidia")
+        .removeprefix("geforce")
+    )
+
+
+def service_config(
+    spec: ContainerSpec, *, gpu_kind: str, gpu_count: int, constraints: list[str]
+) -> dict:
+    """``create_service`` keyword arguments for ``spec`` (pure: no engine).
+
+    Same security as :func:`spawner.backends.docker.container_config`: non-root
+    user when given, every capability dropped, no Docker socket, CPU and memory
+    limits, and no restart (a server that exits is reported stopped).
+    """
+    binds = {src: {"bind": dst, "mode": "ro"} for src, dst in spec.read_only_binds.items()}
+    if spec.home is not None:
+        binds[spec.home.source] = {"bind": spec.home.target, "mode": "rw"}
+    check_binds(binds)
+    mounts = [
+        Mount(target=dst, source=src, type="bind", read_only=True)
+        for src, dst in spec.read_only_binds.items()
+    ]
+    if spec.home is not None:
+        mounts.append(
+            Mount(
+                target=spec.home.target,
+                source=spec.home.source,
+                type="volume" if spec.home.kind == "volume" else "bind",
+            )
+        )
+    for target in spec.tmpfs:
+        mounts.append(Mount(target=target, source=None, type="tmpfs"))
+    env = dict(spec.env)
+    if spec.home is not None:
+        env["HOME"] = spec.home.target
+    container = SwarmContainerSpec(
+        image=spec.image,
+        args=list(spec.command),
+        env=env,
+        user=spec.user or None,
+        labels=dict(spec.labels),
+        mounts=mounts,
+        cap_drop=["ALL"],
+        stop_grace_period=5_000_000_000,
+    )
+    resources = Resources(
+        cpu_limit=int(spec.cpu_limit * 1e9) if spec.cpu_limit else None,
+        mem_limit=spec.mem_limit or None,
+        generic_resources={gpu_kind: gpu_count} if gpu_count else None,
+    )
+    task = TaskTemplate(
+        container_spec=container,
+        resources=resources,
+        restart_policy=RestartPolicy(condition="none"),
+        placement=Placement(constraints=constraints or None),
+        networks=[spec.network_mode] if spec.network_mode else [],
+    )
+    return {
+        "task_template": task,
+        "name": spec.name,
+        "labels": dict(spec.labels),
+        "endpoint_spec": EndpointSpec(),
+    }
+
+
+class SwarmBackend(BackendMixin, SwarmSpawner):
+    """Run the server as a Swarm service; Swarm places it on a node with free GPUs."""
+
+    swarm_url = Unicode(
+        "",
+        help="Docker Engine URL of a swarm manager. Empty: $DOCKER_HOST, else the local socket.",
+    ).tag(config=True)
+
+    hub_label = Unicode(
+        "hybridhub", help="Value of the `hybridhub.hub` label on services this hub creates."
+    ).tag(config=True)
+
+    gpu_resource_kind = Unicode(
+        "NVIDIA-GPU",
+        help="Name of the node generic resource that counts GPUs (daemon.json "
+        '`node-generic-resources`: "NVIDIA-GPU=<uuid>").',
+    ).tag(config=True)
+
+    node_constraints = List(
+        Unicode(),
+        default_value=[
+            "node.labels.hybridhub.class=={resource_class}",
+            "node.labels.hybridhub.gpu_model=={gpu_model}",
+        ],
+        help="Placement constraints for a launch; {resource_class} and {gpu_model} (normalised "
+        "offering model, e.g. rtx4090) are filled in. Label nodes to match "
+        "(`docker node update --label-add hybridhub.class=enterprise ...`).",
+    ).tag(config=True)
+
+    image_override = Unicode(
+        "", help="Run this image for every offering instead of the offering's `image`."
+    ).tag(config=True)
+
+    home_volume = Unicode(
+        "hybridhub-home-{username}",
+        help="Per-user named volume mounted as the home; with several nodes use a volume "
+        "driver every node reaches (`volume_driver`) or `home_host_dir` on shared storage.",
+    ).tag(config=True)
+
+    home_host_dir = Unicode(
+        "", help="Per-user host directory (shared storage) mounted as the home; wins when set."
+    ).tag(config=True)
+
+    home_path = Unicode("/home/jovyan", help="Where the home is mounted in the container.").tag(
+        config=True
+    )
+
+    run_as = Unicode(
+        "1000:100", help="uid:gid the server runs as; empty keeps the image's user (tests)."
+    ).tag(config=True)
+
+    read_only_binds = Dict(
+        help="Host path -> container path, mounted read-only on whichever node runs the task."
+    ).tag(config=True)
+
+    allocation_db_url = Unicode(
+        "", help="Database for GPU allocation records; empty: the HybridSpawner's `db_url`."
+    ).tag(config=True)
+
+    api_timeout = Float(10.0, help="Seconds the swarm manager may take to answer one call.").tag(
+        config=True
+    )
+
+    ready_poll_interval = Float(
+        0.05, help="Seconds between readiness probes before start() returns; 0 disables them."
+    ).tag(config=True)
+
+    task_poll_interval = Float(
+        0.2, help="Seconds between checks of the new service's task while it starts."
+    ).tag(config=True)
+
+    @default("network_name")
+    def _default_network_name(self):
+        return "host"
+
+    @default("use_internal_ip")
+    def _default_use_internal_ip(self):
+        return True
+
+    @default("name_template")
+    def _default_name_template(self):
+        return "{prefix}-{username}--{servername}" if self.name else "{prefix}-{username}"
+
+    node_name = Unicode("", help="Hostname of the node running the task (state).")
+    _gpus: tuple[str, ...] = ()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    @property
+    def executor(self):
+        """The shared thread pool for Docker SDK calls."""
+        return docker_executor()
+
+    @property
+    def manager_url(self) -> str:
+        """The swarm manager's engine URL."""
+        return self.swarm_url or os.environ.get("DOCKER_HOST") or DEFAULT_SWARM_URL
+
+    @property
+    def client(self):
+        """The manager's client (blocking on first use: only call in the executor)."""
+        return engine_client(self.manager_url, self.api_timeout, self.tls_config or None)
+
+    @property
+    def allocator(self) -> Allocator:
+        """The allocation records' database."""
+        url = self.allocation_db_url
+        if not url and self.hybrid is not None and getattr(self.hybrid, "db_url", None):
+            url = self.hybrid.db_url
+        return allocator_for(url or db_url_from_config(self.config))
+
+    @property
+    def owner(self) -> str:
+        """Allocation owner key."""
+        return f"{self.hub_label}/{self.object_name}"
+
+    def _in_thread(self, fn, *args, **kwargs):
+        return asyncio.wrap_future(self.executor.submit(fn, *args, **kwargs))
+
+    # --- capacity ---------------------------------------------------------------------------
+
+    @classmethod
+    def _free_gpus(cls, client, kind: str, labels: dict[str, str]) -> int:
+        total: dict[str, set[str]] = {}
+        for node in client.nodes():
+            if node.get("Status", {}).get("State") != "ready":
+                continue
+            if node.get("Spec", {}).get("Availability") != "active":
+                continue
+            node_labels = node.get("Spec", {}).get("Labels") or {}
+            if any(node_labels.get(k) != v for k, v in labels.items()):
+                continue
+            res = node.get("Description", {}).get("Resources", {}).get("GenericResources") or []
+            total[node["ID"]] = {
+                r["NamedResourceSpec"]["Value"]
+                for r in res
+                if r.get("NamedResourceSpec", {}).get("Kind") == kind
+            }
+        used = 0
+        for task in client.tasks(filters={"desired-state": "running"}):
+            if task.get("NodeID") not in total:
+                continue
+            for r in task.get("AssignedGenericResources") or []:
+                spec = r.get("NamedResourceSpec", {})
+                if spec.get("Kind") == kind and spec.get("Value") in total[task["NodeID"]]:
+                    used += 1
+        return sum(len(v) for v in total.values()) - used
+
+    @classmethod
+    async def free_now(cls, offering, config: Config) -> int | None:
+        """Free GPUs on ready nodes labelled for ``offering`` (asks the swarm manager)."""
+        section = config.SwarmBackend if "SwarmBackend" in config else {}
+        url = section.get("swarm_url") or os.environ.get("DOCKER_HOST") or DEFAULT_SWARM_URL
+        kind = section.get("gpu_resource_kind") or "NVIDIA-GPU"
+        timeout = section.get("api_timeout") or 10.0
+        labels = {
+            "hybridhub.class": offering.resource_class,
+            "hybridhub.gpu_model": gpu_model_label(offering),
+        }
+
+        def count():
+            return cls._free_gpus(engine_client(url, timeout), kind, labels)
+
+        try:
+            return await asyncio.wrap_future(docker_executor().submit(count))
+        except Exception as e:
+            if engine_down(e):
+                return 0
+            raise
+
+    # --- the service ------------------------------------------------------------------------
+
+    def home_mount(self) -> HomeMount:
+        """The per-user home: host directory if configured, else the named volume."""
+        ns = self.template_namespace()
+        if self.home_host_dir:
+            return HomeMount("bind", self.home_host_dir.format(**ns), self.home_path)
+        return HomeMount("volume", self.home_volume.format(**ns), self.home_path)
+
+    def get_env(self):
+        """Hub environment and the hardware description."""
+        env = super().get_env()
+        env.update(self.accelerator_env())
+        return env
+
+    def get_args(self):
+        """Listen on the node's address and our chosen port (host networking)."""
+        args = list(super().get_args())
+        if self.network_name == "host":
+            args += [f"--ip={self.ip}", f"--port={self.port}"]
+        return args
+
+    async def get_command(self):
+        """``cmd`` + args (the image's command when ``cmd`` is unset)."""
+        if self.cmd:
+            return list(self.cmd) + self.get_args()
+        return await super().get_command()
+
+    def _constraints(self) -> list[str]:
+        if self.offering is None:
+            return []
+        ns = {
+            "resource_class": self.offering.resource_class,
+            "gpu_model": gpu_model_label(self.offering),
+        }
+        return [c.format(**ns) for c in self.node_constraints]
+
+    async def create_object(self):
+        """Create the service from :func:`service_config`."""
+        count = self.request.count if self.request is not None else 0
+        spec = ContainerSpec(
+            name=self.object_name,
+            image=self.image,
+            command=await self.get_command(),
+            env=self.get_env(),
+            labels={
+                LABEL_HUB: self.hub_label,
+                LABEL_OWNER: self.owner,
+                LABEL_USER: self.user.name,
+                LABEL_OFFERING: self.offering.key if self.offering is not None else "",
+            },
+            home=self.home_mount(),
+            user=self.run_as,
+            cpu_limit=self.cpu_limit,
+            mem_limit=self.mem_limit,
+            network_mode=self.network_name,
+            read_only_binds=dict(self.read_only_binds),
+        )
+        kwargs = service_config(
+            spec, gpu_kind=self.gpu_resource_kind, gpu_count=count, constraints=self._constraints()
+        )
+        return await self.docker("create_service", **kwargs)
+
+    async def start_object(self):
+        """Wait until the service's task runs; a task Swarm cannot place means no capacity."""
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            task = await self.get_task()
+            if task is None:
+                await asyncio.sleep(self.task_poll_interval)
+                continue
+            state = task["Status"]["State"]
+            if state == "running":
+                return
+            if state == "pending" and "insufficient resources" in task["Status"].get("Err", ""):
+                raise no_capacity_error(
+                    f"No capacity for {self.request.count} x {self.offering.model} "
+                    f"({self.offering.resource_class}) on the swarm right now: "
+                    f"{task['Status']['Err']}. Try fewer GPUs or again later."
+                )
+            if state in ("failed", "rejected", "shutdown", "complete", "orphaned"):
+                raise RuntimeError(f"Service {self.object_name} task {state}: {task['Status']}")
+            await asyncio.sleep(self.task_poll_interval)
+        raise TimeoutError(f"Service {self.object_name} did not start in {self.start_timeout}s")
+
+    async def _record_gpus(self, task: dict) -> None:
+        node = await self.docker("inspect_node", task["NodeID"])
+        self.node_name = node["Description"]["Hostname"]
+        addr = node.get("Status", {}).get("Addr") or "127.0.0.1"
+        self.ip = "127.0.0.1" if addr in ("0.0.0.0", "") else addr
+        self._gpus = tuple(
+            r["NamedResourceSpec"]["Value"]
+            for r in task.get("AssignedGenericResources") or []
+            if r.get("NamedResourceSpec", {}).get("Kind") == self.gpu_resource_kind
+        )
+        if self._gpus:
+            conflicts = await self._in_thread(
+                self.allocator.adopt,
+                GpuPlacement(f"swarm:{self.node_name}", self._gpus),
+                owner=self.owner,
+                model=self.offering.model if self.offering else "",
+                username=self.user.name,
+                server_name=self.name,
+                offering=self.offering.key if self.offering else "",
+            )
+            if conflicts:
+                self.log.error(
+                    "Swarm gave %s GPUs recorded for others: %s", self.object_name, conflicts
+                )
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self):
+        """Create the service, wait for its task, record its GPUs, return once it answers."""
+        if self.image_override:
+            self.image = self.image_override
+        elif self.offering is not None:
+            self.image = self.offering.image
+        if self.offering is not None:
+            if self.offering.cpu_limit:
+                self.cpu_limit = self.offering.cpu_limit
+            if self.offering.mem_limit:
+                self.mem_limit = self.offering.mem_limit
+        if self.network_name == "host":
+            self.port = random_port()
+            self.ip = "0.0.0.0"
+        try:
+            await super().start()
+            task = await self.get_task()
+            await self._record_gpus(task)
+            ip, port = self.ip, self.port
+            if self.ready_poll_interval:
+                await self._wait_until_answering(ip, port)
+        except BaseException:
+            await self._remove_quietly()
+            await self._release("failed to start")
+            raise
+        return ip, port
+
+    async def get_ip_and_port(self):
+        """Host networking: the node's address (filled in once the task runs) and our port."""
+        if self.network_name == "host":
+            return self.ip, self.port
+        return await super().get_ip_and_port()
+
+    async def _wait_until_answering(self, ip: str, port: int) -> None:
+        url = f"http://{ip}:{port}{self.server.base_url if self.server else '/'}api"
+        client = AsyncHTTPClient()
+        deadline = time.monotonic() + self.http_timeout
+        while time.monotonic() < deadline:
+            try:
+                await client.fetch(url, request_timeout=2, follow_redirects=False)
+                return
+            except HTTPClientError:
+                return
+            except (TimeoutError, OSError):
+                await asyncio.sleep(self.ready_poll_interval)
+
+    async def _release(self, reason: str) -> None:
+        if self.object_name:
+            await self._in_thread(self.allocator.release, owner=self.owner, reason=reason)
+
+    async def _remove_quietly(self) -> None:
+        try:
+            await self.docker("remove_service", self.object_name)
+        except NotFound:
+            pass
+        except Exception as e:
+            self.log.warning("Could not remove service %s: %s", self.object_name, e)
+
+    async def poll(self):
+        """None while the task runs; a status (and GPUs released) once it stopped."""
+        try:
+            status = await super().poll()
+        except Exception as e:
+            if not engine_down(e):
+                raise
+            await self._release("swarm manager unreachable")
+            return "swarm manager unreachable"
+        if status is not None:
+            await self._release(f"exited: {status}")
+        return status
+
+    async def stop(self, now=False):
+        """Remove the service and release its GPU records."""
+        try:
+            await self._remove_quietly()
+        finally:
+            await self._release("stopped")
+        self.object_id = ""
+        self.clear_state()
+
+    # --- state --------------------------------------------------------------------------------
+
+    def get_state(self):
+        """Service id/name, node, GPUs, address and port."""
+        state = super().get_state()
+        if self.object_id:
+            state.update(node=self.node_name, gpus=list(self._gpus), port=self.port, ip=self.ip)
+        return state
+
+    def load_state(self, state):
+        """Restore what :meth:`get_state` saved."""
+        super().load_state(state)
+        self.node_name = state.get("node", "") or ""
+        self._gpus = tuple(state.get("gpus") or ())
+        if state.get("port"):
+            self.port = int(state["port"])
+        if state.get("ip"):
+            self.ip = state["ip"]
+
+    def clear_state(self):
+        """Forget node and GPUs."""
+        super().clear_state()
+        self.node_name = ""
+        self._gpus = ()
+
+    def provenance(self) -> dict[str, object]:
+        """Node, GPU UUIDs, image and service id."""
+        return {
+            "host": self.node_name,
+            "gpus": list(self._gpus),
+            "image": self.image,
+            "service": self.object_id,
+        }

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.env",
     "tests.fixtures.db",
     "tests.fixtures.docker",
+    "tests.fixtures.moto",
 ]

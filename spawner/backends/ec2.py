@@ -35,8 +35,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 from jupyterhub.spawner import Spawner
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Any, Bool, Dict, Enum, Float, Int, List, Unicode, validate
-from traitlets import TraitError
+from traitlets import Any, Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 
 from ..ec2_userdata import BootstrapSpec, render_user_data
 from .base import BackendMixin
@@ -54,12 +53,18 @@ TAG_OFFERING = "hybridhub:offering"
 TAG_LAUNCH = "hybridhub:launch"
 
 CAPACITY_CODES = {
-    "InsufficientInstanceCapacity", "InsufficientCapacity", "InsufficientHostCapacity",
-    "SpotMaxPriceTooLow", "InsufficientReservedInstanceCapacity",
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
+    "InsufficientHostCapacity",
+    "SpotMaxPriceTooLow",
+    "InsufficientReservedInstanceCapacity",
 }
 LIMIT_CODES = {
-    "InstanceLimitExceeded", "VcpuLimitExceeded", "MaxSpotInstanceCountExceeded",
-    "InsufficientFreeAddressesInSubnet", "VolumeLimitExceeded",
+    "InstanceLimitExceeded",
+    "VcpuLimitExceeded",
+    "MaxSpotInstanceCountExceeded",
+    "InsufficientFreeAddressesInSubnet",
+    "VolumeLimitExceeded",
 }
 UNSUPPORTED_CODES = {"Unsupported", "InvalidInstanceType.NotFound", "InvalidInstanceType"}
 GONE_STATES = {"shutting-down", "terminated", "stopping", "stopped"}
@@ -123,8 +128,17 @@ class SecretFilter(logging.Filter):
 
 
 secret_filter = SecretFilter()
-for _name in ("botocore", "botocore.endpoint", "botocore.parsers", "botocore.auth", "botocore.hooks",
-              "botocore.retryhandler", "botocore.httpsession", "urllib3.connectionpool", __name__):
+for _name in (
+    "botocore",
+    "botocore.endpoint",
+    "botocore.parsers",
+    "botocore.auth",
+    "botocore.hooks",
+    "botocore.retryhandler",
+    "botocore.httpsession",
+    "urllib3.connectionpool",
+    __name__,
+):
     logging.getLogger(_name).addFilter(secret_filter)
 
 
@@ -154,8 +168,14 @@ def root_volume_size(instance_type: str, sizes: dict[str, int], default: int) ->
     return max(int(size), MIN_ROOT_VOLUME_GB.get(fam, 0))
 
 
-def instance_tags(hub_id: str, username: str, server_name: str, offering_key: str, launch_token: str,
-                  extra: dict[str, str] | None = None) -> list[dict[str, str]]:
+def instance_tags(
+    hub_id: str,
+    username: str,
+    server_name: str,
+    offering_key: str,
+    launch_token: str,
+    extra: dict[str, str] | None = None,
+) -> list[dict[str, str]]:
     """The tags every instance (and its volume) carries; never a token."""
     tags = {
         **(extra or {}),
@@ -194,12 +214,20 @@ def run_instances_params(
         "MaxCount": 1,
         "ClientToken": client_token,
         "UserData": user_data,
-        "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
+        "MetadataOptions": {
+            "HttpTokens": "required",
+            "HttpEndpoint": "enabled",
+            "HttpPutResponseHopLimit": 1,
+        },
         "BlockDeviceMappings": [
             {
                 "DeviceName": root_device_name,
-                "Ebs": {"VolumeSize": root_volume_gb, "VolumeType": root_volume_type,
-                        "DeleteOnTermination": True, "Encrypted": True},
+                "Ebs": {
+                    "VolumeSize": root_volume_gb,
+                    "VolumeType": root_volume_type,
+                    "DeleteOnTermination": True,
+                    "Encrypted": True,
+                },
             }
         ],
         "TagSpecifications": [
@@ -215,7 +243,10 @@ def run_instances_params(
     if spot:
         params["InstanceMarketOptions"] = {
             "MarketType": "spot",
-            "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+            "SpotOptions": {
+                "SpotInstanceType": "one-time",
+                "InstanceInterruptionBehavior": "terminate",
+            },
         }
     if instance_profile:
         key = "Arn" if instance_profile.startswith("arn:") else "Name"
@@ -303,8 +334,11 @@ class EventBridgeSpotNotices:
 
         async with self._lock:
             resp = await backend.aws(
-                "sqs", "receive_message", QueueUrl=self.queue_url,
-                MaxNumberOfMessages=self.max_messages, WaitTimeSeconds=0,
+                "sqs",
+                "receive_message",
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=self.max_messages,
+                WaitTimeSeconds=0,
             )
             for msg in resp.get("Messages", []):
                 try:
@@ -316,9 +350,15 @@ class EventBridgeSpotNotices:
                             f"instance at {event.get('time', 'in two minutes')}"
                         )
                 except (ValueError, KeyError, TypeError):
-                    backend.log.warning("Ignoring malformed spot notice message %s", msg.get("MessageId"))
-                await backend.aws("sqs", "delete_message", QueueUrl=self.queue_url,
-                                  ReceiptHandle=msg["ReceiptHandle"])
+                    backend.log.warning(
+                        "Ignoring malformed spot notice message %s", msg.get("MessageId")
+                    )
+                await backend.aws(
+                    "sqs",
+                    "delete_message",
+                    QueueUrl=self.queue_url,
+                    ReceiptHandle=msg["ReceiptHandle"],
+                )
         return self.notices.get(instance.get("InstanceId", ""))
 
 
@@ -328,7 +368,7 @@ class EventBridgeSpotNotices:
 class Ec2Backend(BackendMixin, Spawner):
     """Run each server on its own EC2 instance of the offering's type (Trainium, Inferentia)."""
 
-    # --- where and how to launch -------------------------------------------------------------
+    # --- where and how to launch --------------------------------------------------------------
 
     region = Unicode("us-east-1", help="AWS region to launch instances in.").tag(config=True)
 
@@ -340,8 +380,9 @@ class Ec2Backend(BackendMixin, Spawner):
     ).tag(config=True)
 
     aws_profile = Unicode(
-        "", help="Named profile from the AWS config files; empty: boto3's default chain "
-        "(environment, profile, instance role)."
+        "",
+        help="Named profile from the AWS config files; empty: boto3's default chain "
+        "(environment, profile, instance role).",
     ).tag(config=True)
 
     boto_max_attempts = Int(
@@ -358,9 +399,9 @@ class Ec2Backend(BackendMixin, Spawner):
         Unicode(), help="Security groups for the instance: allow the hub to reach notebook_port."
     ).tag(config=True)
 
-    ami_id = Unicode(
-        "", help="Explicit AMI id; overrides ami_ssm_parameter when set."
-    ).tag(config=True)
+    ami_id = Unicode("", help="Explicit AMI id; overrides ami_ssm_parameter when set.").tag(
+        config=True
+    )
 
     ami_ssm_parameter = Unicode(
         NEURON_DLAMI_PARAMETER,
@@ -400,7 +441,9 @@ class Ec2Backend(BackendMixin, Spawner):
         "write the users' S3 home prefix. Empty: none.",
     ).tag(config=True)
 
-    key_name = Unicode("", help="EC2 key pair for SSH access by admins; empty: none.").tag(config=True)
+    key_name = Unicode("", help="EC2 key pair for SSH access by admins; empty: none.").tag(
+        config=True
+    )
 
     hub_id = Unicode(
         "hybridhub",
@@ -420,9 +463,11 @@ class Ec2Backend(BackendMixin, Spawner):
         "are always terminated).",
     ).tag(config=True)
 
-    # --- the server on the instance ------------------------------------------------------------
+    # --- the server on the instance -----------------------------------------------------------
 
-    notebook_port = Int(8888, help="Port jupyterhub-singleuser listens on, on the instance.").tag(config=True)
+    notebook_port = Int(8888, help="Port jupyterhub-singleuser listens on, on the instance.").tag(
+        config=True
+    )
 
     bind_ip = Unicode(
         "0.0.0.0", help="Address jupyterhub-singleuser binds to on the instance."
@@ -479,9 +524,9 @@ class Ec2Backend(BackendMixin, Spawner):
         "", help="S3 endpoint used by the instance's sync (tests, VPC endpoints); empty: AWS's."
     ).tag(config=True)
 
-    home_sync_command = Unicode(
-        "aws", help="AWS CLI used on the instance for 'aws s3 sync'."
-    ).tag(config=True)
+    home_sync_command = Unicode("aws", help="AWS CLI used on the instance for 'aws s3 sync'.").tag(
+        config=True
+    )
 
     home_sync_interval = Int(
         300, help="Seconds between home syncs up to S3 while the server runs (0: only at exit)."
@@ -503,7 +548,7 @@ class Ec2Backend(BackendMixin, Spawner):
         5, help="Seconds between the bootstrap's checks of the spot interruption notice."
     ).tag(config=True)
 
-    # --- timing ------------------------------------------------------------------------------------
+    # --- timing -------------------------------------------------------------------------------
 
     boot_timeout = Float(
         600, help="Seconds to wait for the instance to be running with a private IP."
@@ -519,13 +564,13 @@ class Ec2Backend(BackendMixin, Spawner):
         5, help="Seconds between DescribeInstances calls while waiting for an instance."
     ).tag(config=True)
 
-    ready_poll_interval = Float(
-        5, help="Seconds between HTTP probes of the new server."
-    ).tag(config=True)
+    ready_poll_interval = Float(5, help="Seconds between HTTP probes of the new server.").tag(
+        config=True
+    )
 
-    waiter_delay = Float(
-        5, help="Seconds between checks of the terminate/stop waiter."
-    ).tag(config=True)
+    waiter_delay = Float(5, help="Seconds between checks of the terminate/stop waiter.").tag(
+        config=True
+    )
 
     waiter_max_attempts = Int(
         120, help="Checks of the terminate/stop waiter before giving up (logged, not raised)."
@@ -535,7 +580,7 @@ class Ec2Backend(BackendMixin, Spawner):
         300, help="Retry-After seconds sent with a 429 when AWS lacks capacity."
     ).tag(config=True)
 
-    # --- spot ------------------------------------------------------------------------------------
+    # --- spot ---------------------------------------------------------------------------------
 
     spot_notice_source = Any(
         spot_request_notice,
@@ -567,11 +612,12 @@ class Ec2Backend(BackendMixin, Spawner):
             minimum = MIN_ROOT_VOLUME_GB.get(family(key), 0)
             if size < minimum:
                 raise TraitError(
-                    f"Ec2Backend.root_volume_gb[{key!r}] = {size}: {family(key)} needs at least {minimum} GB"
+                    f"Ec2Backend.root_volume_gb[{key!r}] = {size}: "
+                    f"{family(key)} needs at least {minimum} GB"
                 )
         return sizes
 
-    # --- state -----------------------------------------------------------------------------------
+    # --- state --------------------------------------------------------------------------------
 
     instance_id: str | None = None
     private_ip: str | None = None
@@ -608,7 +654,7 @@ class Ec2Backend(BackendMixin, Spawner):
         self.spot_notice = None
         self._spot_notice_at = None
 
-    # --- AWS plumbing ------------------------------------------------------------------------------
+    # --- AWS plumbing -------------------------------------------------------------------------
 
     def client(self, service: str, region: str | None = None):
         """A cached boto3 client (thread-safe; credentials from boto3's standard chain)."""
@@ -621,28 +667,32 @@ class Ec2Backend(BackendMixin, Spawner):
                     service,
                     region_name=region,
                     endpoint_url=self.endpoint_url or None,
-                    config=BotoConfig(retries={"max_attempts": self.boto_max_attempts, "mode": "standard"}),
+                    config=BotoConfig(
+                        retries={"total_max_attempts": self.boto_max_attempts, "mode": "standard"}
+                    ),
                 )
             return _clients[key]
 
     async def aws(self, service: str, operation: str, **params):
         """Call ``client(service).operation(**params)`` in the thread pool."""
         method = getattr(self.client(service), operation)
-        return await asyncio.get_running_loop().run_in_executor(_executor, functools.partial(method, **params))
+        return await asyncio.get_running_loop().run_in_executor(
+            _executor, functools.partial(method, **params)
+        )
 
     async def _wait(self, waiter_name: str, instance_id: str) -> bool:
         waiter = self.client("ec2").get_waiter(waiter_name)
         call = functools.partial(
-            waiter.wait, InstanceIds=[instance_id],
+            waiter.wait,
+            InstanceIds=[instance_id],
             WaiterConfig={"Delay": self.waiter_delay, "MaxAttempts": self.waiter_max_attempts},
         )
         try:
             await asyncio.get_running_loop().run_in_executor(_executor, call)
             return True
         except WaiterError as e:
-            if error_code(getattr(e, "last_response", None) or e) == "InvalidInstanceID.NotFound" or (
-                "InvalidInstanceID.NotFound" in str(e)
-            ):
+            last = getattr(e, "last_response", None) or {}
+            if last.get("Error", {}).get("Code") == "InvalidInstanceID.NotFound":
                 return True
             self.log.error("Instance %s: %s did not complete: %s", instance_id, waiter_name, e)
             return False
@@ -660,10 +710,13 @@ class Ec2Backend(BackendMixin, Spawner):
         except ClientError as e:
             from ..hybrid import user_error
 
-            self.log.error("Cannot read AMI parameter %s in %s: %s", self.ami_ssm_parameter, self.region, e)
+            self.log.error(
+                "Cannot read AMI parameter %s in %s: %s", self.ami_ssm_parameter, self.region, e
+            )
             raise user_error(
-                503, "The AWS class is misconfigured (its machine image cannot be found). "
-                "Please tell the hub's administrators."
+                503,
+                "The AWS class is misconfigured (its machine image cannot be found). "
+                "Please tell the hub's administrators.",
             ) from None
         value = resp["Parameter"]["Value"]
         _ami_cache[key] = (time.monotonic(), value)
@@ -682,7 +735,9 @@ class Ec2Backend(BackendMixin, Spawner):
         if cached and time.monotonic() - cached[0] < self.ami_cache_seconds:
             return cached[1]
         resp = await self.aws(
-            "ec2", "describe_instance_type_offerings", LocationType="region",
+            "ec2",
+            "describe_instance_type_offerings",
+            LocationType="region",
             Filters=[{"Name": "instance-type", "Values": [instance_type]}],
         )
         offered = bool(resp.get("InstanceTypeOfferings"))
@@ -705,13 +760,21 @@ class Ec2Backend(BackendMixin, Spawner):
 
     async def _find_by_launch_token(self, token: str) -> list[str]:
         resp = await self.aws(
-            "ec2", "describe_instances",
-            Filters=[{"Name": f"tag:{TAG_LAUNCH}", "Values": [token]},
-                     {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}],
+            "ec2",
+            "describe_instances",
+            Filters=[
+                {"Name": f"tag:{TAG_LAUNCH}", "Values": [token]},
+                {
+                    "Name": "instance-state-name",
+                    "Values": ["pending", "running", "stopping", "stopped"],
+                },
+            ],
         )
-        return [i["InstanceId"] for r in resp.get("Reservations", []) for i in r.get("Instances", [])]
+        return [
+            i["InstanceId"] for r in resp.get("Reservations", []) for i in r.get("Instances", [])
+        ]
 
-    # --- progress --------------------------------------------------------------------------------
+    # --- progress -----------------------------------------------------------------------------
 
     _events: list[dict] | None = None
     _events_changed: asyncio.Event | None = None
@@ -743,21 +806,28 @@ class Ec2Backend(BackendMixin, Spawner):
                 continue
             try:
                 await asyncio.wait_for(self._events_changed.wait(), timeout=1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     @property
     def _label(self) -> str:
         return f"{self.user.name}/{self.name}" if self.name else self.user.name
 
-    # --- user-data -----------------------------------------------------------------------------------
+    # --- user-data ----------------------------------------------------------------------------
 
     def server_env(self) -> dict[str, str]:
         """The server's environment: the hub's JUPYTERHUB_* settings, the hardware description."""
         self.ip = self.bind_ip
         self.port = self.notebook_port
         env = super().get_env()
-        for key in ("PATH", "PYTHONPATH", "CONDA_ROOT", "CONDA_DEFAULT_ENV", "VIRTUAL_ENV", "LD_LIBRARY_PATH"):
+        for key in (
+            "PATH",
+            "PYTHONPATH",
+            "CONDA_ROOT",
+            "CONDA_DEFAULT_ENV",
+            "VIRTUAL_ENV",
+            "LD_LIBRARY_PATH",
+        ):
             env.pop(key, None)  # the hub's own paths mean nothing on the instance
         env.update(self.accelerator_env())
         if self.offering is not None and self.offering.instance_type:
@@ -780,7 +850,9 @@ class Ec2Backend(BackendMixin, Spawner):
             s3_endpoint_url=self.home_s3_endpoint_url,
             sync_command=self.home_sync_command,
             sync_interval=self.home_sync_interval,
-            efs_target=self.efs_target.format(username=username) if self.home_storage == "efs" else "",
+            efs_target=self.efs_target.format(username=username)
+            if self.home_storage == "efs"
+            else "",
             imds_url=self.imds_url,
             spot_watch=bool(self.offering is not None and self.offering.spot),
             spot_poll_seconds=self.instance_spot_poll_seconds,
@@ -794,11 +866,14 @@ class Ec2Backend(BackendMixin, Spawner):
             from ..hybrid import user_error
 
             self.log.error("Ec2Backend configuration: %s", e)
-            raise user_error(503, "The AWS class is misconfigured (home storage). "
-                             "Please tell the hub's administrators.") from None
+            raise user_error(
+                503,
+                "The AWS class is misconfigured (home storage). "
+                "Please tell the hub's administrators.",
+            ) from None
         return render_user_data(spec, every_boot=self.shutdown_action == "stop")
 
-    # --- lifecycle ------------------------------------------------------------------------------------
+    # --- lifecycle ----------------------------------------------------------------------------
 
     @property
     def spot(self) -> bool:
@@ -822,9 +897,14 @@ class Ec2Backend(BackendMixin, Spawner):
             if isinstance(e, (ClientError, BotoCoreError)):
                 from ..hybrid import user_error
 
-                self.log.error("%s: AWS error during launch: %s", self._label, secret_filter.scrub(str(e)))
-                raise user_error(502, f"The AWS launch failed ({error_code(e) or type(e).__name__}); "
-                                 "nothing was left running.") from None
+                self.log.error(
+                    "%s: AWS error during launch: %s", self._label, secret_filter.scrub(str(e))
+                )
+                raise user_error(
+                    502,
+                    f"The AWS launch failed ({error_code(e) or type(e).__name__}); "
+                    "nothing was left running.",
+                ) from None
             raise
         finally:
             secret_filter.discard(*secrets)
@@ -855,25 +935,44 @@ class Ec2Backend(BackendMixin, Spawner):
         if self.check_type_offered and not await self._type_offered(itype):
             raise launch_error(
                 ClientError({"Error": {"Code": "Unsupported"}}, "RunInstances"),
-                itype, self.region, self.capacity_retry_after,
+                itype,
+                self.region,
+                self.capacity_retry_after,
             )
         root_device = await self._root_device(image_id)
         self._emit(10, f"Using machine image {image_id}")
 
         self.launch_token = f"hh-{uuid.uuid4().hex}"
-        tags = instance_tags(self.hub_id, self.user.name, self.name, self.offering.key,
-                             self.launch_token, self.extra_tags)
+        tags = instance_tags(
+            self.hub_id,
+            self.user.name,
+            self.name,
+            self.offering.key,
+            self.launch_token,
+            self.extra_tags,
+        )
         subnets = list(self.subnet_ids) or [""]
         last_error: ClientError | None = None
         for i, subnet in enumerate(subnets):
             params = run_instances_params(
-                image_id=image_id, instance_type=itype, subnet_id=subnet,
-                security_group_ids=self.security_group_ids, root_device_name=root_device,
-                root_volume_gb=root_volume_size(itype, self.root_volume_gb, self.default_root_volume_gb),
-                root_volume_type=self.root_volume_type, user_data=user_data, tags=tags,
-                client_token=f"{self.launch_token}-{i}", spot=self.spot,
-                instance_profile=self.instance_profile, key_name=self.key_name,
-                shutdown_behavior="stop" if self.shutdown_action == "stop" and not self.spot else "terminate",
+                image_id=image_id,
+                instance_type=itype,
+                subnet_id=subnet,
+                security_group_ids=self.security_group_ids,
+                root_device_name=root_device,
+                root_volume_gb=root_volume_size(
+                    itype, self.root_volume_gb, self.default_root_volume_gb
+                ),
+                root_volume_type=self.root_volume_type,
+                user_data=user_data,
+                tags=tags,
+                client_token=f"{self.launch_token}-{i}",
+                spot=self.spot,
+                instance_profile=self.instance_profile,
+                key_name=self.key_name,
+                shutdown_behavior="stop"
+                if self.shutdown_action == "stop" and not self.spot
+                else "terminate",
             )
             where = f" in {subnet}" if subnet else ""
             self._emit(15, f"Requesting a {itype}{where}")
@@ -881,8 +980,13 @@ class Ec2Backend(BackendMixin, Spawner):
                 resp = await self.aws("ec2", "run_instances", **params)
             except ClientError as e:
                 code = error_code(e)
-                self.log.warning("%s: RunInstances %s%s failed: %s", self._label, itype, where,
-                                 secret_filter.scrub(str(e)))
+                self.log.warning(
+                    "%s: RunInstances %s%s failed: %s",
+                    self._label,
+                    itype,
+                    where,
+                    secret_filter.scrub(str(e)),
+                )
                 if code in CAPACITY_CODES | UNSUPPORTED_CODES and i + 1 < len(subnets):
                     self._emit(15, f"No {itype} available{where}; trying the next subnet")
                     last_error = e
@@ -896,23 +1000,33 @@ class Ec2Backend(BackendMixin, Spawner):
         raise launch_error(last_error, itype, self.region, self.capacity_retry_after)
 
     async def _restart_stopped(self, itype: str, user_data: str) -> bool:
-        """Start this server's stopped instance again (shutdown_action='stop'), with new user-data."""
+        """Start this server's stopped instance again (shutdown_action='stop'), new user-data."""
         resp = await self.aws(
-            "ec2", "describe_instances",
-            Filters=[{"Name": f"tag:{TAG_HUB}", "Values": [self.hub_id]},
-                     {"Name": f"tag:{TAG_USER}", "Values": [self.user.name]},
-                     {"Name": f"tag:{TAG_SERVER}", "Values": [self.name]},
-                     {"Name": "instance-type", "Values": [itype]},
-                     {"Name": "instance-state-name", "Values": ["stopped"]}],
+            "ec2",
+            "describe_instances",
+            Filters=[
+                {"Name": f"tag:{TAG_HUB}", "Values": [self.hub_id]},
+                {"Name": f"tag:{TAG_USER}", "Values": [self.user.name]},
+                {"Name": f"tag:{TAG_SERVER}", "Values": [self.name]},
+                {"Name": "instance-type", "Values": [itype]},
+                {"Name": "instance-state-name", "Values": ["stopped"]},
+            ],
         )
         found = [i for r in resp.get("Reservations", []) for i in r.get("Instances", [])]
         if not found:
             return False
         inst = found[0]
         self.instance_id = inst["InstanceId"]
-        self.launch_token = next((t["Value"] for t in inst.get("Tags", []) if t["Key"] == TAG_LAUNCH), None)
-        await self.aws("ec2", "modify_instance_attribute", InstanceId=self.instance_id,
-                       UserData={"Value": user_data.encode()})
+        self.launch_token = next(
+            (t["Value"] for t in inst.get("Tags", []) if t["Key"] == TAG_LAUNCH), None
+        )
+        # ModifyInstanceAttribute wants base64 text (the SDK encodes the blob once more)
+        await self.aws(
+            "ec2",
+            "modify_instance_attribute",
+            InstanceId=self.instance_id,
+            UserData={"Value": base64.b64encode(user_data.encode())},
+        )
         await self.aws("ec2", "start_instances", InstanceIds=[self.instance_id])
         self._emit(30, f"Starting your stopped instance {self.instance_id} again")
         return True
@@ -930,16 +1044,27 @@ class Ec2Backend(BackendMixin, Spawner):
                 break
             if inst is None or state in GONE_STATES:
                 reason = (inst or {}).get("StateReason", {}).get("Message", "")
-                self.log.error("%s: instance %s went %s during launch: %s", self._label,
-                               self.instance_id, state, reason)
-                raise user_error(503, f"The {itype} instance stopped while booting ({state}). "
-                                 "Nothing was left running; please try again.")
+                self.log.error(
+                    "%s: instance %s went %s during launch: %s",
+                    self._label,
+                    self.instance_id,
+                    state,
+                    reason,
+                )
+                raise user_error(
+                    503,
+                    f"The {itype} instance stopped while booting ({state}). "
+                    "Nothing was left running; please try again.",
+                )
             if not announced_pending:
                 self._emit(40, f"Instance {self.instance_id} is {state}")
                 announced_pending = True
             if self.clock() >= deadline:
-                raise user_error(504, f"The {itype} instance did not start within "
-                                 f"{int(self.boot_timeout)} s; it has been terminated.")
+                raise user_error(
+                    504,
+                    f"The {itype} instance did not start within "
+                    f"{int(self.boot_timeout)} s; it has been terminated.",
+                )
             await asyncio.sleep(self.describe_interval)
 
         host = self.connect_host or self.private_ip
@@ -958,38 +1083,50 @@ class Ec2Backend(BackendMixin, Spawner):
         next_describe = self.clock() + self.describe_interval
         while True:
             try:
-                await client.fetch(url, request_timeout=max(1.0, min(5.0, self.ready_poll_interval)),
-                                   follow_redirects=False)
+                await client.fetch(
+                    url,
+                    request_timeout=max(1.0, min(5.0, self.ready_poll_interval)),
+                    follow_redirects=False,
+                )
                 return
             except HTTPClientError as e:
                 if e.code != 599:
                     return  # it answered, with a status: it is up
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 pass
             now = self.clock()
             if now >= deadline:
-                raise user_error(504, f"The Jupyter server on the {itype} instance did not answer within "
-                                 f"{int(self.server_ready_timeout)} s; the instance has been terminated.")
+                raise user_error(
+                    504,
+                    f"The Jupyter server on the {itype} instance did not answer within "
+                    f"{int(self.server_ready_timeout)} s; the instance has been terminated.",
+                )
             if now >= next_describe:
                 next_describe = now + self.describe_interval
                 inst = await self.describe()
                 state = (inst or {}).get("State", {}).get("Name", "gone")
                 if state != "running":
-                    raise user_error(503, f"The {itype} instance stopped while starting Jupyter ({state}).")
+                    raise user_error(
+                        503, f"The {itype} instance stopped while starting Jupyter ({state})."
+                    )
             await asyncio.sleep(self.ready_poll_interval)
 
     async def _cleanup_failed_launch(self, error: BaseException) -> None:
         """Terminate whatever this launch created; shielded so a cancelled start still cleans up."""
+
         async def cleanup():
             ids = {self.instance_id} if self.instance_id else set()
             if self.launch_token:
                 try:
                     ids.update(await self._find_by_launch_token(self.launch_token))
                 except (ClientError, BotoCoreError) as e:
-                    self.log.error("%s: cannot look up launch %s: %s", self._label, self.launch_token, e)
+                    self.log.error(
+                        "%s: cannot look up launch %s: %s", self._label, self.launch_token, e
+                    )
             for iid in sorted(ids):
-                self.log.warning("%s: launch failed (%s); terminating %s", self._label,
-                                 type(error).__name__, iid)
+                self.log.warning(
+                    "%s: launch failed (%s); terminating %s", self._label, type(error).__name__, iid
+                )
                 await self._terminate(iid)
             self.instance_id = self.private_ip = None
 
@@ -1017,8 +1154,12 @@ class Ec2Backend(BackendMixin, Spawner):
         try:
             inst = await self.describe()
         except (ClientError, BotoCoreError) as e:
-            self.log.warning("%s: cannot describe %s (%s); assuming it still runs", self._label,
-                             self.instance_id, error_code(e) or type(e).__name__)
+            self.log.warning(
+                "%s: cannot describe %s (%s); assuming it still runs",
+                self._label,
+                self.instance_id,
+                error_code(e) or type(e).__name__,
+            )
             return None
         state = (inst or {}).get("State", {}).get("Name", "gone")
         if inst is None or state in GONE_STATES:
@@ -1044,11 +1185,14 @@ class Ec2Backend(BackendMixin, Spawner):
                 return None
             self._spot_notice_at = self.clock()
             self.spot_notice = (
-                f"Your {self.offering.instance_type if self.offering else 'AWS'} spot server is being "
+                f"Your {self.offering.instance_type if self.offering else 'AWS'} spot server is "
+                "being "
                 f"reclaimed by AWS ({notice}). Save your work now: it will be stopped within "
                 f"{int(self.spot_grace_seconds)} seconds; your home is synced to storage first."
             )
-            self.log.warning("%s: spot interruption notice for %s: %s", self._label, self.instance_id, notice)
+            self.log.warning(
+                "%s: spot interruption notice for %s: %s", self._label, self.instance_id, notice
+            )
             _spot_banners[self.user.name].append(self.spot_notice)
             self._emit(95, self.spot_notice)
             if self.spot_notice_hook is not None:
@@ -1059,8 +1203,11 @@ class Ec2Backend(BackendMixin, Spawner):
                 except Exception:
                     self.log.exception("%s: spot_notice_hook failed", self._label)
         if self.clock() - self._spot_notice_at >= self.spot_grace_seconds:
-            self.log.warning("%s: stopping spot server %s after its interruption notice",
-                             self._label, self.instance_id)
+            self.log.warning(
+                "%s: stopping spot server %s after its interruption notice",
+                self._label,
+                self.instance_id,
+            )
             await self._terminate(self.instance_id)
             return 143
         return None

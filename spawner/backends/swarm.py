@@ -57,6 +57,11 @@ from .docker import (
 DEFAULT_SWARM_URL = "unix:///var/run/docker.sock"
 
 
+def assigned_resources(task: dict) -> list[dict]:
+    """The generic resources Swarm assigned to a task (``GenericResources`` in the task API)."""
+    return task.get("GenericResources") or task.get("AssignedGenericResources") or []
+
+
 def gpu_model_label(offering) -> str:
     """The ``hybridhub.gpu_model`` node label value for an offering: its normalised model."""
     name = offering.extra.get("gpu_model") or offering.model
@@ -271,7 +276,7 @@ class SwarmBackend(BackendMixin, SwarmSpawner):
         for task in client.tasks(filters={"desired-state": "running"}):
             if task.get("NodeID") not in total:
                 continue
-            for r in task.get("AssignedGenericResources") or []:
+            for r in assigned_resources(task):
                 spec = r.get("NamedResourceSpec", {})
                 if spec.get("Kind") == kind and spec.get("Value") in total[task["NodeID"]]:
                     used += 1
@@ -391,7 +396,7 @@ class SwarmBackend(BackendMixin, SwarmSpawner):
         self.ip = "127.0.0.1" if addr in ("0.0.0.0", "") else addr
         self._gpus = tuple(
             r["NamedResourceSpec"]["Value"]
-            for r in task.get("AssignedGenericResources") or []
+            for r in assigned_resources(task)
             if r.get("NamedResourceSpec", {}).get("Kind") == self.gpu_resource_kind
         )
         if self._gpus:

@@ -1,0 +1,105 @@
+"""SwarmBackend on a single-node swarm whose GPUs are node generic resources."""
+
+from __future__ import annotations
+
+import pytest
+from tornado import web
+
+from spawner.backends.docker import ContainerSpec, HomeMount
+from spawner.backends.swarm import SwarmBackend, gpu_model_label, service_config
+
+pytestmark = pytest.mark.docker
+
+SWARM_GPUS = {
+    "GPU-5a4d0001-0000-4000-8000-000000000001",
+    "GPU-5a4d0001-0000-4000-8000-000000000002",
+}
+
+
+def test_service_config_asks_for_gpus_and_is_confined():
+    spec = ContainerSpec(
+        name="jupyter-alice",
+        image="img",
+        command=["start"],
+        env={},
+        labels={"a": "b"},
+        home=HomeMount("volume", "home-alice", "/home/jovyan"),
+        user="1000:100",
+        cpu_limit=4,
+        mem_limit="16G",
+    )
+    kw = service_config(
+        spec,
+        gpu_kind="NVIDIA-GPU",
+        gpu_count=2,
+        constraints=["node.labels.hybridhub.class==enterprise"],
+    )
+    task = kw["task_template"]
+    assert task["Resources"]["Reservations"]["GenericResources"] == [
+        {"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 2}}
+    ]
+    assert task["Resources"]["Limits"]["NanoCPUs"] == 4_000_000_000
+    cs = task["ContainerSpec"]
+    assert cs["User"] == "1000:100" and cs["CapabilityDrop"] == ["ALL"]
+    assert task["RestartPolicy"]["Condition"] == "none"
+    assert task["Placement"]["Constraints"] == ["node.labels.hybridhub.class==enterprise"]
+    assert {m["Target"] for m in cs["Mounts"]} >= {"/home/jovyan", "/tmp"}
+
+
+def test_gpu_model_label():
+    from spawner.catalog import load_catalog
+
+    cat = load_catalog()
+    assert gpu_model_label(cat.by_key("enterprise/h100")) == "h10080gb"
+    assert gpu_model_label(cat.by_key("community/rtx4090")) == "rtx4090"
+
+
+@pytest.fixture
+def swarm_node(docker_engines):
+    """Label the single swarm node as an enterprise H100 host."""
+    client = docker_engines.client("swarm")
+    node = client.inspect_node(client.info()["Swarm"]["NodeID"])
+    spec = node["Spec"]
+    spec["Labels"] = {"hybridhub.class": "enterprise", "hybridhub.gpu_model": "h10080gb"}
+    client.update_node(node["ID"], node["Version"]["Index"], spec)
+    return client
+
+
+def task_env(client, service: str) -> dict[str, str]:
+    (c,) = client.containers(filters={"label": f"com.docker.swarm.service.name={service}"})
+    info = client.inspect_container(c["Id"])
+    return dict(e.split("=", 1) for e in info["Config"]["Env"])
+
+
+async def test_swarm_assigns_gpus_and_refuses_when_full(backend_factory, swarm_node):
+    make = lambda user, n=1: backend_factory(  # noqa: E731
+        user, "enterprise/h100", n, hosts=[], cls=SwarmBackend, start_timeout=60
+    )
+    a = make("sw-a")
+    off, config = a.offering, None
+    await a.start()
+    config = a.config
+    try:
+        assert await a.poll() is None
+        env = task_env(swarm_node, a.object_name)
+        assert env["DOCKER_RESOURCE_NVIDIA-GPU"] in SWARM_GPUS
+        assert list(a._gpus) == [env["DOCKER_RESOURCE_NVIDIA-GPU"]]
+        assert await SwarmBackend.free_now(off, config) == 1
+        b = make("sw-b")
+        await b.start()
+        env_b = task_env(swarm_node, b.object_name)
+        assert {
+            env["DOCKER_RESOURCE_NVIDIA-GPU"],
+            env_b["DOCKER_RESOURCE_NVIDIA-GPU"],
+        } == SWARM_GPUS
+        assert await SwarmBackend.free_now(off, config) == 0
+        c = make("sw-c")
+        with pytest.raises(web.HTTPError) as e:
+            await c.start()
+        assert e.value.status_code == 429 and e.value.headers == {"Retry-After": "60"}
+        assert swarm_node.services(filters={"name": c.object_name}) == []
+        await b.stop()
+    finally:
+        await a.stop()
+    assert await SwarmBackend.free_now(off, config) == 2
+    assert await a.poll() == 0

@@ -12,6 +12,7 @@
 #   HYBRIDHUB_DOCKER_HOSTS=/etc/hybridhub/gpu-hosts.yaml   GPU host inventory (docs/docker.md)
 #   HYBRIDHUB_AWS_REGION, HYBRIDHUB_AWS_SUBNET, HYBRIDHUB_AWS_SECURITY_GROUP  (docs/aws.md);
 #       AWS credentials come from boto3's standard chain (instance role in production).
+#   HYBRIDHUB_METER_INTERVAL=60, HYBRIDHUB_GRACE_SECONDS=300   metering tick and stop grace
 #   HYBRIDHUB_EXTRA_CONFIG=/path/extra_config.py   loaded last (site overrides; tests use it)
 # Every setting is documented in README.md, "Configuration reference".
 
@@ -31,6 +32,8 @@ configure_hub(
     demo=os.environ.get("HYBRIDHUB_DEMO", "1") != "0",
     bind_url=os.environ.get("HYBRIDHUB_BIND_URL", "http://127.0.0.1:8000"),
     catalog_file=os.environ.get("HYBRIDHUB_CATALOG", ""),
+    meter_interval=float(os.environ.get("HYBRIDHUB_METER_INTERVAL", "60")),
+    grace_seconds=float(os.environ.get("HYBRIDHUB_GRACE_SECONDS", "300")),
 )
 
 # --- Production authenticator (example; HYBRIDHUB_DEMO=0) ------------------------------

@@ -53,6 +53,26 @@ def seed_demo_budgets(db_url: str) -> None:
             acct.ensure_budget(name, resource_class, hours, unit="hours", period="monthly")
 
 
+def configure_services(c: Config, *, db_url: str, meter_interval: float, grace_seconds: float) -> None:
+    """Register hybridhub's managed services with the smallest scopes they need."""
+    c.JupyterHub.services = [
+        *[s for s in c.JupyterHub.get("services", []) if s.get("name") != "hybridhub-meter"],
+        {
+            "name": "hybridhub-meter",
+            "command": [sys.executable, "-m", "portal.meter"],
+            "environment": {
+                "HYBRIDHUB_DB_URL": db_url,
+                "HYBRIDHUB_METER_INTERVAL": str(meter_interval),
+                "HYBRIDHUB_GRACE_SECONDS": str(grace_seconds),
+            },
+        },
+    ]
+    c.JupyterHub.load_roles = [
+        *[r for r in c.JupyterHub.get("load_roles", []) if r.get("name") != "hybridhub-meter"],
+        {"name": "hybridhub-meter", "services": ["hybridhub-meter"], "scopes": ["delete:servers", "list:users"]},
+    ]
+
+
 def configure_hub(
     c: Config,
     *,
@@ -62,6 +82,8 @@ def configure_hub(
     demo: bool = True,
     bind_url: str = "http://127.0.0.1:8000",
     catalog_file: str = "",
+    meter_interval: float = 60,
+    grace_seconds: float = 300,
 ) -> None:
     """Apply hybridhub's settings to the JupyterHub config ``c``."""
     if mode not in ("demo", "production"):
@@ -97,6 +119,8 @@ def configure_hub(
     c.JupyterHub.template_vars = {
         "hybridhub_banners": lambda user: accounting_for(db_url).banners_for(user.name) if user else [],
     }
+
+    configure_services(c, db_url=db_url, meter_interval=meter_interval, grace_seconds=grace_seconds)
 
     if demo:
         c.JupyterHub.authenticator_class = "shared-password"

@@ -164,12 +164,10 @@ def main() -> None:
             remove_labelled(engines, label)
     h, p = statistics.median(hub_times), statistics.median(plain_times)
     print(f"runs: {args.runs} each, interleaved, same engine")
-    print(
-        f"plain docker run to first answer: median {p:.3f} s  ({', '.join(f'{t:.2f}' for t in plain_times)})"
-    )
-    print(
-        f"hub POST spawn to ready (docker): median {h:.3f} s  ({', '.join(f'{t:.2f}' for t in hub_times)})"
-    )
+    plain_all = ", ".join(f"{t:.2f}" for t in plain_times)
+    hub_all = ", ".join(f"{t:.2f}" for t in hub_times)
+    print(f"plain docker run to first answer: median {p:.3f} s  ({plain_all})")
+    print(f"hub POST spawn to ready (docker): median {h:.3f} s  ({hub_all})")
     print(f"ratio hub / plain docker run: {h / p:.2f}  (target <= 1.2)")
     print(
         f"{CONCURRENT} concurrent launches of 1 x H100 onto 8 GPUs: wall {wall:.2f} s, "

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import docker
 import requests
@@ -300,6 +300,19 @@ class DockerBackend(BackendMixin, DockerSpawner):
         "(answering fast here saves the hub's slower back-off poll). 0 disables the probe.",
     ).tag(config=True)
 
+    reconcile_interval = Float(
+        300.0,
+        help="Seconds between reconciliation passes in the hub (remove this hub's containers "
+        "that the hub's database does not know, release allocations whose container "
+        "vanished). 0 turns the loop off.",
+    ).tag(config=True)
+
+    reconcile_grace = Float(
+        120.0,
+        help="Seconds a new allocation is left alone by the reconciler (its container may "
+        "still be starting).",
+    ).tag(config=True)
+
     host_name = Unicode("", help="Inventory name of the host the server runs on (state).")
 
     @default("network_name")
@@ -370,6 +383,36 @@ class DockerBackend(BackendMixin, DockerSpawner):
 
     def _in_thread(self, fn: Callable, *args, **kwargs):
         return asyncio.wrap_future(self.executor.submit(fn, *args, **kwargs))
+
+    # --- reconciliation loop (one per hub process) ---------------------------------------------
+
+    _reconciler_task: ClassVar[asyncio.Task | None] = None
+
+    def _ensure_reconciler(self) -> None:
+        if self.reconcile_interval <= 0 or DockerBackend._reconciler_task is not None:
+            return
+        DockerBackend._reconciler_task = asyncio.ensure_future(self._reconcile_loop())
+
+    async def _reconcile_loop(self) -> None:
+        hub_db = self.db if self.db is not None else getattr(self.hybrid, "db", None)
+        reconciler = Reconciler(
+            self.inventory,
+            self.allocator,
+            hub_label=self.hub_label,
+            grace=timedelta(seconds=self.reconcile_grace),
+            api_timeout=self.api_timeout,
+        )
+        delay = min(60.0, self.reconcile_interval)
+        while True:
+            await asyncio.sleep(delay)
+            delay = self.reconcile_interval
+            try:
+                known = known_owners_from_hub_db(hub_db, self.hub_label) if hub_db else None
+                report = await self._in_thread(reconciler.run, known)
+                if report.removed_containers or report.released_owners:
+                    self.log.warning("Reconciled docker hosts: %s", report)
+            except Exception:
+                self.log.exception("Reconciliation of docker hosts failed")
 
     # --- capacity ---------------------------------------------------------------------------
 
@@ -489,6 +532,7 @@ class DockerBackend(BackendMixin, DockerSpawner):
 
     async def start(self):
         """Allocate GPUs on a host, run the container there, return once it answers."""
+        self._ensure_reconciler()
         if self.image_override:
             self.image = self.image_override
         elif self.offering is not None:
@@ -548,6 +592,7 @@ class DockerBackend(BackendMixin, DockerSpawner):
         """
         if not self.host_name:
             return 0
+        self._ensure_reconciler()
         try:
             status = await super().poll()
         except Exception as e:
@@ -687,11 +732,13 @@ class Reconciler:
                 a for a in self.allocator.active(host=host.name) if a.owner.startswith(prefix)
             ]
             holders = {a.owner for a in active}
+            young = {a.owner for a in active if a.allocated_at > cutoff}
             present = set()
             for c in containers:
                 owner = c["Labels"].get(LABEL_OWNER, "")
                 name = c["Names"][0].lstrip("/") if c.get("Names") else c["Id"]
-                orphan = owner not in holders or (known is not None and owner not in known)
+                unknown = known is not None and owner not in known and owner not in young
+                orphan = owner not in holders or unknown
                 if orphan:
                     log.warning(
                         "Reconcile: removing %s on %s (unknown to the database)", name, host.name

@@ -1,0 +1,86 @@
+"""The docker backend behind a real hub: REST spawn, 429 at capacity, restart re-adoption."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from portal.allocations import Allocator
+from portal.db import Database
+from tests.fixtures.docker import DATA, hub_docker_config, remove_labelled
+from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.docker
+
+USERS = ["gpu1", "gpu2", "gpu3", "gpu4", "gpu5"]
+
+
+def h100(count: int) -> dict:
+    return {
+        "class": "enterprise",
+        "model": "h100",
+        "count": count,
+        "hours": 1,
+        "group": "lab-vision",
+    }
+
+
+@pytest.fixture
+def docker_hub(hub_factory, docker_engines):  # noqa: F811  (fixture imported above)
+    label = f"hubtest-{uuid.uuid4().hex[:6]}"
+    hosts = [
+        {
+            "name": "h1",
+            "url": docker_engines.urls["h1"],
+            "class": "enterprise",
+            "nvidia_smi_file": str(DATA / "nvidia-smi-8xh100.csv"),
+        }
+    ]
+    hub = hub_factory(extra_config=hub_docker_config(hosts, hub_label=label, users=USERS))
+    yield hub
+    hub.stop()
+    remove_labelled(docker_engines, label)
+
+
+def active(hub) -> dict[str, str]:
+    db = Database(hub.db_url)
+    try:
+        return {a.gpu_uuid: a.owner for a in Allocator(db).active()}
+    finally:
+        db.dispose()
+
+
+def test_hub_restart_readopts_three_gpu_servers(docker_hub, docker_engines):
+    hub = docker_hub
+    for user in USERS[:3]:
+        r = hub.spawn(user, h100(2))
+        assert r.status_code in (201, 202), r.text
+    for user in USERS[:3]:
+        hub.wait_ready(user)
+    held = active(hub)
+    assert len(held) == 6
+    containers = {c["Id"] for c in docker_engines.client("h1").containers()}
+
+    hub.restart()
+    for user in USERS[:3]:
+        assert hub.server_model(user)["ready"], hub.log()[-2000:]
+    assert active(hub) == held
+    assert {c["Id"] for c in docker_engines.client("h1").containers()} >= containers
+
+    # the two GPUs left go to a newcomer; nothing is booked twice
+    r = hub.spawn(USERS[3], h100(2))
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready(USERS[3])
+    now = active(hub)
+    assert len(now) == 8 and set(held) <= set(now)
+
+    # and then the host is full: 429 with Retry-After, and a message for the person
+    r = hub.spawn(USERS[4], h100(1))
+    assert r.status_code == 429, r.text
+    assert r.headers.get("Retry-After") == "60"
+    assert "No capacity for 1 x H100 80GB" in r.json()["message"]
+
+    for user in USERS[:4]:
+        hub.stop_server(user)
+    assert active(hub) == {}

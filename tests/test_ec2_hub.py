@@ -136,7 +136,7 @@ def ec2_hub_setup(moto, ec2_factory, tmp_path):
     return f"hub-{uuid.uuid4().hex[:8]}", tmp_path
 
 
-def test_spawn_through_hub_runs_user_data_and_stops(moto, ec2_hub_setup, hub_factory):
+def test_spawn_through_hub_runs_user_data_and_stops(moto, ec2_hub_setup, hub_factory):  # noqa: F811  (fixture imported above)
     hub_id, work = ec2_hub_setup
     runner = InstanceRunner(moto, hub_id, work)
     try:
@@ -199,7 +199,7 @@ def test_spawn_through_hub_runs_user_data_and_stops(moto, ec2_hub_setup, hub_fac
         runner.close()
 
 
-def test_capacity_failure_through_hub_releases_reservation(moto, ec2_hub_setup, hub_factory):
+def test_capacity_failure_through_hub_releases_reservation(moto, ec2_hub_setup, hub_factory):  # noqa: F811  (fixture imported above)
     hub_id, work = ec2_hub_setup
     hub = hub_factory(extra_config=ec2_hub_config(moto, hub_id, work))
     moto.fail(
@@ -218,7 +218,7 @@ def test_capacity_failure_through_hub_releases_reservation(moto, ec2_hub_setup, 
     assert open_reservations(hub.db_url, "alice") == []
 
 
-def test_hub_killed_mid_launch_leaks_nothing(moto, ec2_hub_setup, hub_factory):
+def test_hub_killed_mid_launch_leaks_nothing(moto, ec2_hub_setup, hub_factory):  # noqa: F811  (fixture imported above)
     """Kill -9 the hub while it waits for the instance, start it again: the reconciler service
     terminates the orphan and closes the reservation; it spared the launch while in flight."""
     hub_id, work = ec2_hub_setup

@@ -3,6 +3,8 @@
 pytest_plugins = [
     "tests.fixtures.env",
     "tests.fixtures.db",
+    "tests.fixtures.hub",
+    "tests.fixtures.browser",
     "tests.fixtures.docker",
     "tests.fixtures.moto",
 ]

@@ -77,6 +77,7 @@ _clients: dict[tuple, TAny] = {}
 _clients_lock = threading.Lock()
 _ami_cache: dict[tuple[str, str, str], tuple[float, str]] = {}
 _offered_cache: dict[tuple[str, str, str], tuple[float, bool]] = {}
+_root_devices: dict[tuple[str, str, str], str] = {}  # an AMI's root device never changes
 _spot_banners: dict[str, list[str]] = defaultdict(list)
 
 
@@ -725,9 +726,14 @@ class Ec2Backend(BackendMixin, Spawner):
     async def _root_device(self, image_id: str) -> str:
         if self.root_device_name:
             return self.root_device_name
-        resp = await self.aws("ec2", "describe_images", ImageIds=[image_id])
-        images = resp.get("Images", [])
-        return images[0].get("RootDeviceName", "/dev/sda1") if images else "/dev/sda1"
+        key = (self.region, self.endpoint_url, image_id)
+        if key not in _root_devices:
+            resp = await self.aws("ec2", "describe_images", ImageIds=[image_id])
+            images = resp.get("Images", [])
+            _root_devices[key] = (
+                images[0].get("RootDeviceName", "/dev/sda1") if images else "/dev/sda1"
+            )
+        return _root_devices[key]
 
     async def _type_offered(self, instance_type: str) -> bool:
         key = (self.region, self.endpoint_url, instance_type)

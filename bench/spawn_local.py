@@ -51,6 +51,7 @@ def singleuser_alone(hub: Hub, workdir: Path) -> float:
         "JUPYTERHUB_API_URL": hub.api_url,
         "JUPYTERHUB_BASE_URL": "/",
         "JUPYTERHUB_SERVICE_PREFIX": "/user/bench/",
+        "JUPYTERHUB_SERVICE_URL": f"http://127.0.0.1:{port}/user/bench/",
         "JUPYTERHUB_USER": "bench",
         "JUPYTERHUB_CLIENT_ID": "jupyterhub-user-bench",
         "JUPYTERHUB_OAUTH_CALLBACK_URL": "/user/bench/oauth_callback",
@@ -61,6 +62,8 @@ def singleuser_alone(hub: Hub, workdir: Path) -> float:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"jupyterhub-singleuser exited with {proc.returncode}")
             try:
                 requests.get(f"http://127.0.0.1:{port}/user/bench/api", timeout=1)
                 return time.perf_counter() - t0

@@ -26,6 +26,7 @@ from traitlets.utils.importstring import import_item
 
 from portal.accounting import Accounting, AdmissionError
 from portal.db import Database
+from portal.models import GROUP_KINDS
 
 from .catalog import Catalog, CatalogError, Offering, load_catalog
 from .options import LaunchRequest, OptionError, allowed_offerings, form_to_options, validate_options
@@ -143,7 +144,11 @@ class HybridSpawner(Spawner):
 
     def sync_user_groups(self) -> None:
         """Mirror the user's hub groups (and their members) into the accounting database."""
-        self.accounting.sync_groups({g.name: [u.name for u in g.users] for g in self.user.groups})
+        groups = self.user.groups
+        self.accounting.sync_groups(
+            {g.name: [u.name for u in g.users] for g in groups},
+            kinds={g.name: g.properties["kind"] for g in groups if (g.properties or {}).get("kind") in GROUP_KINDS},
+        )
 
     # --- picker --------------------------------------------------------------------
 

@@ -1,0 +1,91 @@
+"""Quota through a real hub: remaining in the picker, refusals on REST and form, metering to a stop, restart."""
+
+import time
+
+import pytest
+
+from portal.accounting import Accounting
+from portal.db import Database
+from portal.hubconfig import DEMO_USER_PASSWORD
+from tests.fixtures.browser import login
+
+OPTS = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "course-ml101"}
+
+
+def accounting(hub) -> Accounting:
+    return Accounting(Database(hub.db_url))
+
+
+def test_over_quota_rest_launch_is_403_with_asked_left_and_reset(demo_hub):
+    # course budget for aws is 10 h/month; a trn1.32xlarge hour weighs 16
+    body = {"class": "aws", "model": "trn1.32xlarge", "count": 1, "hours": 1, "group": "course-ml101"}
+    r = demo_hub.spawn("bob", body)
+    assert r.status_code == 403, r.text
+    msg = r.json()["message"]
+    assert "asked 16" in msg and "10" in msg and "left" in msg and "resets" in msg
+    assert demo_hub.server_model("bob") is None
+
+
+def test_admitted_launch_reserves_and_stop_releases_the_rest(demo_hub):
+    acct = accounting(demo_hub)
+    before = acct.remaining("course-ml101", "community", "rtx3090").amount_left
+    r = demo_hub.spawn("bob", {**OPTS, "model": "rtx3090", "count": 2, "hours": 2})
+    assert r.status_code in (201, 202), r.text
+    demo_hub.wait_ready("bob")
+    during = acct.remaining("course-ml101", "community", "rtx3090").amount_left
+    assert during == pytest.approx(before - 2 * 2 * 0.5)  # 2 GPUs x 2 h x weight 0.5, reserved up front
+    demo_hub.stop_server("bob")
+    after = acct.remaining("course-ml101", "community", "rtx3090").amount_left
+    assert before - 0.05 < after <= before  # only the seconds actually used are charged
+    assert not acct.open_reservations("bob")
+
+
+@pytest.fixture
+def metered_hub(hub_factory):
+    return hub_factory(env={"HYBRIDHUB_METER_INTERVAL": "1", "HYBRIDHUB_GRACE_SECONDS": "4"})
+
+
+def test_server_is_stopped_with_warning_when_its_reservation_runs_out(metered_hub):
+    hub = metered_hub
+    r = hub.spawn("carol", {**OPTS, "hours": 0.003, "group": "lab-vision"})  # 10.8 s
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("carol")
+    acct = accounting(hub)
+    assert acct.banners_for("carol") == []
+    banners_seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while hub.server_model("carol") is not None and time.monotonic() < deadline:
+        banners_seen += acct.banners_for("carol")
+        time.sleep(0.3)
+    assert hub.server_model("carol") is None, "the meter did not stop the server"
+    assert banners_seen, "no warning was shown before the stop"
+    assert not acct.open_reservations("carol")
+    used = acct.usage(group="lab-vision", username="carol")
+    assert used["amount"] == pytest.approx(0.003, abs=0.0005)  # the whole reservation, charged once
+
+
+def test_restart_readopts_running_server_and_keeps_metering(hub_factory):
+    hub = hub_factory()
+    assert hub.spawn("dave", {**OPTS, "group": "lab-vision"}).status_code in (201, 202)
+    hub.wait_ready("dave")
+    [res] = accounting(hub).open_reservations("dave")
+    hub.restart()
+    model = hub.wait_ready("dave")
+    assert model["user_options"]["group"] == "lab-vision"
+    [after] = accounting(hub).open_reservations("dave")
+    assert after.id == res.id  # the same reservation, not a second admission
+    hub.stop_server("dave")
+    assert not accounting(hub).open_reservations("dave")
+
+
+@pytest.mark.browser
+def test_over_quota_form_launch_shows_the_reason_in_the_picker(demo_hub, page):
+    login(page, demo_hub.url, "alice", DEMO_USER_PASSWORD)
+    page.goto(f"{demo_hub.url}/hub/spawn")
+    page.get_by_label("Trainium (16 chips)", exact=True).check()
+    page.get_by_label("Requested hours").fill("2")
+    page.get_by_role("button", name="Start").click()
+    error = page.locator(".spawn-error-msg")
+    error.wait_for()
+    assert "asked 32" in error.inner_text() and "left" in error.inner_text()
+    assert demo_hub.server_model("alice") is None

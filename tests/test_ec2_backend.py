@@ -406,3 +406,14 @@ async def test_ami_lookup_is_cached(moto, ec2_factory):
 
 def test_neuron_parameter_default():
     assert Ec2Backend().ami_ssm_parameter == NEURON_DLAMI_PARAMETER
+
+
+def test_every_ec2_setting_has_help():
+    from jupyterhub.spawner import Spawner
+
+    own = set(Ec2Backend.class_traits(config=True)) - set(Spawner.class_traits(config=True))
+    assert len(own) > 40
+    missing = [n for n in own if not Ec2Backend.class_traits()[n].help]
+    assert missing == []
+    doc = (__import__("pathlib").Path(__file__).parents[1] / "docs" / "aws.md").read_text()
+    assert [n for n in sorted(own) if f"`{n}`" not in doc] == []

@@ -233,7 +233,9 @@ def _offering(cls_name: str, cls_cfg: dict, name: str, cfg: Any, image: str) -> 
         groups=_str_list(cfg.get("groups", cls_cfg.get("groups", [])), f"{where}.groups"),
         billing_weight=_number(cfg.get("billing_weight", 1.0), f"{where}.billing_weight", strict=True),
         trust=trust,
-        cpu_limit=None if cfg.get("cpu_limit") is None else _number(cfg["cpu_limit"], f"{where}.cpu_limit", strict=True),
+        cpu_limit=(
+            None if cfg.get("cpu_limit") is None else _number(cfg["cpu_limit"], f"{where}.cpu_limit", strict=True)
+        ),
         mem_limit=None if cfg.get("mem_limit") is None else str(cfg["mem_limit"]),
         instance_type=cfg.get("instance_type"),
         spot=bool(cfg.get("spot", False)),

@@ -144,7 +144,8 @@ def validate_options(
         raise OptionError("hours", f"is required; allowed: more than 0 and at most {offering.max_hours:g}")
     hours = _as_float(options["hours"], "hours")
     if not 0 < hours <= offering.max_hours:
-        raise OptionError("hours", f"{hours:g} is out of range; allowed: more than 0 and at most {offering.max_hours:g}")
+        allowed = f"more than 0 and at most {offering.max_hours:g}"
+        raise OptionError("hours", f"{hours:g} is out of range; allowed: {allowed}")
 
     group = options.get("group") or default_group
     if not group:

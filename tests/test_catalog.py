@@ -14,7 +14,10 @@ def test_default_catalog_has_three_classes_with_documented_offerings():
     assert [o.model for o in cat.get_class("enterprise").offerings] == ["A100 80GB", "H100 80GB", "H200 141GB"]
     aws = {o.name: o for o in cat.get_class("aws").offerings}
     assert {k: v.price_per_hour for k, v in aws.items()} == {
-        "trn1.2xlarge": 1.34, "trn1.32xlarge": 21.50, "inf2.xlarge": 0.76, "inf2.8xlarge": 1.97,
+        "trn1.2xlarge": 1.34,
+        "trn1.32xlarge": 21.50,
+        "inf2.xlarge": 0.76,
+        "inf2.8xlarge": 1.97,
     }
     assert all(o.backend == "ec2" and o.instance_type == o.name for o in aws.values())
     # an H100 hour costs four RTX 4090 hours (TRESBillingWeights)
@@ -37,12 +40,21 @@ def test_backend_override_maps_everything_to_local():
     "mutate, key",
     [
         (lambda c: c["community"]["offerings"]["rtx4090"].update(counts=[0]), "community.offerings.rtx4090.counts"),
-        (lambda c: c["aws"]["offerings"]["inf2.xlarge"].update(price_per_hour="cheap"), "aws.offerings.inf2.xlarge.price_per_hour"),
+        (
+            lambda c: c["aws"]["offerings"]["inf2.xlarge"].update(price_per_hour="cheap"),
+            "aws.offerings.inf2.xlarge.price_per_hour",
+        ),
         (lambda c: c["enterprise"]["offerings"]["h100"].update(colour="red"), "enterprise.offerings.h100.colour"),
         (lambda c: c["enterprise"]["offerings"]["h100"].pop("max_hours"), "enterprise.offerings.h100.max_hours"),
         (lambda c: c["community"].update(trust="maybe"), "community.trust"),
-        (lambda c: c["community"]["offerings"]["rtx3090"].update(backend="slurm"), "community.offerings.rtx3090.backend"),
-        (lambda c: c["aws"]["offerings"]["inf2.xlarge"].pop("instance_type"), "aws.offerings.inf2.xlarge.instance_type"),
+        (
+            lambda c: c["community"]["offerings"]["rtx3090"].update(backend="slurm"),
+            "community.offerings.rtx3090.backend",
+        ),
+        (
+            lambda c: c["aws"]["offerings"]["inf2.xlarge"].pop("instance_type"),
+            "aws.offerings.inf2.xlarge.instance_type",
+        ),
         (lambda c: c["enterprise"].update(offerings={}), "enterprise.offerings"),
     ],
 )

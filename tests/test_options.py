@@ -17,10 +17,20 @@ def test_valid_options_give_a_launch_request():
 
 
 def test_form_fields_map_to_canonical_options():
-    form = {"offering": ["aws/inf2.xlarge"], "count:aws/inf2.xlarge": ["1"], "count:community/rtx4090": ["2"],
-            "hours": ["1.5"], "group": ["course-ml101"]}
-    assert form_to_options(form) == {"class": "aws", "model": "inf2.xlarge", "count": 1, "hours": 1.5,
-                                     "group": "course-ml101"}
+    form = {
+        "offering": ["aws/inf2.xlarge"],
+        "count:aws/inf2.xlarge": ["1"],
+        "count:community/rtx4090": ["2"],
+        "hours": ["1.5"],
+        "group": ["course-ml101"],
+    }
+    assert form_to_options(form) == {
+        "class": "aws",
+        "model": "inf2.xlarge",
+        "count": 1,
+        "hours": 1.5,
+        "group": "course-ml101",
+    }
     assert form_to_options({"offering": ["aws/inf2.xlarge"], "count:aws/inf2.xlarge": ["lots"]})["count"] == "lots"
     req, _ = validate_options(form_to_options(form), CAT, {"course-ml101"})
     assert req.count == 1 and req.hours == 1.5
@@ -64,8 +74,18 @@ def test_group_defaults_only_for_a_single_group_user():
 
 
 def test_offering_restricted_to_groups_is_hidden_from_others():
-    cat = load_catalog({"gpu": {"backend": "local", "offerings": {
-        "l4": {"model": "L4", "counts": [1], "price_per_hour": 1, "max_hours": 2, "groups": ["lab-x"]}}}})
+    cat = load_catalog(
+        {
+            "gpu": {
+                "backend": "local",
+                "offerings": {
+                    "l4": {"model": "L4", "counts": [1], "price_per_hour": 1, "max_hours": 2, "groups": ["lab-x"]}
+                },
+            }
+        }
+    )
     with pytest.raises(OptionError) as exc:
-        validate_options({"class": "gpu", "model": "l4", "count": 1, "hours": 1, "group": "course-y"}, cat, {"course-y"})
+        validate_options(
+            {"class": "gpu", "model": "l4", "count": 1, "hours": 1, "group": "course-y"}, cat, {"course-y"}
+        )
     assert exc.value.field == "class"

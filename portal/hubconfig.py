@@ -8,7 +8,10 @@ the offending key named.
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from traitlets.config import Config
@@ -18,11 +21,14 @@ from spawner.hybrid import templates_dir
 
 #: Demo users (password below), their groups and the group kinds.
 DEMO_GROUPS = {
-    "course-ml101": {"users": ["alice", "bob"], "properties": {"kind": "course"}},
+    "course-ml101": {"users": ["alice", "bob", "ivy"], "properties": {"kind": "course"}},
     "lab-vision": {"users": ["carol", "dave"], "properties": {"kind": "lab"}},
     "project-llm": {"users": ["dave"], "properties": {"kind": "project"}},
 }
 DEMO_ADMINS = {"admin"}
+#: Demo group leaders (portal scope ``custom:quota:lead!group=<group>``): carol leads her
+#: lab, ivy (an instructor, also a member) leads course-ml101.
+DEMO_LEADERS = {"lab-vision": ["carol"], "course-ml101": ["ivy"]}
 #: Demo-only passwords, documented in README.md.  Never use them in production.
 DEMO_USER_PASSWORD = "hybridhub-demo"
 DEMO_ADMIN_PASSWORD = "hybridhub-demo-admin-password-2026"
@@ -53,8 +59,27 @@ def seed_demo_budgets(db_url: str) -> None:
             acct.ensure_budget(name, resource_class, hours, unit="hours", period="monthly")
 
 
-def configure_services(c: Config, *, db_url: str, meter_interval: float, grace_seconds: float) -> None:
-    """Register hybridhub's managed services with the smallest scopes they need."""
+def configure_services(
+    c: Config,
+    *,
+    db_url: str,
+    meter_interval: float,
+    grace_seconds: float,
+    portal_bind_url: str = "",
+    quota_admins: Iterable[str] = (),
+    quota_leaders: Mapping[str, Iterable[str]] | None = None,
+) -> None:
+    """Register hybridhub's managed services with the smallest scopes they need.
+
+    The portal (:mod:`portal.service`) listens on ``portal_bind_url`` (default: a free
+    loopback port) behind the hub's proxy at ``/services/hybridhub-portal/``, linked from
+    the hub's navigation bar; ``quota_admins`` get ``custom:quota:admin`` and each group's
+    ``quota_leaders`` get ``custom:quota:lead!group=<group>``.
+    """
+    configure_portal(
+        c, db_url=db_url, bind_url=portal_bind_url, admins=quota_admins,
+        leaders=quota_leaders or {},
+    )
     c.JupyterHub.services = [
         *[s for s in c.JupyterHub.get("services", []) if s.get("name") != "hybridhub-meter"],
         {
@@ -73,6 +98,59 @@ def configure_services(c: Config, *, db_url: str, meter_interval: float, grace_s
     ]
 
 
+def configure_portal(
+    c: Config, *, db_url: str, bind_url: str, admins: Iterable[str],
+    leaders: Mapping[str, Iterable[str]],
+) -> None:
+    """Run the quota portal as a managed service, with its custom scopes and roles."""
+    from portal import service
+
+    bind_url = bind_url or f"http://127.0.0.1:{_free_port()}"
+    c.JupyterHub.custom_scopes = {**c.JupyterHub.get("custom_scopes", {}), **service.CUSTOM_SCOPES}
+    c.JupyterHub.services = [
+        *[s for s in c.JupyterHub.get("services", []) if s.get("name") != service.SERVICE_NAME],
+        service.service_definition(db_url=db_url, bind_url=bind_url),
+    ]
+    roles = c.JupyterHub.get("load_roles", [])
+    user_role = next((r for r in roles if r.get("name") == "user"), None)
+    new = service.hub_roles(admins=admins, leaders=dict(leaders), user_role=user_role)
+    names = {r["name"] for r in new}
+    c.JupyterHub.load_roles = [*[r for r in roles if r.get("name") not in names], *new]
+    base_url = c.JupyterHub.get("base_url", "/").rstrip("/")
+    c.JupyterHub.template_vars = {
+        **c.JupyterHub.get("template_vars", {}),
+        "hybridhub_portal_url": f"{base_url}/services/{service.SERVICE_NAME}/",
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def configure_production(c: Config, *, db_url: str, env: Mapping[str, str]) -> None:
+    """Real backends: GPU hosts from an inventory file, AWS from HYBRIDHUB_AWS_* (docs/docker.md, docs/aws.md)."""
+    from spawner.ec2_reconcile import reconciler_service
+
+    c.Spawner.start_timeout = 900  # an EC2 instance boots, installs and answers within this
+    if env.get("HYBRIDHUB_DOCKER_HOSTS"):
+        c.GpuInventory.hosts_file = env["HYBRIDHUB_DOCKER_HOSTS"]
+    region = env.get("HYBRIDHUB_AWS_REGION", "us-east-1")
+    c.Ec2Backend.region = region
+    for var, trait in (("HYBRIDHUB_AWS_SUBNET", "subnet_ids"), ("HYBRIDHUB_AWS_SECURITY_GROUP", "security_group_ids")):
+        if env.get(var):
+            setattr(c.Ec2Backend, trait, env[var].split(","))
+    for var, trait in (("HYBRIDHUB_AWS_INSTANCE_PROFILE", "instance_profile"), ("HYBRIDHUB_HOME_S3_URI", "home_s3_uri")):
+        if env.get(var):
+            setattr(c.Ec2Backend, trait, env[var])
+    hub_id = env.get("HYBRIDHUB_HUB_ID", "hybridhub")
+    c.Ec2Backend.hub_id = hub_id
+    service, role = reconciler_service(hub_id=hub_id, region=region, db_url=db_url, resource_classes=["aws"])
+    c.JupyterHub.services.append(service)
+    c.JupyterHub.load_roles.append(role)
+
+
 def configure_hub(
     c: Config,
     *,
@@ -84,6 +162,7 @@ def configure_hub(
     catalog_file: str = "",
     meter_interval: float = 60,
     grace_seconds: float = 300,
+    portal_bind_url: str = "",
 ) -> None:
     """Apply hybridhub's settings to the JupyterHub config ``c``."""
     if mode not in ("demo", "production"):
@@ -120,7 +199,13 @@ def configure_hub(
         "hybridhub_banners": lambda user: accounting_for(db_url).banners_for(user.name) if user else [],
     }
 
-    configure_services(c, db_url=db_url, meter_interval=meter_interval, grace_seconds=grace_seconds)
+    configure_services(
+        c, db_url=db_url, meter_interval=meter_interval, grace_seconds=grace_seconds,
+        portal_bind_url=portal_bind_url,
+        quota_admins=DEMO_ADMINS if demo else (), quota_leaders=DEMO_LEADERS if demo else {},
+    )
+    if mode == "production":
+        configure_production(c, db_url=db_url, env=os.environ)
 
     if demo:
         c.JupyterHub.authenticator_class = "shared-password"

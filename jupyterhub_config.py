@@ -10,7 +10,8 @@
 #   HYBRIDHUB_DEMO=0                 no demo users; configure a real authenticator below
 #   HYBRIDHUB_CATALOG=/etc/hybridhub/catalog.yaml   your offerings, prices and groups
 #   HYBRIDHUB_DOCKER_HOSTS=/etc/hybridhub/gpu-hosts.yaml   GPU host inventory (docs/docker.md)
-#   HYBRIDHUB_AWS_REGION, HYBRIDHUB_AWS_SUBNET, HYBRIDHUB_AWS_SECURITY_GROUP  (docs/aws.md);
+#   HYBRIDHUB_AWS_REGION, HYBRIDHUB_AWS_SUBNET, HYBRIDHUB_AWS_SECURITY_GROUP (comma-separated),
+#   HYBRIDHUB_AWS_INSTANCE_PROFILE, HYBRIDHUB_HOME_S3_URI, HYBRIDHUB_HUB_ID  (docs/aws.md);
 #       AWS credentials come from boto3's standard chain (instance role in production).
 #   HYBRIDHUB_METER_INTERVAL=60, HYBRIDHUB_GRACE_SECONDS=300   metering tick and stop grace
 #   HYBRIDHUB_EXTRA_CONFIG=/path/extra_config.py   loaded last (site overrides; tests use it)

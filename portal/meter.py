@@ -29,6 +29,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from portal.accounting import Accounting, MeterReport, StopOrder
 from portal.db import DEFAULT_URL, Database
+from portal.provenance import END_QUOTA, SessionLog
 
 log = logging.getLogger("hybridhub.meter")
 
@@ -55,9 +56,12 @@ class HubStopper:
 
     async def __call__(self, order: StopOrder) -> bool:
         """Ask the hub to stop the server; True if it is stopping or already gone."""
-        r = order.reservation
+        return await self.stop_server(order.reservation.username, order.reservation.server_name)
+
+    async def stop_server(self, username: str, server_name: str) -> bool:
+        """Ask the hub to stop ``username``'s server; True if it is stopping or already gone."""
         request = HTTPRequest(
-            stop_url(self.hub_api_url, r.username, r.server_name),
+            stop_url(self.hub_api_url, username, server_name),
             method="DELETE",
             headers={"Authorization": f"token {self._token}"},
             request_timeout=self.timeout,
@@ -67,11 +71,10 @@ class HubStopper:
         except HTTPClientError as exc:
             if exc.code in (400, 404):  # server not running, or user gone: nothing to stop
                 return True
-            log.error("stopping %s's server %r failed: HTTP %s", r.username, r.server_name,
-                      exc.code)
+            log.error("stopping %s's server %r failed: HTTP %s", username, server_name, exc.code)
             return False
         except OSError as exc:
-            log.error("stopping %s's server %r failed: %s", r.username, r.server_name, exc)
+            log.error("stopping %s's server %r failed: %s", username, server_name, exc)
             return False
         return True
 
@@ -98,6 +101,11 @@ class Meter:
             log.warning(
                 "stopping %s's server %r (reservation %s, group %s): %s",
                 r.username, r.server_name, r.id, r.group, order.reason,
+            )
+            # say why before the DELETE, so the session's provenance record ends in "quota"
+            await asyncio.to_thread(
+                SessionLog(self.accounting.db).request_end, END_QUOTA, reservation_id=r.id,
+                detail=order.reason,
             )
             await self.stop(order)
         return report

@@ -24,6 +24,7 @@ from tornado import web
 from traitlets import Dict, Float, Unicode, default, observe
 from traitlets.utils.importstring import import_item
 
+from portal import courses
 from portal.accounting import Accounting, AdmissionError
 from portal.db import Database
 from portal.models import GROUP_KINDS
@@ -158,6 +159,8 @@ class HybridSpawner(Spawner):
 
     async def render_picker(self, spawner: Spawner | None = None) -> str:
         """The picker: classes, offerings, counts, prices, free now, remaining quota."""
+        if await asyncio.to_thread(courses.in_session, self.accounting.db, self.user.name, self.name):
+            return ""  # a running course session fixes the hardware: straight to the server
         groups = sorted(self.user_groups())
         offerings = allowed_offerings(self.resource_catalog, set(groups))
         await asyncio.to_thread(self.sync_user_groups)
@@ -200,6 +203,12 @@ class HybridSpawner(Spawner):
 
     def _apply_options(self, user_options: dict[str, Any]) -> None:
         """Validate options from the form or REST; a bad field is a 400 naming it."""
+        try:  # a running course session fixes this server's hardware (403 naming it)
+            user_options, self.course = courses.session_launch(
+                self.accounting.db, self.user.name, self.name, user_options
+            )
+        except courses.CourseError as e:
+            raise user_error(e.status, str(e)) from None
         groups = self.user_groups()
         default_group = next(iter(groups)) if len(groups) == 1 else None
         try:
@@ -210,12 +219,16 @@ class HybridSpawner(Spawner):
             raise user_error(400, f"Invalid option {e}") from None
         self.launch = request
         self.offering = offering
+        if self.course is not None:
+            self.offering = self.course.apply(offering)
+            self.user_options = user_options  # what the hub shows is what runs
 
     # --- state -----------------------------------------------------------------------
 
     launch: LaunchRequest | None = None
     offering: Offering | None = None
     reservation_id: int | None = None
+    course: courses.SessionLaunch | None = None
     backend = None
     _backend_state: dict | None = None
 
@@ -316,7 +329,8 @@ class HybridSpawner(Spawner):
                 billing_weight=off.billing_weight,
                 price_per_hour=off.price_per_hour,
                 server_name=self.name,
-                idempotency_key=f"launch:{self.user.name}:{self.name}:{uuid.uuid4()}",
+                idempotency_key=(self.course and self.course.reservation_key)
+                or f"launch:{self.user.name}:{self.name}:{uuid.uuid4()}",
             )
         except AdmissionError as e:
             raise user_error(403, str(e)) from None

@@ -80,7 +80,7 @@ def usage_report(db: Database, where: UsageFilter = UsageFilter()) -> list[Usage
         period,
         ue.c.group_id,
         ue.c.resource_class,
-        func.coalesce(ue.c.model, literal("")).label("model"),
+        ue.c.model,
         ue.c.username,
         func.sum(ue.c.amount).label("amount"),
         func.sum(ue.c.accelerator_hours).label("accelerator_hours"),
@@ -98,16 +98,16 @@ def usage_report(db: Database, where: UsageFilter = UsageFilter()) -> list[Usage
     if where.resource_class is not None:
         agg = agg.where(ue.c.resource_class == where.resource_class)
     agg = agg.group_by(
-        period, ue.c.group_id, ue.c.resource_class, func.coalesce(ue.c.model, literal("")),
-        ue.c.username,
+        period, ue.c.group_id, ue.c.resource_class, ue.c.model, ue.c.username
     ).subquery()
+    model = func.coalesce(agg.c.model, literal(""))
     query = (
         select(
-            agg.c.period, Group.name, agg.c.resource_class, agg.c.model, agg.c.username,
+            agg.c.period, Group.name, agg.c.resource_class, model, agg.c.username,
             agg.c.amount, agg.c.accelerator_hours, agg.c.entries,
         )
         .join(Group, Group.id == agg.c.group_id)
-        .order_by(agg.c.period, Group.name, agg.c.resource_class, agg.c.model, agg.c.username)
+        .order_by(agg.c.period, Group.name, agg.c.resource_class, model, agg.c.username)
     )
     with db.engine.connect() as conn:
         rows = conn.execute(query).all()

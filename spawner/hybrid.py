@@ -30,6 +30,7 @@ from portal.db import Database
 from portal.models import GROUP_KINDS
 
 from .catalog import Catalog, CatalogError, Offering, load_catalog
+from .guard import TrustAndProvenanceMixin
 from .options import LaunchRequest, OptionError, allowed_offerings, form_to_options, validate_options
 
 TEMPLATE_DIRS = [
@@ -81,7 +82,7 @@ def accounting_for(db_url: str) -> Accounting:
     return _databases[db_url]
 
 
-class HybridSpawner(Spawner):
+class HybridSpawner(TrustAndProvenanceMixin, Spawner):
     """Launch notebook servers on the hardware the user picks, within their group's quota."""
 
     catalog = Dict(
@@ -167,6 +168,7 @@ class HybridSpawner(Spawner):
         free = await asyncio.gather(
             *(self.backend_class(o).free_now(o, self.config) for o in offerings)
         )
+        trust = await asyncio.to_thread(self.picker_trust, offerings, set(groups))
         rows = []
         for off, free_now in zip(offerings, free, strict=True):
             remaining = {
@@ -179,6 +181,7 @@ class HybridSpawner(Spawner):
                     "free_now": free_now,
                     "simulated": self.backend_class(off).simulated,
                     "remaining": remaining,
+                    "trust": trust[off.key],
                 }
             )
         previous = self.orm_spawner.user_options or {} if self.orm_spawner else {}
@@ -238,6 +241,7 @@ class HybridSpawner(Spawner):
         if self.launch is not None:
             state["request"] = self.launch.as_user_options()
             state["reservation_id"] = self.reservation_id
+            state["session_id"] = self.session_id
         if self.backend is not None:
             state["backend_state"] = self.backend.get_state()
         elif self._backend_state:
@@ -259,6 +263,7 @@ class HybridSpawner(Spawner):
         )
         self.offering = offering
         self.reservation_id = state.get("reservation_id")
+        self.session_id = state.get("session_id")
         self._backend_state = state.get("backend_state") or {}
 
     def clear_state(self):
@@ -267,6 +272,7 @@ class HybridSpawner(Spawner):
         if self.backend is not None:
             self.backend.clear_state()
         self.launch = self.offering = self.reservation_id = self.backend = None
+        self.session_id = self.confinement = None
         self._backend_state = None
 
     # --- backend child ---------------------------------------------------------------
@@ -340,16 +346,19 @@ class HybridSpawner(Spawner):
         if self.launch is None:
             self._apply_options(self.user_options)
         await asyncio.to_thread(self.sync_user_groups)
+        self.confinement = await asyncio.to_thread(self.plan_confinement, self.user_groups())
         self.reservation_id = await asyncio.to_thread(self._admit)
         self.backend = None
         self._backend_state = None
         backend = self._ensure_backend()
         try:
+            self.confine(backend)
             result = await backend.start()
         except BaseException:
             await asyncio.to_thread(self.accounting.release, self.reservation_id, "failed to start")
             raise
         await asyncio.to_thread(self.accounting.mark_running, self.reservation_id)
+        await self.record_start(backend)
         return result
 
     async def poll(self):
@@ -360,6 +369,7 @@ class HybridSpawner(Spawner):
         status = await backend.poll()
         if status is not None and self.reservation_id is not None:
             await asyncio.to_thread(self.accounting.release, self.reservation_id, "exited")
+            await self.record_end(backend, status)
         return status
 
     async def stop(self, now=False):
@@ -369,6 +379,7 @@ class HybridSpawner(Spawner):
             await backend.stop(now=now)
         if self.reservation_id is not None:
             await asyncio.to_thread(self.accounting.release, self.reservation_id, "stopped")
+            await self.record_end()
 
     async def progress(self):
         """Forward the backend's progress events to the hub's spawn page."""
@@ -376,6 +387,9 @@ class HybridSpawner(Spawner):
         if backend is None:
             yield {"progress": 10, "message": "Checking quota and capacity"}
             return
+        notice = self.confinement_notice()
+        if notice:
+            yield {"progress": 5, "message": notice}
         async for event in backend.progress():
             yield event
 

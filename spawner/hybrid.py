@@ -383,14 +383,16 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
 
     async def progress(self):
         """Forward the backend's progress events to the hub's spawn page."""
-        backend = self.backend
-        if backend is None:
+        if self.backend is None:
             yield {"progress": 10, "message": "Checking quota and capacity"}
+        while self.backend is None and self._spawn_pending:
+            await asyncio.sleep(0.1)  # progress() is called before start() admits and builds the backend
+        if self.backend is None:
             return
         notice = self.confinement_notice()
         if notice:
             yield {"progress": 5, "message": notice}
-        async for event in backend.progress():
+        async for event in self.backend.progress():
             yield event
 
 

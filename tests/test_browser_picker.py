@@ -1,5 +1,6 @@
 """A student's first path in a real browser: log in, pick hardware, land in JupyterLab, stop."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ def hub(hub_factory):
     return hub_factory()
 
 
-def test_student_picks_hardware_lands_in_lab_and_stops(hub, page):
+def test_student_picks_hardware_lands_in_lab_and_stops(hub, page, tmp_path):
     login(page, hub.url, "alice", DEMO_USER_PASSWORD)
     page.goto(f"{hub.url}/hub/spawn")
     for rc in ("Community GPU", "Enterprise GPU", "AWS Trainium / Inferentia"):
@@ -25,7 +26,8 @@ def test_student_picks_hardware_lands_in_lab_and_stops(hub, page):
     assert "$0.35" in row.inner_text() and "24 GB" in row.inner_text()
     assert "simulated" in row.inner_text()
     assert "course-ml101" in row.locator(".remaining").inner_text()
-    page.screenshot(path=str(DOCS / "picker.png"), full_page=True)
+    shot = DOCS / "picker.png" if os.environ.get("HYBRIDHUB_UPDATE_SCREENSHOTS") else tmp_path / "picker.png"
+    page.screenshot(path=str(shot), full_page=True)  # README's screenshot: HYBRIDHUB_UPDATE_SCREENSHOTS=1
 
     page.get_by_label("RTX 4090", exact=True).check()
     page.get_by_label("Number of RTX 4090").select_option("2")

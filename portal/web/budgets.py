@@ -45,6 +45,8 @@ from portal.web.base import (
 
 #: The largest amount a budget may hold or be topped up by in one go.
 MAX_AMOUNT = 1e6
+#: Ids are 32-bit integer columns; anything larger names no budget.
+MAX_ID = 2**31 - 1
 
 
 def _budget_view(b: Budget, group: str, now) -> dict[str, Any]:
@@ -124,11 +126,13 @@ class BudgetAction(PortalHandler):
 
     def group_of(self, budget_id: int) -> str:
         """The name of the group owning budget ``budget_id`` (404 if none)."""
-        with self.accounting.db.session() as s:
-            name = s.scalar(
-                select(Group.name).join(Budget, Budget.group_id == Group.id)
-                .where(Budget.id == budget_id)
-            )
+        name = None
+        if budget_id <= MAX_ID:
+            with self.accounting.db.session() as s:
+                name = s.scalar(
+                    select(Group.name).join(Budget, Budget.group_id == Group.id)
+                    .where(Budget.id == budget_id)
+                )
         if name is None:
             if self.viewer.is_admin:
                 raise ApiError(404, f"no budget {budget_id}")

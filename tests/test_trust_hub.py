@@ -1,0 +1,330 @@
+"""Trust, provenance and verification through a real hub on the local backend.
+
+One hub for the module (SQLite; the database behaviour itself is covered on SQLite and
+PostgreSQL in test_provenance.py).  Trusted hardware is configured with a *broad*
+``server_token_scopes`` and passes AWS/hybridhub secrets through ``env_keep``, so the
+tests show that untrusted hardware gets neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import pytest
+import requests
+from nbclient import NotebookClient
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from portal.accounting import Accounting
+from portal.db import Database
+from portal.hubconfig import DEMO_USER_PASSWORD
+from portal.provenance import END_QUOTA, END_STOPPED_BY_USER, SessionLog
+from portal.trust import TrustPolicy
+from portal.verifier import ServerApi, VerificationRunner
+from portal.verify import Tolerance
+from tests.fixtures.hub import Hub, _stop_user_processes
+
+pytestmark = pytest.mark.usefixtures("hub_prereqs")
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+UNTRUSTED = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "course-ml101"}
+TRUSTED = {"class": "enterprise", "model": "a100", "count": 1, "hours": 1, "group": "course-ml101"}
+SECRET = "aws-secret-for-the-test"
+EXTRA = """
+c.JupyterHub.allow_named_servers = True
+c.Spawner.poll_interval = 1
+c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", "servers!user",
+                                 "read:users!user", "list:users"]
+c.Spawner.env_keep = ["PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG", "LC_ALL",
+                      "AWS_SECRET_ACCESS_KEY", "HYBRIDHUB_TEST_DB_PASSWORD"]
+"""
+
+
+@pytest.fixture(scope="module")
+def hub(hub_prereqs, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("trusthub")
+    h = Hub(workdir, extra_config=EXTRA, env={
+        "AWS_SECRET_ACCESS_KEY": SECRET, "HYBRIDHUB_TEST_DB_PASSWORD": "db-secret",
+        "HYBRIDHUB_METER_INTERVAL": "1", "HYBRIDHUB_GRACE_SECONDS": "0",
+    }).start()
+    yield h
+    h.stop()
+    _stop_user_processes(workdir)
+
+
+@pytest.fixture(scope="module")
+def db(hub):
+    database = Database(hub.db_url)
+    yield database
+    database.dispose()
+
+
+def home(hub, user: str) -> Path:
+    path = hub.workdir / "homes" / user
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_in_server(hub, model: dict, code: str) -> str:
+    """Run ``code`` in a kernel of the server (through the proxy); its stdout."""
+    server = ServerApi(hub.url + model["url"], hub.token)
+    out = asyncio.run(server.execute(code, timeout=60))
+    assert out["error"] is None, out
+    return out["stdout"]
+
+
+PROBE = """
+import json, os
+h = os.path.expanduser("~")
+print(json.dumps({
+    "token": os.environ.get("JUPYTERHUB_API_TOKEN"),
+    "env": sorted(k for k in os.environ if k.startswith(("AWS_", "HYBRIDHUB_"))),
+    "not_mounted": os.environ.get("HYBRIDHUB_NOT_MOUNTED"),
+    "trust": os.environ.get("HYBRIDHUB_TRUST"),
+    "secret": sorted(os.listdir(os.path.join(h, "secret"))) if os.path.isdir(os.path.join(h, "secret")) else None,
+    "public": open(os.path.join(h, "public.txt")).read(),
+}))
+"""
+
+
+def probe(hub, model) -> dict:
+    return json.loads(run_in_server(hub, model, PROBE).strip().splitlines()[-1])
+
+
+def hub_call(hub, token: str, method: str, path: str, **kw) -> int:
+    return requests.request(method, f"{hub.api_url}{path}", headers={"Authorization": f"token {token}"},
+                            timeout=30, **kw).status_code
+
+
+# --------------------------------------------------------------------------- the bar
+
+
+def test_barred_group_gets_403_on_rest_naming_the_reason(hub, db):
+    TrustPolicy(db).set_policy("lab-vision", barred_untrusted=True)
+    try:
+        r = hub.spawn("carol", {**UNTRUSTED, "group": "lab-vision"})
+        assert r.status_code == 403, r.text
+        msg = r.json()["message"]
+        assert "'lab-vision' is barred from untrusted hardware by an administrator" in msg
+        assert "community/rtx4090" in msg and "volunteers outside the university" in msg
+        assert hub.server_model("carol") is None
+        assert not Accounting(db).open_reservations("carol")  # refused before admission
+        # the bar is the charged group's: dave may charge community hardware to project-llm
+        r = hub.spawn("dave", {**UNTRUSTED, "group": "project-llm"})
+        assert r.status_code in (201, 202), r.text
+        hub.wait_ready("dave")
+        hub.stop_server("dave")
+        # and a trusted offering is fine for the barred group
+        assert hub.spawn("carol", {**TRUSTED, "group": "lab-vision"}).status_code in (201, 202)
+        hub.wait_ready("carol")
+        hub.stop_server("carol")
+    finally:
+        TrustPolicy(db).set_policy("lab-vision", barred_untrusted=False)
+
+
+def login(hub, user: str) -> tuple[requests.Session, str]:
+    s = requests.Session()
+    form = s.get(f"{hub.url}/hub/login", timeout=30).text
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', form).group(1)
+    r = s.post(f"{hub.url}/hub/login", data={"username": user, "password": DEMO_USER_PASSWORD, "_xsrf": xsrf},
+               timeout=30)
+    assert r.status_code == 200, r.text
+    return s, s.cookies.get("_xsrf") or xsrf
+
+
+def test_barred_group_is_refused_on_the_form_and_the_picker_says_so(hub, db):
+    TrustPolicy(db).set_policy("lab-vision", barred_untrusted=True)
+    try:
+        s, xsrf = login(hub, "carol")
+        page = s.get(f"{hub.url}/hub/spawn", timeout=60).text
+        assert "Untrusted: run by volunteers outside the university" in page
+        assert "Cannot be charged to\n" in page or "Cannot be charged to" in page
+        assert re.search(r'value="community/rtx4090"[^>]*\s+disabled', page, re.S)  # carol's only group
+        assert "Trusted: run by the university or its cloud account" in page
+        r = s.post(f"{hub.url}/hub/spawn", timeout=60, data={
+            "offering": "community/rtx4090", "count:community/rtx4090": "1", "hours": "1",
+            "group": "lab-vision", "_xsrf": xsrf,
+        })
+        assert "barred from untrusted hardware by an administrator" in r.text
+        assert hub.server_model("carol") is None
+    finally:
+        TrustPolicy(db).set_policy("lab-vision", barred_untrusted=False)
+
+
+# --------------------------------------------------------------------------- what untrusted hardware gets
+
+
+def test_untrusted_server_gets_only_its_own_token_no_secrets_no_confidential_folder(hub, db):
+    TrustPolicy(db).set_policy("course-ml101", confidential_dirs=["secret"])
+    h = home(hub, "alice")
+    (h / "secret").mkdir(exist_ok=True)
+    (h / "secret" / "patients.csv").write_text("id,diagnosis\n1,x\n")
+    (h / "public.txt").write_text("shared")
+    try:
+        assert hub.spawn("alice", UNTRUSTED).status_code in (201, 202)
+        untrusted = hub.wait_ready("alice")
+        assert hub.spawn("alice", TRUSTED, server="trusted").status_code in (201, 202)
+        trusted = hub.wait_ready("alice", "trusted")
+
+        seen = probe(hub, untrusted)
+        assert seen["secret"] == [] and seen["public"] == "shared"  # same home, folder left out
+        assert seen["not_mounted"] == "secret (confidential to course-ml101)"
+        assert seen["trust"] == "untrusted"
+        assert seen["env"] == ["HYBRIDHUB_CLASS", "HYBRIDHUB_COUNT", "HYBRIDHUB_GROUP", "HYBRIDHUB_MODEL",
+                               "HYBRIDHUB_NOT_MOUNTED", "HYBRIDHUB_TRUST"]
+        token = seen["token"]
+        assert hub_call(hub, token, "GET", "/user") == 200  # it is a valid token ...
+        assert hub_call(hub, token, "GET", "/users") == 403  # ... that cannot list users
+        assert hub_call(hub, token, "POST", "/users/alice/servers/another", json=TRUSTED) == 403
+        assert hub_call(hub, token, "POST", "/users/bob/server", json=UNTRUSTED) == 403
+        contents = requests.get(hub.url + untrusted["url"] + "api/contents/secret/patients.csv",
+                                headers={"Authorization": f"token {hub.token}"}, timeout=30)
+        assert contents.status_code == 404
+
+        # the same user on trusted hardware: everything there, and the broad token as configured
+        seen = probe(hub, trusted)
+        assert seen["secret"] == ["patients.csv"]
+        assert "AWS_SECRET_ACCESS_KEY" in seen["env"] and seen["not_mounted"] is None
+        assert hub_call(hub, seen["token"], "GET", "/users/alice") == 200
+        # allowed to start servers: the bad option is what stops it, not the scope
+        assert hub_call(hub, seen["token"], "POST", "/users/alice/servers/x", json={"class": "nope"}) == 400
+    finally:
+        TrustPolicy(db).set_policy("course-ml101", confidential_dirs=[])
+        for server in ("", "trusted"):
+            if hub.server_model("alice", server):
+                hub.stop_server("alice", server)
+
+
+def test_spawn_progress_names_the_folders_left_out(hub, db):
+    TrustPolicy(db).set_policy("course-ml101", confidential_dirs=["secret"])
+    (home(hub, "bob") / "secret").mkdir(exist_ok=True)
+    try:
+        notice = "Not mounted on this untrusted hardware: ~/secret (confidential to course-ml101)"
+        messages: list[str] = []
+        with ThreadPoolExecutor(1) as pool:  # read the event stream while the spawn is pending
+            spawning = pool.submit(hub.spawn, "bob", UNTRUSTED)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not any("ready" in m for m in messages):
+                r = requests.get(f"{hub.api_url}/users/bob/server/progress", stream=True, timeout=60,
+                                 headers={"Authorization": f"token {hub.token}"})
+                if r.status_code != 200:
+                    time.sleep(0.05)
+                    continue
+                messages += [json.loads(line[5:]).get("message", "") for line in r.iter_lines(decode_unicode=True)
+                             if line.startswith("data:")]
+            assert spawning.result().status_code in (201, 202)
+        assert any(m.startswith(notice) for m in messages), messages
+        hub.wait_ready("bob")
+    finally:
+        TrustPolicy(db).set_policy("course-ml101", confidential_dirs=[])
+        if hub.server_model("bob"):
+            hub.stop_server("bob")
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+def test_provenance_after_a_normal_stop_and_a_quota_stop(hub, db):
+    log = SessionLog(db)
+    assert hub.spawn("ivy", {**UNTRUSTED, "model": "rtx3090"}).status_code in (201, 202)
+    hub.wait_ready("ivy")
+    hub.stop_server("ivy")
+    [rec] = log.sessions("ivy")
+    assert (rec.end_reason, rec.group, rec.offering, rec.accelerator, rec.trust) == (
+        END_STOPPED_BY_USER, "course-ml101", "community/rtx3090", "RTX 3090", "untrusted")
+    assert rec.host and rec.image == "local-process" and rec.details.get("pid")
+    assert rec.reservation_id and rec.started_at < rec.stopped_at
+
+    # the meter stops a server whose reservation ran out (0.001 h = 3.6 s): "quota"
+    assert hub.spawn("ivy", {**UNTRUSTED, "hours": 0.001}).status_code in (201, 202)
+    hub.wait_ready("ivy")
+    hub.wait_stopped("ivy", timeout=60)
+    rec = log.sessions("ivy")[0]
+    assert rec.end_reason == END_QUOTA and "ran out" in rec.end_detail
+    assert rec.offering == "community/rtx4090" and rec.stopped_at is not None
+
+
+# --------------------------------------------------------------------------- verification
+
+
+def deterministic_notebook() -> nbformat.NotebookNode:
+    nb = new_notebook(cells=[
+        new_markdown_cell("# A deterministic result"),
+        new_code_cell("import random, statistics\nrandom.seed(42)\nxs = [random.gauss(0, 1) for _ in range(1000)]"),
+        new_code_cell("round(statistics.mean(xs), 12)"),
+        new_code_cell("print('stdev', statistics.stdev(xs))"),
+        new_code_cell("sum(i * i for i in range(10**5))"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    NotebookClient(nb, timeout=60, kernel_name="python3").execute()
+    return nb
+
+
+@pytest.fixture(scope="module")
+def notebooks(hub) -> dict[str, str]:
+    h = home(hub, "alice")
+    (h / "results").mkdir(exist_ok=True)
+    nb = deterministic_notebook()
+    nbformat.write(nb, h / "results" / "det.ipynb")
+    tampered = nbformat.from_dict(json.loads(json.dumps(nb)))
+    tampered.cells[2].outputs[0]["data"]["text/plain"] = "0.042"  # a "better" mean
+    nbformat.write(tampered, h / "results" / "tampered.ipynb")
+    return {"ok": "results/det.ipynb", "tampered": "results/tampered.ipynb"}
+
+
+def verify(hub, db, notebook: str, session_id: int | None = None):
+    log = SessionLog(db)
+    v = log.create_verification(username="alice", group="course-ml101", notebook=notebook,
+                                offering="enterprise/a100", session_id=session_id)
+    runner = VerificationRunner(log, hub_api_url=hub.api_url, proxy_url=hub.url, token=hub.token,
+                                hours=0.5, start_timeout=90, run_timeout=120)
+    return asyncio.run(runner.run(v.id, Tolerance(rel_tol=1e-9)))
+
+
+def test_verification_passes_for_a_deterministic_notebook(hub, db, notebooks):
+    checked = SessionLog(db).open(
+        username="alice", server_name="", group="course-ml101", resource_class="community",
+        offering="community/rtx4090", accelerator="RTX 4090", count=1, trust="untrusted",
+        backend="local", host="volunteer-7",
+    )
+    t0 = time.monotonic()
+    v = verify(hub, db, notebooks["ok"], session_id=checked)
+    assert v.state == "passed", (v.message, v.report)
+    report = v.report
+    assert report["verdict"] == "passed" and report["summary"]["compared"] == 4
+    assert report["checked_session"]["host"] == "volunteer-7"
+    run = SessionLog(db).get(v.run_session_id)
+    assert run.server_name == v.server_name and run.offering == "enterprise/a100" and run.trust == "trusted"
+    assert run.end_reason == END_STOPPED_BY_USER and run.stopped_at is not None
+    assert report["run_session"]["id"] == run.id and report["seconds"] < time.monotonic() - t0 + 1
+    # charged like any launch: a closed reservation on the group's enterprise budget
+    assert run.reservation_id is not None
+    assert Accounting(db).reservation(run.reservation_id).group == "course-ml101"
+    assert (home(hub, "alice") / "hybridhub-verify" / str(v.id) / "det.ipynb").exists()
+    assert hub.server_model("alice", v.server_name) is None
+
+
+def test_verification_reports_the_exact_tampered_cell(hub, db, notebooks):
+    v = verify(hub, db, notebooks["tampered"])
+    assert v.state == "failed" and v.message == "cell(s) 2 differ from the saved outputs"
+    report = v.report
+    assert report["summary"]["differing"] == [2]
+    cell = report["cells"][2]
+    assert cell["status"] == "differs" and cell["source"] == "round(statistics.mean(xs), 12)"
+    [diff] = cell["differences"]
+    assert diff["kind"] == "number" and diff["expected"] == "0.042" and diff["got"] != "0.042"
+    assert [c["status"] for c in report["cells"]] == ["skipped", "match", "differs", "match", "match"]
+    DOCS.mkdir(exist_ok=True)
+    (DOCS / "verification-report-example.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def test_verification_of_a_missing_notebook_is_an_error_and_stops_the_server(hub, db):
+    v = verify(hub, db, "nowhere/missing.ipynb")
+    assert v.state == "error" and "cannot read nowhere/missing.ipynb" in v.message
+    assert hub.server_model("alice", v.server_name) is None

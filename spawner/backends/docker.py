@@ -226,7 +226,171 @@ def candidates_for(inventory: GpuInventory, offering) -> list[Candidate]:
     ]
 
 
-class DockerBackend(BackendMixin, DockerSpawner):
+class ContainerBackendMixin(BackendMixin):
+    """What the ``docker`` and ``swarm`` backends share (a DockerSpawner comes after it).
+
+    Host networking on a random port, the per-user home, the image and limits of the
+    offering, GPU allocation records, the readiness probe, and the GPUs, address and
+    port kept in the state.  The subclass declares the traits read here (``hub_label``,
+    ``image_override``, ``home_*``, ``allocation_db_url``, ``ready_poll_interval``) and
+    says where the server runs (:attr:`placed_on`) and what an unreachable engine means
+    (:meth:`_unreachable`).
+    """
+
+    #: Failed readiness probes between checks that the server has not died (0: never check).
+    died_check_every: ClassVar[int] = 0
+
+    _gpus: tuple[str, ...] = ()
+
+    @default("network_name")
+    def _default_network_name(self):
+        return "host"
+
+    @default("use_internal_ip")
+    def _default_use_internal_ip(self):
+        return True
+
+    @default("name_template")
+    def _default_name_template(self):
+        return "{prefix}-{username}--{servername}" if self.name else "{prefix}-{username}"
+
+    # --- plumbing ---------------------------------------------------------------------------
+
+    @property
+    def executor(self):
+        """The shared thread pool for Docker SDK calls."""
+        return docker_executor()
+
+    @property
+    def db_url(self) -> str:
+        """The allocation database URL."""
+        if self.allocation_db_url:
+            return self.allocation_db_url
+        if self.hybrid is not None and getattr(self.hybrid, "db_url", None):
+            return self.hybrid.db_url
+        return db_url_from_config(self.config)
+
+    @property
+    def allocator(self) -> Allocator:
+        """The allocator on :attr:`db_url`."""
+        return allocator_for(self.db_url)
+
+    @property
+    def owner(self) -> str:
+        """The allocation owner key: this hub and this server's container or service name."""
+        return f"{self.hub_label}/{self.object_name}"
+
+    @property
+    def placed_on(self) -> str:
+        """Name of the host (or swarm node) the server runs on; empty before placement."""
+        raise NotImplementedError
+
+    def _in_thread(self, fn: Callable, *args, **kwargs):
+        return asyncio.wrap_future(self.executor.submit(fn, *args, **kwargs))
+
+    async def _release(self, reason: str) -> int:
+        """Release this server's GPU allocations; how many were released."""
+        if not self.object_name:
+            return 0
+        return await self._in_thread(self.allocator.release, owner=self.owner, reason=reason)
+
+    # --- the container --------------------------------------------------------------------
+
+    def _apply_offering(self) -> None:
+        """Take the image (unless overridden) and the CPU/memory limits from the offering."""
+        if self.image_override:
+            self.image = self.image_override
+        elif self.offering is not None:
+            self.image = self.offering.image
+        if self.offering is not None:
+            if self.offering.cpu_limit:
+                self.cpu_limit = self.offering.cpu_limit
+            if self.offering.mem_limit:
+                self.mem_limit = self.offering.mem_limit
+
+    def home_mount(self) -> HomeMount:
+        """The per-user home: host directory if configured, else the named volume."""
+        ns = self.template_namespace()
+        if self.home_host_dir:
+            return HomeMount("bind", self.home_host_dir.format(**ns), self.home_path)
+        return HomeMount("volume", self.home_volume.format(**ns), self.home_path)
+
+    def get_args(self):
+        """Listen on the host's address and our chosen port (host networking)."""
+        args = list(super().get_args())
+        if self.network_name == "host":
+            args += [f"--ip={self.ip}", f"--port={self.port}"]
+        return args
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def _wait_until_answering(self, ip: str, port: int) -> None:
+        url = f"http://{ip}:{port}{self.server.base_url if self.server else '/'}api"
+        client = AsyncHTTPClient()
+        deadline = time.monotonic() + self.http_timeout
+        checks = 0
+        while time.monotonic() < deadline:
+            try:
+                await client.fetch(url, request_timeout=2, follow_redirects=False)
+                return
+            except HTTPClientError:
+                return  # it answered, with a status: it is up
+            except (TimeoutError, OSError):
+                checks += 1
+                every = self.died_check_every
+                if every and checks % every == 0 and await self.poll() is not None:
+                    return  # died: the hub reports it
+                await asyncio.sleep(self.ready_poll_interval)
+
+    def _unreachable(self, exc: BaseException) -> str:
+        """The status (and release reason) when the engine does not answer ``poll``."""
+        raise NotImplementedError
+
+    async def poll(self):
+        """None while running; once it stopped or its engine is unreachable, a status (GPUs released)."""
+        try:
+            status = await super().poll()
+        except Exception as e:
+            if not engine_down(e):
+                raise
+            status = self._unreachable(e)
+            await self._release(status)
+            return status
+        if status is not None:
+            await self._release(f"exited: {status}")
+        return status
+
+    # --- state --------------------------------------------------------------------------------
+
+    def _placement_state(self) -> dict:
+        """The GPUs, address and port for :meth:`get_state` (with where the server runs)."""
+        return {"gpus": list(self._gpus), "port": self.port, "ip": self.ip}
+
+    def load_state(self, state):
+        """Restore the GPUs, address and port :meth:`get_state` saved."""
+        super().load_state(state)
+        self._gpus = tuple(state.get("gpus") or ())
+        if state.get("port"):
+            self.port = int(state["port"])
+        if state.get("ip"):
+            self.ip = state["ip"]
+
+    def clear_state(self):
+        """Forget the GPUs once the server is gone."""
+        super().clear_state()
+        self._gpus = ()
+
+    def provenance(self) -> dict[str, object]:
+        """Host, GPU UUIDs, image and container (or service) id."""
+        return {
+            "host": self.placed_on,
+            "gpus": list(self._gpus),
+            "image": self.image,
+            self.object_type: self.object_id,
+        }
+
+
+class DockerBackend(ContainerBackendMixin, DockerSpawner):
     """Run the server in a container on a GPU host with enough free GPUs of the wanted model."""
 
     hub_label = Unicode(
@@ -315,14 +479,6 @@ class DockerBackend(BackendMixin, DockerSpawner):
 
     host_name = Unicode("", help="Inventory name of the host the server runs on (state).")
 
-    @default("network_name")
-    def _default_network_name(self):
-        return "host"
-
-    @default("use_internal_ip")
-    def _default_use_internal_ip(self):
-        return True
-
     @default("remove")
     def _default_remove(self):
         return True
@@ -331,18 +487,9 @@ class DockerBackend(BackendMixin, DockerSpawner):
     def _default_pull_policy(self):
         return "never"
 
-    @default("name_template")
-    def _default_name_template(self):
-        return "{prefix}-{username}--{servername}" if self.name else "{prefix}-{username}"
-
     # --- plumbing ---------------------------------------------------------------------------
 
-    _gpus: tuple[str, ...] = ()
-
-    @property
-    def executor(self):
-        """The shared thread pool for Docker SDK calls."""
-        return docker_executor()
+    died_check_every = 25
 
     @property
     def inventory(self) -> GpuInventory:
@@ -363,26 +510,9 @@ class DockerBackend(BackendMixin, DockerSpawner):
         return engine_client(host.url, self.api_timeout, self.tls_config or None)
 
     @property
-    def db_url(self) -> str:
-        """The allocation database URL."""
-        if self.allocation_db_url:
-            return self.allocation_db_url
-        if self.hybrid is not None and getattr(self.hybrid, "db_url", None):
-            return self.hybrid.db_url
-        return db_url_from_config(self.config)
-
-    @property
-    def allocator(self) -> Allocator:
-        """The allocator on :attr:`db_url`."""
-        return allocator_for(self.db_url)
-
-    @property
-    def owner(self) -> str:
-        """The allocation owner key: this hub and this server's container name."""
-        return f"{self.hub_label}/{self.object_name}"
-
-    def _in_thread(self, fn: Callable, *args, **kwargs):
-        return asyncio.wrap_future(self.executor.submit(fn, *args, **kwargs))
+    def placed_on(self) -> str:
+        """The inventory name of the host the server runs on."""
+        return self.host_name
 
     # --- reconciliation loop (one per hub process) ---------------------------------------------
 
@@ -448,21 +578,13 @@ class DockerBackend(BackendMixin, DockerSpawner):
             self.log.info("No capacity for %s: %s", self._log_name, e.free_by_host)
             raise no_capacity_error(str(e)) from None
 
-    async def _release(self, reason: str) -> None:
-        if not self.object_name:
-            return
-        n = await self._in_thread(self.allocator.release, owner=self.owner, reason=reason)
+    async def _release(self, reason: str) -> int:
+        n = await super()._release(reason)
         if n:
             self.log.info("Released %d GPU(s) of %s (%s)", n, self._log_name, reason)
+        return n
 
     # --- the container --------------------------------------------------------------------
-
-    def home_mount(self) -> HomeMount:
-        """The per-user home: host directory if configured, else the named volume."""
-        ns = self.template_namespace()
-        if self.home_host_dir:
-            return HomeMount("bind", self.home_host_dir.format(**ns), self.home_path)
-        return HomeMount("volume", self.home_volume.format(**ns), self.home_path)
 
     def labels(self) -> dict[str, str]:
         """The labels identifying this container as this hub's."""
@@ -482,13 +604,6 @@ class DockerBackend(BackendMixin, DockerSpawner):
         env["HYBRIDHUB_HOST"] = self.host_name
         env["HYBRIDHUB_GPUS"] = ",".join(self._gpus)
         return env
-
-    def get_args(self):
-        """Listen on the host's address and our chosen port (host networking)."""
-        args = list(super().get_args())
-        if self.network_name == "host":
-            args += [f"--ip={self.ip}", f"--port={self.port}"]
-        return args
 
     async def container_spec(self) -> ContainerSpec:
         """Gather this launch's :class:`ContainerSpec`."""
@@ -533,15 +648,7 @@ class DockerBackend(BackendMixin, DockerSpawner):
     async def start(self):
         """Allocate GPUs on a host, run the container there, return once it answers."""
         self._ensure_reconciler()
-        if self.image_override:
-            self.image = self.image_override
-        elif self.offering is not None:
-            self.image = self.offering.image
-        if self.offering is not None:
-            if self.offering.cpu_limit:
-                self.cpu_limit = self.offering.cpu_limit
-            if self.offering.mem_limit:
-                self.mem_limit = self.offering.mem_limit
+        self._apply_offering()
         placement = await self._allocate()
         self.host_name, self._gpus = placement.host, tuple(placement.gpus)
         host = self.host
@@ -568,23 +675,6 @@ class DockerBackend(BackendMixin, DockerSpawner):
             return self.host.ip, self.port
         return await super().get_ip_and_port()
 
-    async def _wait_until_answering(self, ip: str, port: int) -> None:
-        url = f"http://{ip}:{port}{self.server.base_url if self.server else '/'}api"
-        client = AsyncHTTPClient()
-        deadline = time.monotonic() + self.http_timeout
-        checks = 0
-        while time.monotonic() < deadline:
-            try:
-                await client.fetch(url, request_timeout=2, follow_redirects=False)
-                return
-            except HTTPClientError:
-                return  # it answered, with a status: it is up
-            except (TimeoutError, OSError):
-                checks += 1
-                if checks % 25 == 0 and await self.poll() is not None:
-                    return  # died: the hub reports it
-                await asyncio.sleep(self.ready_poll_interval)
-
     async def poll(self):
         """None while running; a status once it exited or its host stopped answering.
 
@@ -593,17 +683,11 @@ class DockerBackend(BackendMixin, DockerSpawner):
         if not self.host_name:
             return 0
         self._ensure_reconciler()
-        try:
-            status = await super().poll()
-        except Exception as e:
-            if not engine_down(e):
-                raise
-            self.log.warning("Host %s of %s is unreachable: %s", self.host_name, self._log_name, e)
-            await self._release(f"host {self.host_name} unreachable")
-            return f"host {self.host_name} unreachable"
-        if status is not None:
-            await self._release(f"exited: {status}")
-        return status
+        return await super().poll()
+
+    def _unreachable(self, exc: BaseException) -> str:
+        self.log.warning("Host %s of %s is unreachable: %s", self.host_name, self._log_name, exc)
+        return f"host {self.host_name} unreachable"
 
     async def _remove_quietly(self) -> None:
         if not self.host_name or not self.object_name:
@@ -640,33 +724,18 @@ class DockerBackend(BackendMixin, DockerSpawner):
         """Container id and name, host, GPUs and port: enough to find the server again."""
         state = super().get_state()
         if self.host_name:
-            state.update(host=self.host_name, gpus=list(self._gpus), port=self.port, ip=self.ip)
+            state.update(host=self.host_name, **self._placement_state())
         return state
 
     def load_state(self, state):
         """Restore what :meth:`get_state` saved."""
         super().load_state(state)
         self.host_name = state.get("host", "") or ""
-        self._gpus = tuple(state.get("gpus") or ())
-        if state.get("port"):
-            self.port = int(state["port"])
-        if state.get("ip"):
-            self.ip = state["ip"]
 
     def clear_state(self):
         """Forget the host and GPUs once the server is gone."""
         super().clear_state()
         self.host_name = ""
-        self._gpus = ()
-
-    def provenance(self) -> dict[str, object]:
-        """Host, GPU UUIDs, image and container id."""
-        return {
-            "host": self.host_name,
-            "gpus": list(self._gpus),
-            "image": self.image,
-            "container": self.object_id,
-        }
 
 
 # --- reconciliation ---------------------------------------------------------------------------

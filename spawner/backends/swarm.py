@@ -31,23 +31,19 @@ from docker.types import (
 )
 from dockerspawner import SwarmSpawner
 from jupyterhub.utils import random_port
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Dict, Float, List, Unicode, default
+from traitlets import Dict, Float, List, Unicode
 from traitlets.config import Config
 
-from portal.allocations import Allocator, allocator_for
 from portal.allocations import Placement as GpuPlacement
 
-from .base import BackendMixin
 from .docker import (
     LABEL_HUB,
     LABEL_OFFERING,
     LABEL_OWNER,
     LABEL_USER,
+    ContainerBackendMixin,
     ContainerSpec,
-    HomeMount,
     check_binds,
-    db_url_from_config,
     docker_executor,
     engine_client,
     engine_down,
@@ -134,7 +130,7 @@ def service_config(
     }
 
 
-class SwarmBackend(BackendMixin, SwarmSpawner):
+class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
     """Run the server as a Swarm service; Swarm places it on a node with free GPUs."""
 
     swarm_url = Unicode(
@@ -205,27 +201,9 @@ class SwarmBackend(BackendMixin, SwarmSpawner):
         0.2, help="Seconds between checks of the new service's task while it starts."
     ).tag(config=True)
 
-    @default("network_name")
-    def _default_network_name(self):
-        return "host"
-
-    @default("use_internal_ip")
-    def _default_use_internal_ip(self):
-        return True
-
-    @default("name_template")
-    def _default_name_template(self):
-        return "{prefix}-{username}--{servername}" if self.name else "{prefix}-{username}"
-
     node_name = Unicode("", help="Hostname of the node running the task (state).")
-    _gpus: tuple[str, ...] = ()
 
     # --- plumbing -------------------------------------------------------------------------
-
-    @property
-    def executor(self):
-        """The shared thread pool for Docker SDK calls."""
-        return docker_executor()
 
     @property
     def manager_url(self) -> str:
@@ -238,20 +216,9 @@ class SwarmBackend(BackendMixin, SwarmSpawner):
         return engine_client(self.manager_url, self.api_timeout, self.tls_config or None)
 
     @property
-    def allocator(self) -> Allocator:
-        """The allocation records' database."""
-        url = self.allocation_db_url
-        if not url and self.hybrid is not None and getattr(self.hybrid, "db_url", None):
-            url = self.hybrid.db_url
-        return allocator_for(url or db_url_from_config(self.config))
-
-    @property
-    def owner(self) -> str:
-        """Allocation owner key."""
-        return f"{self.hub_label}/{self.object_name}"
-
-    def _in_thread(self, fn, *args, **kwargs):
-        return asyncio.wrap_future(self.executor.submit(fn, *args, **kwargs))
+    def placed_on(self) -> str:
+        """The hostname of the node running the task."""
+        return self.node_name
 
     # --- capacity ---------------------------------------------------------------------------
 
@@ -306,25 +273,11 @@ class SwarmBackend(BackendMixin, SwarmSpawner):
 
     # --- the service ------------------------------------------------------------------------
 
-    def home_mount(self) -> HomeMount:
-        """The per-user home: host directory if configured, else the named volume."""
-        ns = self.template_namespace()
-        if self.home_host_dir:
-            return HomeMount("bind", self.home_host_dir.format(**ns), self.home_path)
-        return HomeMount("volume", self.home_volume.format(**ns), self.home_path)
-
     def get_env(self):
         """Hub environment and the hardware description."""
         env = super().get_env()
         env.update(self.accelerator_env())
         return env
-
-    def get_args(self):
-        """Listen on the node's address and our chosen port (host networking)."""
-        args = list(super().get_args())
-        if self.network_name == "host":
-            args += [f"--ip={self.ip}", f"--port={self.port}"]
-        return args
 
     async def get_command(self):
         """``cmd`` + args (the image's command when ``cmd`` is unset)."""
@@ -418,15 +371,7 @@ class SwarmBackend(BackendMixin, SwarmSpawner):
 
     async def start(self):
         """Create the service, wait for its task, record its GPUs, return once it answers."""
-        if self.image_override:
-            self.image = self.image_override
-        elif self.offering is not None:
-            self.image = self.offering.image
-        if self.offering is not None:
-            if self.offering.cpu_limit:
-                self.cpu_limit = self.offering.cpu_limit
-            if self.offering.mem_limit:
-                self.mem_limit = self.offering.mem_limit
+        self._apply_offering()
         if self.network_name == "host":
             self.port = random_port()
             self.ip = "0.0.0.0"
@@ -449,23 +394,6 @@ class SwarmBackend(BackendMixin, SwarmSpawner):
             return self.ip, self.port
         return await super().get_ip_and_port()
 
-    async def _wait_until_answering(self, ip: str, port: int) -> None:
-        url = f"http://{ip}:{port}{self.server.base_url if self.server else '/'}api"
-        client = AsyncHTTPClient()
-        deadline = time.monotonic() + self.http_timeout
-        while time.monotonic() < deadline:
-            try:
-                await client.fetch(url, request_timeout=2, follow_redirects=False)
-                return
-            except HTTPClientError:
-                return
-            except (TimeoutError, OSError):
-                await asyncio.sleep(self.ready_poll_interval)
-
-    async def _release(self, reason: str) -> None:
-        if self.object_name:
-            await self._in_thread(self.allocator.release, owner=self.owner, reason=reason)
-
     async def _remove_quietly(self) -> None:
         try:
             await self.docker("remove_service", self.object_name)
@@ -474,18 +402,8 @@ class SwarmBackend(BackendMixin, SwarmSpawner):
         except Exception as e:
             self.log.warning("Could not remove service %s: %s", self.object_name, e)
 
-    async def poll(self):
-        """None while the task runs; a status (and GPUs released) once it stopped."""
-        try:
-            status = await super().poll()
-        except Exception as e:
-            if not engine_down(e):
-                raise
-            await self._release("swarm manager unreachable")
-            return "swarm manager unreachable"
-        if status is not None:
-            await self._release(f"exited: {status}")
-        return status
+    def _unreachable(self, exc: BaseException) -> str:
+        return "swarm manager unreachable"
 
     async def stop(self, now=False):
         """Remove the service and release its GPU records."""
@@ -502,30 +420,15 @@ class SwarmBackend(BackendMixin, SwarmSpawner):
         """Service id/name, node, GPUs, address and port."""
         state = super().get_state()
         if self.object_id:
-            state.update(node=self.node_name, gpus=list(self._gpus), port=self.port, ip=self.ip)
+            state.update(node=self.node_name, **self._placement_state())
         return state
 
     def load_state(self, state):
         """Restore what :meth:`get_state` saved."""
         super().load_state(state)
         self.node_name = state.get("node", "") or ""
-        self._gpus = tuple(state.get("gpus") or ())
-        if state.get("port"):
-            self.port = int(state["port"])
-        if state.get("ip"):
-            self.ip = state["ip"]
 
     def clear_state(self):
         """Forget node and GPUs."""
         super().clear_state()
         self.node_name = ""
-        self._gpus = ()
-
-    def provenance(self) -> dict[str, object]:
-        """Node, GPU UUIDs, image and service id."""
-        return {
-            "host": self.node_name,
-            "gpus": list(self._gpus),
-            "image": self.image,
-            "service": self.object_id,
-        }

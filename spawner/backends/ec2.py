@@ -264,6 +264,11 @@ def error_code(e: BaseException) -> str:
     return ""
 
 
+def described_instances(resp: dict) -> list[dict]:
+    """The instances of a DescribeInstances response, over all its reservations."""
+    return [i for r in resp.get("Reservations", []) for i in r.get("Instances", [])]
+
+
 def launch_error(e: ClientError, instance_type: str, region: str, retry_after: int):
     """A user-facing HTTPError for a failed ``run_instances`` (token-free by construction)."""
     from ..hybrid import user_error
@@ -759,10 +764,8 @@ class Ec2Backend(BackendMixin, Spawner):
             if error_code(e) == "InvalidInstanceID.NotFound":
                 return None
             raise
-        for reservation in resp.get("Reservations", []):
-            for inst in reservation.get("Instances", []):
-                return inst
-        return None
+        found = described_instances(resp)
+        return found[0] if found else None
 
     async def _find_by_launch_token(self, token: str) -> list[str]:
         resp = await self.aws(
@@ -776,9 +779,7 @@ class Ec2Backend(BackendMixin, Spawner):
                 },
             ],
         )
-        return [
-            i["InstanceId"] for r in resp.get("Reservations", []) for i in r.get("Instances", [])
-        ]
+        return [i["InstanceId"] for i in described_instances(resp)]
 
     # --- progress -----------------------------------------------------------------------------
 
@@ -1018,7 +1019,7 @@ class Ec2Backend(BackendMixin, Spawner):
                 {"Name": "instance-state-name", "Values": ["stopped"]},
             ],
         )
-        found = [i for r in resp.get("Reservations", []) for i in r.get("Instances", [])]
+        found = described_instances(resp)
         if not found:
             return False
         inst = found[0]

@@ -23,7 +23,7 @@ from datetime import datetime
 
 from sqlalchemy import DateTime, Index, Integer, String, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from .db import Database
 from .models import Base, utcnow
@@ -108,6 +108,21 @@ def choose_host(candidates: Sequence[Candidate], taken: set[str], count: int) ->
     return Placement(best[2].host, tuple(best[3][:count]))
 
 
+def _taken_in(s: Session, uuids: list[str]) -> set[str]:
+    """Which of ``uuids`` are held by an active allocation, seen from session ``s``."""
+    if not uuids:
+        return set()
+    q = select(GpuAllocation.gpu_uuid).where(
+        GpuAllocation.released_at.is_(None), GpuAllocation.gpu_uuid.in_(uuids)
+    )
+    return set(s.scalars(q))
+
+
+def _free_by_host(candidates: Sequence[Candidate], taken: set[str]) -> dict[str, int]:
+    """Free GPUs per candidate host when ``taken`` are held."""
+    return {c.host: sum(g not in taken for g in c.gpus) for c in candidates}
+
+
 class Allocator:
     """Allocate, free and list GPU allocations in the hybridhub database."""
 
@@ -133,16 +148,12 @@ class Allocator:
         uuids = list(uuids)
         if not uuids:
             return set()
-        q = select(GpuAllocation.gpu_uuid).where(
-            GpuAllocation.released_at.is_(None), GpuAllocation.gpu_uuid.in_(uuids)
-        )
         with self.db.session() as s:
-            return set(s.scalars(q))
+            return _taken_in(s, uuids)
 
     def free_by_host(self, candidates: Sequence[Candidate]) -> dict[str, int]:
         """Free GPUs per candidate host."""
-        taken = self.taken(g for c in candidates for g in c.gpus)
-        return {c.host: sum(g not in taken for g in c.gpus) for c in candidates}
+        return _free_by_host(candidates, self.taken(g for c in candidates for g in c.gpus))
 
     def allocate(
         self,
@@ -174,22 +185,10 @@ class Allocator:
                     )
                     if mine:
                         return Placement(mine[0].host, tuple(a.gpu_uuid for a in mine))
-                    taken = (
-                        set(
-                            s.scalars(
-                                select(GpuAllocation.gpu_uuid).where(
-                                    GpuAllocation.released_at.is_(None),
-                                    GpuAllocation.gpu_uuid.in_(all_uuids),
-                                )
-                            )
-                        )
-                        if all_uuids
-                        else set()
-                    )
+                    taken = _taken_in(s, all_uuids)
                     placement = choose_host(candidates, taken, count)
                     if placement is None:
-                        free = {c.host: sum(g not in taken for g in c.gpus) for c in candidates}
-                        raise NoCapacity(what, count, free)
+                        raise NoCapacity(what, count, _free_by_host(candidates, taken))
                     now = self.clock()
                     for uuid in placement.gpus:
                         s.add(

@@ -56,46 +56,28 @@ def test_unique_index_refuses_a_second_active_row(db: Database):
 
     from portal.allocations import GpuAllocation
 
-    with db.session() as s:
-        s.add(
-            GpuAllocation(
-                host="a",
-                gpu_uuid="GPU-1",
-                model="",
-                owner="x",
-                username="",
-                server_name="",
-                offering="",
-            )
+    def row(owner: str) -> GpuAllocation:
+        """An active allocation of GPU-1 on host a."""
+        return GpuAllocation(
+            host="a",
+            gpu_uuid="GPU-1",
+            model="",
+            owner=owner,
+            username="",
+            server_name="",
+            offering="",
         )
+
+    with db.session() as s:
+        s.add(row("x"))
     with pytest.raises(IntegrityError):
         with db.session() as s:
-            s.add(
-                GpuAllocation(
-                    host="a",
-                    gpu_uuid="GPU-1",
-                    model="",
-                    owner="y",
-                    username="",
-                    server_name="",
-                    offering="",
-                )
-            )
+            s.add(row("y"))
     # a released row does not count
     with db.session() as s:
         s.query(GpuAllocation).update({"released_at": datetime(2026, 1, 1)})
     with db.session() as s:
-        s.add(
-            GpuAllocation(
-                host="a",
-                gpu_uuid="GPU-1",
-                model="",
-                owner="y",
-                username="",
-                server_name="",
-                offering="",
-            )
-        )
+        s.add(row("y"))
 
 
 def test_20_concurrent_launches_onto_8_gpus(db: Database, db_factory):

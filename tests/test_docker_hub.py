@@ -8,7 +8,7 @@ import pytest
 
 from portal.allocations import Allocator
 from portal.db import Database
-from tests.fixtures.docker import DATA, hub_docker_config, remove_labelled
+from tests.fixtures.docker import h100_host, hub_docker_config, remove_labelled
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.docker
@@ -29,14 +29,7 @@ def h100(count: int) -> dict:
 @pytest.fixture
 def docker_hub(hub_factory, docker_engines):  # noqa: F811  (fixture imported above)
     label = f"hubtest-{uuid.uuid4().hex[:6]}"
-    hosts = [
-        {
-            "name": "h1",
-            "url": docker_engines.urls["h1"],
-            "class": "enterprise",
-            "nvidia_smi_file": str(DATA / "nvidia-smi-8xh100.csv"),
-        }
-    ]
+    hosts = [h100_host(docker_engines.urls["h1"])]
     hub = hub_factory(extra_config=hub_docker_config(hosts, hub_label=label, users=USERS))
     yield hub
     hub.stop()

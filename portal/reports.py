@@ -1,10 +1,12 @@
 """Usage reports from the ledger: totals per period, group, class, model and user.
 
-:func:`usage_report` is one ``GROUP BY`` over ``usage_entries`` (grouped by ``group_id``
-and joined to the group names afterwards, so the join touches result rows only), the
-same on SQLite and PostgreSQL apart from how a timestamp is cut to its day, week or
-month.  The portal's pages, its REST API, the CSV export and ``bench/usage_report.py``
-all read it from here.
+Reports read a daily rollup of the ledger (:class:`UsageRollup`, refreshed by the portal
+every minute with :func:`refresh_rollup`, as slurmdbd rolls up its usage tables) plus the
+few entries newer than the rollup's mark, so a report over a million-row ledger reads
+thousands of rows, not millions, and is still exact.  Grouping is by ``group_id`` with the
+names joined afterwards; SQL is the same on SQLite and PostgreSQL apart from how a
+timestamp is cut to its day, week or month.  The portal's pages, its REST API, the CSV
+export and ``bench/usage_report.py`` all read it from here.
 """
 
 from __future__ import annotations
@@ -15,11 +17,26 @@ from collections.abc import Collection, Iterable
 from dataclasses import astuple, dataclass, fields
 from datetime import date, datetime
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import (
+    Date,
+    Float,
+    Integer,
+    String,
+    UniqueConstraint,
+    cast,
+    func,
+    literal,
+    select,
+    text,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
 from portal.db import Database
-from portal.models import Group, Reservation, UsageEntry
+from portal.models import Base, Group, Reservation, UsageEntry
 
 BUCKETS = ("day", "week", "month")
 
@@ -53,8 +70,41 @@ class UsageFilter:
     bucket: str = "day"
 
 
+class UsageRollup(Base):
+    """Ledger totals per day, group, class, model and user, up to ``UsageRollupMark``.
+
+    Like slurmdbd's usage rollup tables: reports read these few rows plus the ledger
+    entries newer than the mark, instead of aggregating the whole ledger every time.
+    """
+
+    __tablename__ = "usage_rollup"
+    __table_args__ = (
+        UniqueConstraint("day", "group_id", "resource_class", "model", "username",
+                         name="uq_usage_rollup"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    day: Mapped[date] = mapped_column(Date)
+    group_id: Mapped[int] = mapped_column(Integer)
+    resource_class: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(64))  # "" for no model
+    username: Mapped[str] = mapped_column(String(255))
+    amount: Mapped[float] = mapped_column(Float)
+    accelerator_hours: Mapped[float] = mapped_column(Float)
+    entries: Mapped[int] = mapped_column(Integer)
+
+
+class UsageRollupMark(Base):
+    """The newest ledger entry id already in :class:`UsageRollup` (one row, id 1)."""
+
+    __tablename__ = "usage_rollup_mark"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_entry_id: Mapped[int] = mapped_column(Integer)
+
+
 def _bucket(dialect: str, bucket: str, ts: ColumnElement) -> ColumnElement:
-    """``ts`` cut to the start of its day, ISO week (Monday) or month."""
+    """``ts`` (a timestamp or date) cut to the start of its day, ISO week (Monday) or month."""
     if bucket not in BUCKETS:
         raise ValueError(f"bucket must be one of {BUCKETS}, got {bucket!r}")
     if dialect == "postgresql":
@@ -66,50 +116,127 @@ def _bucket(dialect: str, bucket: str, ts: ColumnElement) -> ColumnElement:
     return func.strftime("%Y-%m-01", ts)
 
 
+def _day(dialect: str, ts: ColumnElement) -> ColumnElement:
+    return cast(ts, Date) if dialect == "postgresql" else func.date(ts)
+
+
 def _period_text(value: object) -> str:
     if isinstance(value, datetime | date):
         return value.strftime("%Y-%m-%d")
     return str(value)[:10]
 
 
-def usage_report(db: Database, where: UsageFilter = UsageFilter()) -> list[UsageRow]:
-    """Ledger totals grouped by period, group, class, model and user, oldest period first."""
-    ue = UsageEntry.__table__
-    period = _bucket(db.dialect, where.bucket, ue.c.ts_from).label("period")
-    agg = select(
-        period,
-        ue.c.group_id,
-        ue.c.resource_class,
-        ue.c.model,
-        ue.c.username,
-        func.sum(ue.c.amount).label("amount"),
-        func.sum(ue.c.accelerator_hours).label("accelerator_hours"),
-        func.count().label("entries"),
-    )
-    if where.since is not None:
-        agg = agg.where(ue.c.ts_from >= where.since)
-    if where.until is not None:
-        agg = agg.where(ue.c.ts_from < where.until)
+def _at_midnight(value: datetime | None) -> bool:
+    return value is None or value == datetime.combine(value.date(), datetime.min.time())
+
+
+def refresh_rollup(db: Database, upto: int | None = None) -> int:
+    """Add the ledger entries newer than the mark (up to id ``upto``, default all) to the
+    rollup; return how many.
+
+    On PostgreSQL the ledger is locked in SHARE mode for the (short) refresh, which waits
+    for transactions still inserting entries: no entry can commit below the new mark
+    after it was taken.  SQLite serialises writers anyway (``BEGIN IMMEDIATE``).
+    """
+    ue, ru = UsageEntry.__table__, UsageRollup.__table__
+    ins = pg_insert if db.dialect == "postgresql" else sqlite_insert
+    with db.session() as s:
+        if db.dialect == "postgresql":
+            s.execute(text("LOCK TABLE usage_entries IN SHARE MODE"))
+        mark = s.scalar(select(UsageRollupMark.last_entry_id).where(UsageRollupMark.id == 1))
+        mark = mark or 0
+        top = s.scalar(select(func.max(ue.c.id)))
+        if top is not None and upto is not None:
+            top = min(top, upto)
+        if top is None or top <= mark:
+            return 0
+        day = _day(db.dialect, ue.c.ts_from)
+        model = func.coalesce(ue.c.model, literal(""))
+        tail = (
+            select(day, ue.c.group_id, ue.c.resource_class, model, ue.c.username,
+                   func.sum(ue.c.amount), func.sum(ue.c.accelerator_hours), func.count())
+            .where(ue.c.id > mark, ue.c.id <= top)
+            .group_by(day, ue.c.group_id, ue.c.resource_class, model, ue.c.username)
+        )
+        cols = ["day", "group_id", "resource_class", "model", "username", "amount",
+                "accelerator_hours", "entries"]
+        stmt = ins(ru).from_select(cols, tail)
+        s.execute(stmt.on_conflict_do_update(
+            index_elements=cols[:5],
+            set_={c: ru.c[c] + stmt.excluded[c] for c in cols[5:]},
+        ))
+        s.execute(ins(UsageRollupMark).values(id=1, last_entry_id=top).on_conflict_do_update(
+            index_elements=["id"], set_={"last_entry_id": top}))
+        return s.scalar(select(func.count()).where(ue.c.id > mark, ue.c.id <= top)) or 0
+
+
+def _filtered(query, where: UsageFilter, cols, day_col: ColumnElement | None = None):
+    """``query`` narrowed by ``where``; ``day_col`` set for rollup rows (whole days)."""
+    if day_col is None:
+        if where.since is not None:
+            query = query.where(cols.ts_from >= where.since)
+        if where.until is not None:
+            query = query.where(cols.ts_from < where.until)
+    else:
+        if where.since is not None:
+            query = query.where(day_col >= where.since.date())
+        if where.until is not None:
+            query = query.where(day_col < where.until.date())
     if where.groups is not None:
         ids = select(Group.id).where(Group.name.in_(sorted(where.groups)))
-        agg = agg.where(ue.c.group_id.in_(ids.scalar_subquery()))
+        query = query.where(cols.group_id.in_(ids.scalar_subquery()))
     if where.username is not None:
-        agg = agg.where(ue.c.username == where.username)
+        query = query.where(cols.username == where.username)
     if where.resource_class is not None:
-        agg = agg.where(ue.c.resource_class == where.resource_class)
-    agg = agg.group_by(
-        period, ue.c.group_id, ue.c.resource_class, ue.c.model, ue.c.username
-    ).subquery()
-    model = func.coalesce(agg.c.model, literal(""))
-    query = (
-        select(
-            agg.c.period, Group.name, agg.c.resource_class, model, agg.c.username,
-            agg.c.amount, agg.c.accelerator_hours, agg.c.entries,
-        )
-        .join(Group, Group.id == agg.c.group_id)
-        .order_by(agg.c.period, Group.name, agg.c.resource_class, model, agg.c.username)
+        query = query.where(cols.resource_class == where.resource_class)
+    return query
+
+
+def usage_report(db: Database, where: UsageFilter = UsageFilter()) -> list[UsageRow]:
+    """Ledger totals grouped by period, group, class, model and user, oldest period first.
+
+    Reads the daily rollup plus the ledger entries newer than its mark (exactly the
+    ledger's totals, whenever the rollup was last refreshed); a span that does not start
+    and end at midnight is aggregated from the ledger alone.
+    """
+    ue, ru = UsageEntry.__table__, UsageRollup.__table__
+    live = select(
+        _bucket(db.dialect, where.bucket, ue.c.ts_from).label("period"),
+        ue.c.group_id, ue.c.resource_class,
+        func.coalesce(ue.c.model, literal("")).label("model"), ue.c.username,
+        ue.c.amount, ue.c.accelerator_hours, literal(1).label("entries"),
     )
+    live = _filtered(live, where, ue.c)
     with db.engine.connect() as conn:
+        if _at_midnight(where.since) and _at_midnight(where.until):
+            mark = conn.scalar(
+                select(UsageRollupMark.last_entry_id).where(UsageRollupMark.id == 1)
+            ) or 0
+            rolled = select(
+                _bucket(db.dialect, where.bucket, ru.c.day).label("period"),
+                ru.c.group_id, ru.c.resource_class, ru.c.model, ru.c.username,
+                ru.c.amount, ru.c.accelerator_hours, ru.c.entries,
+            )
+            rolled = _filtered(rolled, where, ru.c, day_col=ru.c.day)
+            parts = union_all(rolled, live.where(ue.c.id > mark)).subquery()
+        else:
+            parts = live.subquery()
+        agg = select(
+            parts.c.period, parts.c.group_id, parts.c.resource_class, parts.c.model,
+            parts.c.username, func.sum(parts.c.amount).label("amount"),
+            func.sum(parts.c.accelerator_hours).label("accelerator_hours"),
+            func.sum(parts.c.entries).label("entries"),
+        ).group_by(
+            parts.c.period, parts.c.group_id, parts.c.resource_class, parts.c.model,
+            parts.c.username,
+        ).subquery()
+        query = (
+            select(agg.c.period, Group.name, agg.c.resource_class, agg.c.model,
+                   agg.c.username, agg.c.amount, agg.c.accelerator_hours, agg.c.entries)
+            .join(Group, Group.id == agg.c.group_id)
+            .order_by(agg.c.period, Group.name, agg.c.resource_class, agg.c.model,
+                      agg.c.username)
+        )
         rows = conn.execute(query).all()
     return [
         UsageRow(_period_text(p), g, rc, m, u, float(a), float(h), int(n))

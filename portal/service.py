@@ -4,7 +4,8 @@ Run by the hub (``python -m portal.service``, see :func:`service_definition`), s
 with :class:`jupyterhub.services.auth.HubOAuth`; roles come from the custom scopes the hub
 grants (:mod:`portal.web.base`).  Configured from the environment the hub gives its
 services (``JUPYTERHUB_SERVICE_PREFIX``, ``JUPYTERHUB_SERVICE_URL``, ``JUPYTERHUB_API_*``)
-plus ``HYBRIDHUB_DB_URL``.
+plus ``HYBRIDHUB_DB_URL`` and ``HYBRIDHUB_ROLLUP_INTERVAL`` (seconds between folding new
+ledger entries into the usage rollup, default 60; see :mod:`portal.reports`).
 
 The app is composed from handler modules listed in :data:`HANDLER_MODULES`.  Each module
 exports
@@ -38,6 +39,7 @@ from tornado import web
 
 from portal.accounting import Accounting
 from portal.db import DEFAULT_URL, Database
+from portal.reports import refresh_rollup
 from portal.web.base import ADMIN_SCOPE, LEAD_SCOPE, PortalHandler, _jinja_env, error_schema
 
 log = logging.getLogger("hybridhub.portal")
@@ -218,6 +220,16 @@ def from_env(env: dict[str, str] | None = None) -> tuple[web.Application, str]:
     return app, env.get("JUPYTERHUB_SERVICE_URL", "http://127.0.0.1:10101")
 
 
+async def keep_rollup_fresh(db: Database, interval: float) -> None:
+    """Fold new ledger entries into the usage rollup every ``interval`` seconds, off the loop."""
+    while True:
+        try:
+            await asyncio.to_thread(refresh_rollup, db)
+        except Exception:
+            log.exception("usage rollup refresh failed; retrying in %ss", interval)
+        await asyncio.sleep(interval)
+
+
 async def _main() -> None:
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -225,11 +237,15 @@ async def _main() -> None:
     parsed = urlparse(url)
     app.listen(parsed.port or 80, parsed.hostname or "127.0.0.1", xheaders=True)
     log.info("hybridhub portal listening on %s", url)
+    rollup = asyncio.create_task(keep_rollup_fresh(
+        app.settings["accounting"].db, float(os.environ.get("HYBRIDHUB_ROLLUP_INTERVAL", "60"))
+    ))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    rollup.cancel()
 
 
 if __name__ == "__main__":

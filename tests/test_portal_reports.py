@@ -12,7 +12,15 @@ import pytest
 from portal import audit
 from portal.accounting import Accounting, BudgetError
 from portal.budget_csv import CsvImportError, import_budgets, parse_budgets
-from portal.reports import CSV_COLUMNS, UsageFilter, running_servers, totals_by, usage_csv, usage_report
+from portal.reports import (
+    CSV_COLUMNS,
+    UsageFilter,
+    refresh_rollup,
+    running_servers,
+    totals_by,
+    usage_csv,
+    usage_report,
+)
 from portal.web.charts import stacked_bars
 
 T0 = datetime(2026, 11, 2, 9, 0)  # a Monday
@@ -81,6 +89,30 @@ def test_report_filters(ledger):
     assert [r.model for r in cls] == ["h100"]
     with pytest.raises(ValueError, match="bucket"):
         usage_report(ledger.db, UsageFilter(bucket="year"))
+
+
+FILTERS = [
+    UsageFilter(),
+    UsageFilter(bucket="week"),
+    UsageFilter(bucket="month", groups=["lab"]),
+    UsageFilter(since=T0 + timedelta(days=1), until=T0 + timedelta(days=9)),  # not midnight
+    UsageFilter(since=datetime(2026, 11, 3), until=datetime(2026, 11, 11)),
+    UsageFilter(username="carol", resource_class="community"),
+]
+
+
+def test_report_reads_the_rollup_plus_newer_entries_exactly(ledger):
+    before = [usage_report(ledger.db, f) for f in FILTERS]
+    assert refresh_rollup(ledger.db) == 4
+    assert refresh_rollup(ledger.db) == 0  # nothing new: idempotent
+    assert [usage_report(ledger.db, f) for f in FILTERS] == before
+    use(ledger, "carol", "lab", "community", "rtx4090", T0 + timedelta(hours=6), 1.0)  # same day
+    use(ledger, "bob", "course", "community", "rtx3090", T0 + timedelta(days=2), 1.0)
+    tail = [usage_report(ledger.db, f) for f in FILTERS]
+    assert refresh_rollup(ledger.db) == 2
+    assert [usage_report(ledger.db, f) for f in FILTERS] == tail
+    (carol_day,) = [r for r in tail[0] if r.username == "carol"]
+    assert (carol_day.amount, carol_day.entries) == (pytest.approx(4.0), 3)
 
 
 def test_csv_export_has_a_header_and_every_row(ledger):

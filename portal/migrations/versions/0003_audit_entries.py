@@ -1,4 +1,5 @@
-"""Audit log of budget changes (portal.audit.AuditEntry).
+"""Audit log of budget changes (portal.audit.AuditEntry) and the daily usage rollup the
+portal's reports read (portal.reports.UsageRollup, UsageRollupMark).
 
 Revision ID: 0003_audit_entries
 Revises: 0002_gpu_allocations
@@ -30,8 +31,29 @@ def upgrade() -> None:
         sa.Column("note", sa.String(1000), nullable=False),
     )
     op.create_index("ix_audit_entries_group_ts", "audit_entries", ["group_name", "ts"])
+    op.create_table(
+        "usage_rollup",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("day", sa.Date, nullable=False),
+        sa.Column("group_id", sa.Integer, nullable=False),
+        sa.Column("resource_class", sa.String(64), nullable=False),
+        sa.Column("model", sa.String(64), nullable=False),
+        sa.Column("username", sa.String(255), nullable=False),
+        sa.Column("amount", sa.Float, nullable=False),
+        sa.Column("accelerator_hours", sa.Float, nullable=False),
+        sa.Column("entries", sa.Integer, nullable=False),
+        sa.UniqueConstraint("day", "group_id", "resource_class", "model", "username",
+                            name="uq_usage_rollup"),
+    )
+    op.create_table(
+        "usage_rollup_mark",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("last_entry_id", sa.Integer, nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("usage_rollup_mark")
+    op.drop_table("usage_rollup")
     op.drop_index("ix_audit_entries_group_ts", table_name="audit_entries")
     op.drop_table("audit_entries")

@@ -8,7 +8,6 @@ tests show that untrusted hardware gets neither.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -18,17 +17,14 @@ from pathlib import Path
 import nbformat
 import pytest
 import requests
-from nbclient import NotebookClient
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from portal.accounting import Accounting
 from portal.db import Database
 from portal.hubconfig import DEMO_USER_PASSWORD
 from portal.provenance import END_QUOTA, END_STOPPED_BY_USER, SessionLog
 from portal.trust import TrustPolicy
-from portal.verifier import ServerApi, VerificationRunner
-from portal.verify import Tolerance
 from tests.fixtures.hub import Hub, _stop_user_processes
+from tests.fixtures.trust import deterministic_notebook, probe, verify
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -69,32 +65,6 @@ def home(hub, user: str) -> Path:
     path = hub.workdir / "homes" / user
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def run_in_server(hub, model: dict, code: str) -> str:
-    """Run ``code`` in a kernel of the server (through the proxy); its stdout."""
-    server = ServerApi(hub.url + model["url"], hub.token)
-    out = asyncio.run(server.execute(code, timeout=60))
-    assert out["error"] is None, out
-    return out["stdout"]
-
-
-PROBE = """
-import json, os
-h = os.path.expanduser("~")
-print(json.dumps({
-    "token": os.environ.get("JUPYTERHUB_API_TOKEN"),
-    "env": sorted(k for k in os.environ if k.startswith(("AWS_", "HYBRIDHUB_"))),
-    "not_mounted": os.environ.get("HYBRIDHUB_NOT_MOUNTED"),
-    "trust": os.environ.get("HYBRIDHUB_TRUST"),
-    "secret": sorted(os.listdir(os.path.join(h, "secret"))) if os.path.isdir(os.path.join(h, "secret")) else None,
-    "public": open(os.path.join(h, "public.txt")).read(),
-}))
-"""
-
-
-def probe(hub, model) -> dict:
-    return json.loads(run_in_server(hub, model, PROBE).strip().splitlines()[-1])
 
 
 def hub_call(hub, token: str, method: str, path: str, **kw) -> int:
@@ -253,19 +223,6 @@ def test_provenance_after_a_normal_stop_and_a_quota_stop(hub, db):
 # --------------------------------------------------------------------------- verification
 
 
-def deterministic_notebook() -> nbformat.NotebookNode:
-    nb = new_notebook(cells=[
-        new_markdown_cell("# A deterministic result"),
-        new_code_cell("import random, statistics\nrandom.seed(42)\nxs = [random.gauss(0, 1) for _ in range(1000)]"),
-        new_code_cell("round(statistics.mean(xs), 12)"),
-        new_code_cell("print('stdev', statistics.stdev(xs))"),
-        new_code_cell("sum(i * i for i in range(10**5))"),
-    ])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    NotebookClient(nb, timeout=60, kernel_name="python3").execute()
-    return nb
-
-
 @pytest.fixture(scope="module")
 def notebooks(hub) -> dict[str, str]:
     h = home(hub, "alice")
@@ -276,15 +233,6 @@ def notebooks(hub) -> dict[str, str]:
     tampered.cells[2].outputs[0]["data"]["text/plain"] = "0.042"  # a "better" mean
     nbformat.write(tampered, h / "results" / "tampered.ipynb")
     return {"ok": "results/det.ipynb", "tampered": "results/tampered.ipynb"}
-
-
-def verify(hub, db, notebook: str, session_id: int | None = None):
-    log = SessionLog(db)
-    v = log.create_verification(username="alice", group="course-ml101", notebook=notebook,
-                                offering="enterprise/a100", session_id=session_id)
-    runner = VerificationRunner(log, hub_api_url=hub.api_url, proxy_url=hub.url, token=hub.token,
-                                hours=0.5, start_timeout=90, run_timeout=120)
-    return asyncio.run(runner.run(v.id, Tolerance(rel_tol=1e-9)))
 
 
 def test_verification_passes_for_a_deterministic_notebook(hub, db, notebooks):

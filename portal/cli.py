@@ -168,22 +168,22 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--group")
     ls.add_argument("--json", action="store_true", help="print JSON")
 
-    st = sub.add_parser("set", help="create a budget or set its amount (admins)")
-    st.add_argument("group")
-    st.add_argument("resource_class")
-    st.add_argument("amount", type=float)
-    st.add_argument("--model")
+    def budget_command(name: str, help: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help)
+        cmd.add_argument("group")
+        cmd.add_argument("resource_class")
+        cmd.add_argument("amount", type=float)
+        cmd.add_argument("--model")
+        return cmd
+
+    st = budget_command("set", "create a budget or set its amount (admins)")
     st.add_argument("--unit", default="hours", choices=["hours", "credits"])
     st.add_argument("--period", default="monthly", choices=["monthly", "term", "oneoff"])
     st.add_argument("--per-user-cap", type=float)
     st.add_argument("--starts", help="YYYY-MM-DD (term and one-off budgets)")
     st.add_argument("--ends", help="YYYY-MM-DD")
 
-    tu = sub.add_parser("top-up", help="add to a budget (admins, the group's leader)")
-    tu.add_argument("group")
-    tu.add_argument("resource_class")
-    tu.add_argument("amount", type=float)
-    tu.add_argument("--model")
+    budget_command("top-up", "add to a budget (admins, the group's leader)")
 
     fr = sub.add_parser("freeze", help="freeze or thaw a group (admins)")
     fr.add_argument("group")

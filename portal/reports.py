@@ -209,9 +209,12 @@ def usage_report(db: Database, where: UsageFilter = UsageFilter()) -> list[Usage
     live = _filtered(live, where, ue.c)
     with db.engine.connect() as conn:
         if _at_midnight(where.since) and _at_midnight(where.until):
-            mark = conn.scalar(
-                select(UsageRollupMark.last_entry_id).where(UsageRollupMark.id == 1)
-            ) or 0
+            mark = func.coalesce(
+                select(UsageRollupMark.last_entry_id)
+                .where(UsageRollupMark.id == 1)
+                .scalar_subquery(),
+                0,
+            )
             rolled = select(
                 _bucket(db.dialect, where.bucket, ru.c.day).label("period"),
                 ru.c.group_id, ru.c.resource_class, ru.c.model, ru.c.username,

@@ -12,6 +12,7 @@ members see their groups' budgets.
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import quote
 
@@ -97,14 +98,7 @@ def groups_view(db: Database, names: Collection[str] | None, now) -> list[dict[s
 
 
 def _change_view(change: BudgetChange) -> dict[str, Any]:
-    return {
-        "budget_id": change.budget_id,
-        "group": change.group,
-        "action": change.action,
-        "actor": change.actor,
-        "before": change.before,
-        "after": change.after,
-    }
+    return asdict(change)
 
 
 class BudgetAction(PortalHandler):

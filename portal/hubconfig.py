@@ -204,6 +204,9 @@ def configure_hub(
         portal_bind_url=portal_bind_url,
         quota_admins=DEMO_ADMINS if demo else (), quota_leaders=DEMO_LEADERS if demo else {},
     )
+    from portal.verifier import configure_verification
+
+    configure_verification(c, proxy_url=bind_url)  # the portal re-runs notebooks to verify results
     if mode == "production":
         configure_production(c, db_url=db_url, env=os.environ)
 

@@ -52,6 +52,8 @@ HANDLER_MODULES = [
     "portal.web.usage",
     "portal.web.servers",
     "portal.web.audit",
+    "portal.web.sessions",
+    "portal.web.trust",
 ]
 
 #: The portal's custom scopes (``c.JupyterHub.custom_scopes``).

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
+from portal.accounting import AuditHook, BudgetChange
 from portal.db import Database
 from portal.models import Group
 
@@ -110,8 +111,14 @@ class TrustPolicy:
         *,
         barred_untrusted: bool | None = None,
         confidential_dirs: Iterable[str] | None = None,
+        actor: str = "",
+        audit: AuditHook | None = None,
     ) -> GroupPolicy:
-        """Change a group's settings (``None`` leaves one as it is); KeyError if no such group."""
+        """Change a group's settings (``None`` leaves one as it is); KeyError if no such group.
+
+        With ``audit`` (e.g. :func:`portal.audit.record`) the change is logged, by
+        ``actor``, in the same transaction.
+        """
         values: dict = {}
         if barred_untrusted is not None:
             if not isinstance(barred_untrusted, bool):
@@ -120,13 +127,15 @@ class TrustPolicy:
         if confidential_dirs is not None:
             values["confidential_dirs"] = normalize_confidential_dirs(confidential_dirs)
         with self.db.session() as s:
-            if values:
-                done = s.execute(update(Group).where(Group.name == group).values(**values))
-                if done.rowcount == 0:
-                    raise KeyError(group)
             row = s.execute(
                 select(Group.barred_untrusted, Group.confidential_dirs).where(Group.name == group)
             ).first()
-        if row is None:
-            raise KeyError(group)
-        return GroupPolicy(group, bool(row[0]), tuple(row[1] or ()))
+            if row is None:
+                raise KeyError(group)
+            before = {"barred_untrusted": bool(row[0]), "confidential_dirs": list(row[1] or [])}
+            after = {**before, **values}
+            if values:
+                s.execute(update(Group).where(Group.name == group).values(**values))
+                if audit is not None and after != before:
+                    audit(s, BudgetChange(None, group, "set trust policy", actor or "?", before, after))
+        return GroupPolicy(group, after["barred_untrusted"], tuple(after["confidential_dirs"]))

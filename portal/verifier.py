@@ -332,6 +332,9 @@ class VerificationRunner:
             report["seconds"] = round(time.monotonic() - started, 1)
             report["checked_session"] = self._provenance(v.session_id)
             report["run_session"] = self._provenance(run_session)
+            if (report["run_session"] or {}).get("trust") != "trusted":
+                state, report["verdict"] = "error", "not verified"
+                message = "the re-run did not run on trusted hardware, so it verifies nothing"
         return await asyncio.to_thread(
             self.sessions.update_verification, v.id, state=state, message=message,
             report=report, run_session_id=run_session,
@@ -360,3 +363,25 @@ def _last_json_line(text: str) -> dict | None:
         except ValueError:
             continue
     return None
+
+
+#: The portal's own hub-token scopes a verification needs (and nothing more).
+PORTAL_SCOPES = ("servers", "access:servers", "read:users")
+
+
+def configure_verification(c: Any, *, proxy_url: str, service_name: str = "hybridhub-portal") -> None:
+    """Hub config for verifications run by the portal service ``service_name``.
+
+    Named servers (``verify-<id>``), a role giving the portal :data:`PORTAL_SCOPES`,
+    and ``HYBRIDHUB_PROXY_URL`` in its environment so it reaches the servers.  Call
+    after the portal's service entry exists.
+    """
+    c.JupyterHub.allow_named_servers = True
+    role = {"name": f"{service_name}-verify", "services": [service_name], "scopes": list(PORTAL_SCOPES),
+            "description": "Run notebooks again on trusted hardware to verify results"}
+    c.JupyterHub.load_roles = [
+        *[r for r in c.JupyterHub.get("load_roles", []) if r.get("name") != role["name"]], role,
+    ]
+    for service in c.JupyterHub.get("services", []):
+        if service.get("name") == service_name:
+            service.setdefault("environment", {})["HYBRIDHUB_PROXY_URL"] = proxy_url

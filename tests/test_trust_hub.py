@@ -276,3 +276,91 @@ def test_verification_of_a_missing_notebook_is_an_error_and_stops_the_server(hub
     v = verify(hub, db, "nowhere/missing.ipynb")
     assert v.state == "error" and "cannot read nowhere/missing.ipynb" in v.message
     assert hub.server_model("alice", v.server_name) is None
+
+
+# --------------------------------------------------------------------------- the portal pages
+
+
+class Portal:
+    """The portal service behind the module's hub, called with per-user tokens."""
+
+    def __init__(self, hub):
+        self.hub, self.url, self.tokens = hub, f"{hub.url}/services/hybridhub-portal/", {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "api/openapi.json", timeout=2).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("portal did not answer")
+
+    def call(self, user: str, method: str, path: str, **kw) -> requests.Response:
+        if user not in self.tokens:
+            self.tokens[user] = self.hub.user_token(user)
+        headers = {"Authorization": f"token {self.tokens[user]}", **kw.pop("headers", {})}
+        return requests.request(method, self.url + path, headers=headers, timeout=60, **kw)
+
+
+@pytest.fixture(scope="module")
+def portal(hub):
+    return Portal(hub)
+
+
+def test_portal_sessions_are_per_user_admins_see_all_and_csv(portal, db):
+    log = SessionLog(db)
+    for user in ("ivy", "dave"):
+        log.open(username=user, server_name="", group="course-ml101", resource_class="aws",
+                 offering="aws/trn1.2xlarge", accelerator="Trainium (1 chip)", count=1, trust="trusted",
+                 backend="ec2", instance_id="i-0123456789abcdef0", instance_type="trn1.2xlarge")
+    mine = portal.call("ivy", "GET", "api/sessions").json()["sessions"]
+    assert mine and {s["username"] for s in mine} == {"ivy"}
+    assert {"host", "gpu_uuids", "image_id", "end_reason", "trust"} <= set(mine[0])
+    everyone = portal.call("admin", "GET", "api/sessions").json()["sessions"]
+    assert {"ivy", "dave"} <= {s["username"] for s in everyone}
+    assert portal.call("ivy", "GET", "api/sessions?user=dave").status_code == 403
+    assert portal.call("ivy", "GET", f"api/sessions/{everyone[-1]['id']}").status_code in (200, 403)
+    csv_text = portal.call("ivy", "GET", "api/sessions.csv").text
+    assert csv_text.splitlines()[0].startswith("id,username,server_name,group")
+    assert portal.call("ivy", "GET", "sessions", headers={"Accept": "text/html"}).status_code == 200
+    doc = requests.get(portal.url + "api/openapi.json", timeout=10).json()
+    paths = {"/api/sessions", "/api/sessions.csv", "/api/verifications", "/api/groups/{group}/trust"}
+    assert paths <= set(doc["paths"])
+
+
+def test_admin_bars_a_group_in_the_portal_and_the_spawner_enforces_it(portal, hub):
+    r = portal.call("carol", "PUT", "api/groups/lab-vision/trust", json={"barred_untrusted": True})
+    assert r.status_code == 403
+    r = portal.call("admin", "PUT", "api/groups/lab-vision/trust",
+                    json={"barred_untrusted": True, "confidential_dirs": ["scans", "../etc"]})
+    assert r.status_code == 400 and r.json()["field"] == "confidential_dirs"
+    r = portal.call("admin", "PUT", "api/groups/lab-vision/trust", json={"barred_untrusted": True})
+    assert r.status_code == 200 and r.json()["barred_untrusted"] is True
+    try:
+        r = hub.spawn("carol", {**UNTRUSTED, "group": "lab-vision"})
+        assert r.status_code == 403 and "barred from untrusted hardware" in r.json()["message"]
+        audit = portal.call("admin", "GET", "api/audit?group=lab-vision").json()["entries"]
+        assert audit[0]["action"] == "set trust policy" and audit[0]["actor"] == "admin"
+    finally:
+        portal.call("admin", "PUT", "api/groups/lab-vision/trust", json={"barred_untrusted": False})
+
+
+def test_verify_from_the_portal(portal, hub, notebooks):
+    r = portal.call("alice", "POST", "api/verifications", json={
+        "notebook": notebooks["ok"], "offering": "community/rtx4090", "group": "course-ml101"})
+    assert r.status_code == 400 and r.json()["field"] == "offering"  # untrusted: not a verification
+    r = portal.call("alice", "POST", "api/verifications", json={
+        "notebook": notebooks["tampered"], "offering": "enterprise/a100", "group": "course-ml101", "rel_tol": 1e-9})
+    assert r.status_code == 202, r.text
+    vid = r.json()["id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        v = portal.call("alice", "GET", f"api/verifications/{vid}").json()
+        if v["state"] not in ("pending", "running"):
+            break
+        time.sleep(1)
+    assert v["state"] == "failed" and v["report"]["summary"]["differing"] == [2], v
+    page = portal.call("alice", "GET", f"verifications/{vid}", headers={"Accept": "text/html"}).text
+    assert 'id="cell-2"' in page and "cell-differs" in page and "0.042" in page
+    assert portal.call("bob", "GET", f"api/verifications/{vid}").status_code == 403

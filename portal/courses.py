@@ -191,8 +191,10 @@ class SessionLocked(CourseError):
 
     status = 403
 
-    def __init__(self, session: str, field: str, wanted: Any, fixed: Any):
+    def __init__(self, session: str, field: str, wanted: Any, fixed: Any,
+                 session_options: Mapping[str, Any] | None = None):
         self.field = field
+        self.session_options = dict(session_options or {})
         super().__init__(
             f"your server belongs to {session} until it ends: {field} is {fixed!r} for "
             f"the session, not {wanted!r}"
@@ -384,7 +386,7 @@ def session_launch(
     fixed = session.user_options(to_datetime(time.time() if now is None else now))
     for name in LOCKED_FIELDS:
         if name in options and str(options[name]) != str(fixed[name]):
-            raise SessionLocked(session.label, name, options[name], fixed[name])
+            raise SessionLocked(session.label, name, options[name], fixed[name], fixed)
     return {**options, **fixed}, SessionLaunch(session, key)
 
 
@@ -599,7 +601,16 @@ class CourseSchedule:
         return info
 
     def request_start(self, session_id: int) -> SessionInfo:
-        """"Start now": the scheduler begins the session at its next tick."""
+        """"Start now": the scheduler begins the session at its next tick; the end is kept."""
+        info = self.get(session_id)
+        offering = self._offering(info.resource_class, info.offering)
+        hours = (info.ends_at - self.now()).total_seconds() / 3600
+        if hours > offering.max_hours + EPS:
+            raise SessionConflict(
+                f"starting {info.label} now would make it last {hours:.2f} h (it ends at "
+                f"{info.ends_at:%Y-%m-%d %H:%M} UTC); {offering.key} allows at most "
+                f"{offering.max_hours:g} h"
+            )
         return self._transition(session_id, ("scheduled", "refused"),
                                 start_requested_at=self.now(), message="start requested",
                                 refusal=None)

@@ -21,7 +21,10 @@ from spawner.hybrid import templates_dir
 
 #: Demo users (password below), their groups and the group kinds.
 DEMO_GROUPS = {
-    "course-ml101": {"users": ["alice", "bob", "ivy"], "properties": {"kind": "course"}},
+    "course-ml101": {
+        "users": ["alice", "bob", "ivy"],
+        "properties": {"kind": "course", "instructors": ["ivy"]},  # no session server for ivy
+    },
     "lab-vision": {"users": ["carol", "dave"], "properties": {"kind": "lab"}},
     "project-llm": {"users": ["dave"], "properties": {"kind": "project"}},
 }
@@ -29,6 +32,8 @@ DEMO_ADMINS = {"admin"}
 #: Demo group leaders (portal scope ``custom:quota:lead!group=<group>``): carol leads her
 #: lab, ivy (an instructor, also a member) leads course-ml101.
 DEMO_LEADERS = {"lab-vision": ["carol"], "course-ml101": ["ivy"]}
+#: Demo instructors (``custom:courses:manage!group=<course>``): they run course sessions.
+DEMO_INSTRUCTORS = {"course-ml101": ["ivy"]}
 #: Demo-only passwords, documented in README.md.  Never use them in production.
 DEMO_USER_PASSWORD = "hybridhub-demo"
 DEMO_ADMIN_PASSWORD = "hybridhub-demo-admin-password-2026"
@@ -123,6 +128,49 @@ def configure_portal(
     }
 
 
+def configure_courses(
+    c: Config, *, db_url: str, catalog_file: str, backend_override: str,
+    instructors: Mapping[str, Iterable[str]], env: Mapping[str, str],
+) -> None:
+    """Course sessions: the scheduler service, instructor roles, home-page vars and banners."""
+    from portal import courses
+    from portal.course_scheduler import course_service
+    from spawner.hybrid import accounting_for
+
+    service, role = course_service(
+        db_url, catalog_file=catalog_file, backend_override=backend_override,
+        concurrency=int(env.get("HYBRIDHUB_COURSE_CONCURRENCY", "5")),
+        interval=float(env.get("HYBRIDHUB_COURSE_INTERVAL", "1")),
+    )
+    managed = env.get("HYBRIDHUB_COURSE_SCHEDULER", "1") != "0"  # 0: it runs elsewhere
+    c.JupyterHub.services = [
+        *[s for s in c.JupyterHub.get("services", []) if s.get("name") != service["name"]],
+        *([service] if managed else []),
+    ]
+    for portal in c.JupyterHub.services:  # the portal validates offerings against the catalog
+        if portal.get("name") == "hybridhub-portal":
+            portal.setdefault("environment", {})["HYBRIDHUB_CATALOG"] = catalog_file
+    c.JupyterHub.load_roles = [
+        *[r for r in c.JupyterHub.get("load_roles", []) if r.get("name") != role["name"]],
+        *([role] if managed else []),
+        *[{"name": f"hybridhub-instructor-{group}", "users": sorted(users),
+           "description": f"Run {group}'s course sessions",
+           "scopes": [f"{courses.MANAGE_SCOPE}!group={group}"]}
+          for group, users in sorted(instructors.items())],
+    ]
+    db = accounting_for(db_url).db
+    template_vars = dict(c.JupyterHub.get("template_vars", {}))
+    banners = template_vars.get("hybridhub_banners")
+    template_vars["hybridhub_banners"] = lambda user: [
+        *(banners(user) if banners else []),
+        *(courses.course_banners(db, user.name) if user else []),
+    ]
+    template_vars["hybridhub_course_sessions"] = lambda user: (
+        courses.sessions_for_user(db, user.name, [g.name for g in user.groups]) if user else []
+    )
+    c.JupyterHub.template_vars = template_vars
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -207,6 +255,11 @@ def configure_hub(
     from portal.verifier import configure_verification
 
     configure_verification(c, proxy_url=bind_url)  # the portal re-runs notebooks to verify results
+    configure_courses(
+        c, db_url=db_url, catalog_file=catalog_file,
+        backend_override=c.HybridSpawner.backend_override,
+        instructors=DEMO_INSTRUCTORS if demo else {}, env=os.environ,
+    )
     if mode == "production":
         configure_production(c, db_url=db_url, env=os.environ)
 

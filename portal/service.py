@@ -38,6 +38,7 @@ from jupyterhub.services.auth import HubOAuthCallbackHandler
 from tornado import web
 
 from portal.accounting import Accounting
+from portal.courses import MANAGE_SCOPE
 from portal.db import DEFAULT_URL, Database
 from portal.reports import refresh_rollup
 from portal.web.base import ADMIN_SCOPE, LEAD_SCOPE, PortalHandler, _jinja_env, error_schema
@@ -52,6 +53,7 @@ HANDLER_MODULES = [
     "portal.web.usage",
     "portal.web.servers",
     "portal.web.audit",
+    "portal.web.courses",
     "portal.web.sessions",
     "portal.web.trust",
 ]
@@ -65,6 +67,10 @@ CUSTOM_SCOPES = {
     LEAD_SCOPE: {
         "description": "Lead a group in the hybridhub portal: see its budgets, usage, "
         "servers and audit log, and top up its budgets (filter with !group=<name>).",
+    },
+    MANAGE_SCOPE: {
+        "description": "Run a course's notebook sessions in the hybridhub portal: schedule, "
+        "start now, end, cancel (filter with !group=<course>).",
     },
 }
 

@@ -210,7 +210,9 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
             user_options, self.course = courses.session_launch(
                 self.accounting.db, self.user.name, self.name, user_options
             )
-        except courses.CourseError as e:
+        except courses.SessionLocked as e:
+            if self.orm_spawner is not None:  # a later start without options gets the session's
+                self.orm_spawner.user_options = e.session_options
             raise user_error(e.status, str(e)) from None
         groups = self.user_groups()
         default_group = next(iter(groups)) if len(groups) == 1 else None

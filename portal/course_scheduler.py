@@ -53,6 +53,7 @@ from .courses import (
 )
 from .db import DEFAULT_URL, Database
 from .meter import HubStopper, stop_url
+from .provenance import END_COURSE, SessionLog
 
 log = logging.getLogger("hybridhub.courses")
 
@@ -324,6 +325,9 @@ class CourseScheduler(LoggingConfigurable):
 
         async def stop(user: str) -> str | None:
             async with self._slots:
+                # say why before the DELETE, so the provenance record ends in "end of course"
+                await self._db(SessionLog(self.schedule.db).request_end, END_COURSE,
+                               username=user, server_name=SESSION_SERVER)
                 return user if await self.hub.stop_server(user, SESSION_SERVER) else None
 
         stopped = [u for u in await asyncio.gather(*(stop(u) for u in users)) if u]

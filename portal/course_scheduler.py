@@ -52,7 +52,7 @@ from .courses import (
     SessionInfo,
 )
 from .db import DEFAULT_URL, Database
-from .meter import HubStopper, stop_url
+from .meter import HubStopper, stop_url, tick_every
 from .provenance import END_COURSE, SessionLog
 
 log = logging.getLogger("hybridhub.courses")
@@ -345,15 +345,7 @@ class CourseScheduler(LoggingConfigurable):
 
     async def run(self) -> None:
         """Tick until :meth:`shutdown`; a failed tick is logged and retried."""
-        while not self._stopping.is_set():
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("course scheduler tick failed; retrying in %ss", self.interval)
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval)
-            except TimeoutError:
-                pass
+        await tick_every(self.tick, self.interval, self._stopping, "course scheduler")
         for task in list(self._tasks.values()):
             task.cancel()
 

@@ -79,6 +79,22 @@ class HubStopper:
         return True
 
 
+async def tick_every(
+    tick: Callable[[], Awaitable[object]], interval: float, stopping: asyncio.Event, what: str
+) -> None:
+    """Run ``tick`` every ``interval`` seconds until ``stopping`` is set; a failed tick is
+    logged (as ``what``) and retried at the next interval."""
+    while not stopping.is_set():
+        try:
+            await tick()
+        except Exception:
+            log.exception("%s tick failed; retrying in %ss", what, interval)
+        try:
+            await asyncio.wait_for(stopping.wait(), timeout=interval)
+        except TimeoutError:
+            pass
+
+
 class Meter:
     """Runs metering ticks every ``interval`` seconds and stops the servers they list."""
 
@@ -112,15 +128,7 @@ class Meter:
 
     async def run(self) -> None:
         """Tick until :meth:`shutdown`; a failed tick is logged and retried next interval."""
-        while not self._stopping.is_set():
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("metering tick failed; retrying in %ss", self.interval)
-            try:
-                await asyncio.wait_for(self._stopping.wait(), timeout=self.interval)
-            except TimeoutError:
-                pass
+        await tick_every(self.tick, self.interval, self._stopping, "metering")
 
     def shutdown(self) -> None:
         """Finish the current tick and stop."""

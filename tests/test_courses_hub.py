@@ -22,6 +22,7 @@ from portal.db import Database
 from portal.hubconfig import DEMO_USER_PASSWORD
 from portal.models import Reservation
 from spawner.catalog import load_catalog
+from tests.fixtures.courses import make_course, servers
 from tests.fixtures.db import FakeClock
 from tests.fixtures.hub import Hub, hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 
@@ -40,21 +41,6 @@ def scheduler_config(token: str) -> str:
     )
 
 
-def make_course(hub: Hub, group: str, students: list[str], *, resource_class: str,
-                hours: float, instructors=()) -> Accounting:
-    """Users and a course group through the hub's REST API, and the course's budget."""
-    r = hub.api("POST", "/users", json={"usernames": [*students, *instructors]})
-    assert r.status_code == 201, r.text
-    r = hub.api("POST", f"/groups/{group}", json={"users": [*students, *instructors]})
-    assert r.status_code == 201, r.text
-    r = hub.api("PUT", f"/groups/{group}/properties",
-                json={"kind": "course", "instructors": list(instructors)})
-    assert r.status_code == 200, r.text
-    acct = Accounting(Database(hub.db_url))
-    acct.ensure_budget(group, resource_class, hours, kind="course")
-    return acct
-
-
 def make_scheduler(hub: Hub, token: str, acct: Accounting, clock, concurrency=5, **kw):
     schedule = CourseSchedule(acct, load_catalog(backend_override="local"), clock=clock)
     return CourseScheduler(schedule, HubClient(hub.api_url, token), concurrency=concurrency,
@@ -68,13 +54,6 @@ def signed_in(hub: Hub, user: str) -> requests.Session:
     session.post(f"{hub.url}/hub/login", timeout=60, data={
         "username": user, "password": DEMO_USER_PASSWORD, "_xsrf": session.cookies.get("_xsrf")})
     return session
-
-
-def servers(hub: Hub, users: list[str]) -> dict[str, dict | None]:
-    r = hub.api("GET", "/users", params={"state": "active", "limit": 500})
-    r.raise_for_status()
-    running = {u["name"]: u["servers"].get("") for u in r.json()}
-    return {u: running.get(u) for u in users}
 
 
 def closed_reasons(acct: Accounting, users: list[str]) -> Counter:

@@ -158,10 +158,7 @@ class SessionInfo:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: times as ISO 8601 UTC strings."""
-        out = dict(self.__dict__)
-        for key in ("started_at", "stopped_at"):
-            out[key] = _iso(out[key])
-        return out
+        return _json_ready(self)
 
 
 @dataclass(frozen=True)
@@ -184,14 +181,14 @@ class VerificationInfo:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: times as ISO 8601 UTC strings."""
-        out = dict(self.__dict__)
-        for key in ("created_at", "finished_at"):
-            out[key] = _iso(out[key])
-        return out
+        return _json_ready(self)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat() + "Z"
+def _json_ready(snapshot: Any) -> dict[str, Any]:
+    """A snapshot's fields, datetimes as ISO 8601 UTC strings."""
+    return {
+        k: v.isoformat() + "Z" if isinstance(v, datetime) else v for k, v in snapshot.__dict__.items()
+    }
 
 
 def _session_info(r: SessionRecord) -> SessionInfo:

@@ -90,27 +90,34 @@ def _message(exc: HTTPClientError) -> str:
         return str(exc)
 
 
-class HubApi:
-    """The few hub REST calls a verification needs, with one token."""
+class JsonApi:
+    """JSON requests under one base URL with one token (never shown in reprs or logs)."""
 
-    def __init__(self, api_url: str, token: str, timeout: float = 60):
-        self.api_url = api_url.rstrip("/")
+    def __init__(self, base_url: str, token: str, timeout: float = 60):
+        self.base_url = base_url
         self._token = token
         self.timeout = timeout
 
-    def __repr__(self) -> str:  # never show the token
-        return f"HubApi({self.api_url!r})"
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.base_url!r})"
 
     async def call(self, method: str, path: str, body: Any = None) -> Any:
-        """One request; the decoded JSON answer (None when empty)."""
+        """One request to ``base_url + path``; the decoded JSON answer (None when empty)."""
         req = HTTPRequest(
-            self.api_url + path, method=method,
+            self.base_url + path, method=method,
             headers={"Authorization": f"token {self._token}", "Content-Type": "application/json"},
             body=None if body is None and method in ("GET", "DELETE") else json.dumps(body or {}),
             request_timeout=self.timeout, allow_nonstandard_methods=True,
         )
         resp = await AsyncHTTPClient().fetch(req)
         return json.loads(resp.body) if resp.body else None
+
+
+class HubApi(JsonApi):
+    """The few hub REST calls a verification needs (``base_url``: the hub's API URL)."""
+
+    def __init__(self, api_url: str, token: str, timeout: float = 60):
+        super().__init__(api_url.rstrip("/"), token, timeout)
 
     def server_path(self, user: str, server: str) -> str:
         """``/users/<user>/servers/<server>``, escaped."""
@@ -149,26 +156,11 @@ class HubApi:
             await asyncio.sleep(0.2)
 
 
-class ServerApi:
+class ServerApi(JsonApi):
     """A single-user server's contents and kernels APIs, reached through the proxy."""
 
-    def __init__(self, base_url: str, token: str, timeout: float = 60):
-        self.base_url = base_url.rstrip("/") + "/"
-        self._token = token
-        self.timeout = timeout
-
-    def __repr__(self) -> str:  # never show the token
-        return f"ServerApi({self.base_url!r})"
-
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        """One request to ``<server>/api/<path>``; the decoded JSON answer."""
-        req = HTTPRequest(
-            self.base_url + "api/" + path, method=method,
-            headers={"Authorization": f"token {self._token}", "Content-Type": "application/json"},
-            body=None if body is None else json.dumps(body), request_timeout=self.timeout,
-        )
-        resp = await AsyncHTTPClient().fetch(req)
-        return json.loads(resp.body) if resp.body else None
+    def __init__(self, server_url: str, token: str, timeout: float = 60):
+        super().__init__(server_url.rstrip("/") + "/api/", token, timeout)
 
     async def notebook(self, path: str) -> dict:
         """The notebook at ``path`` (relative to the server's root) as nbformat JSON."""
@@ -190,7 +182,7 @@ class ServerApi:
                 log.info("could not delete kernel %s: %s", kernel["id"], e)
 
     async def _run(self, kernel_id: str, code: str, timeout: float) -> dict[str, Any]:
-        url = self.base_url.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
+        url = self.base_url.replace("http", "ws", 1) + f"kernels/{kernel_id}/channels"
         ws = await websocket_connect(
             HTTPRequest(url, headers={"Authorization": f"token {self._token}"},
                         request_timeout=self.timeout),

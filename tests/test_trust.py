@@ -166,3 +166,18 @@ def test_confine_launcher_hides_the_folder_for_the_command_only(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ok", "ro"]  # the folder is empty and read-only
     assert os.listdir(secret) == ["scan.dcm"]  # and untouched outside
+
+
+@pytest.mark.parametrize("backend_kind, status, reason", [
+    ("docker", "host h1 unreachable", "host lost"),
+    ("local", 0, "stopped by user"),
+    ("local", 1, "server exited"),
+    ("ec2", 0, "host lost"),
+])
+def test_end_reason_from_poll_status(backend_kind, status, reason):
+    from spawner.provenance import end_reason
+
+    backend = SimpleNamespace(offering=SimpleNamespace(backend=backend_kind))
+    assert end_reason(backend, status)[0] == reason
+    own = SimpleNamespace(offering=None, end_reason=lambda s: "end of course")
+    assert end_reason(own, 0) == ("end of course", "0")

@@ -181,3 +181,12 @@ def test_end_reason_from_poll_status(backend_kind, status, reason):
     assert end_reason(backend, status)[0] == reason
     own = SimpleNamespace(offering=None, end_reason=lambda s: "end of course")
     assert end_reason(own, 0) == ("end of course", "0")
+
+
+def test_every_hybridspawner_setting_has_help():
+    from spawner.guard import TrustAndProvenanceMixin
+    from spawner.hybrid import HybridSpawner
+
+    own = {**TrustAndProvenanceMixin.class_own_traits(config=True), **HybridSpawner.class_own_traits(config=True)}
+    assert {"trust_words", "untrusted_env_deny", "untrusted_env_allow"} <= set(own)
+    assert [n for n, t in own.items() if not t.help] == []

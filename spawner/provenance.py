@@ -21,14 +21,19 @@ _COLUMNS = ("host", "instance_id", "instance_type", "image")
 async def image_identity(backend: Any) -> dict[str, str]:
     """``image_id`` (and ``image_digest``, the repository digest) of a container's image.
 
-    Asked of the Docker Engine for container backends; empty for anything else, or when
-    the engine does not answer.
+    Asked of the Docker Engine for container backends (a Swarm service carries the
+    digest in its spec); empty for anything else, or when the engine does not answer.
     """
     container = getattr(backend, "object_id", "") or ""
     docker_call = getattr(backend, "docker", None)
-    if not container or docker_call is None or getattr(backend, "object_type", "") != "container":
+    kind = getattr(backend, "object_type", "")
+    if not container or docker_call is None or kind not in ("container", "service"):
         return {}
     try:
+        if kind == "service":  # Swarm pins the image by digest in the service spec
+            spec = (await docker_call("inspect_service", container))["Spec"]["TaskTemplate"]
+            image = spec["ContainerSpec"]["Image"]
+            return {"image_digest": image} if "@sha256:" in image else {}
         info = await docker_call("inspect_container", container)
         image_id = info.get("Image") or ""
         out = {"image_id": image_id} if image_id else {}

@@ -80,10 +80,26 @@ def _hub_message(exc: HTTPClientError) -> str:
 
 
 class HubClient(HubStopper):
-    """The hub REST API with the scheduler's token: groups, spawns, progress and stops."""
+    """The hub REST API with the scheduler's token: groups, spawns, progress and stops.
+
+    It has its own connection pool of ``max_clients`` (tornado's shared client holds 10,
+    and every start in flight keeps one open on the hub's progress stream).
+    """
+
+    def __init__(self, hub_api_url: str, api_token: str, timeout: float = 30.0,
+                 max_clients: int = 10):
+        super().__init__(hub_api_url, api_token, timeout)
+        self.max_clients = max_clients
+        self._http: AsyncHTTPClient | None = None
 
     def __repr__(self) -> str:  # never show the token
         return f"HubClient({self.hub_api_url!r})"
+
+    def http(self) -> AsyncHTTPClient:
+        """This client's own pool (made on first use, inside the running loop)."""
+        if self._http is None:
+            self._http = AsyncHTTPClient(force_instance=True, max_clients=self.max_clients)
+        return self._http
 
     async def _call(self, method: str, url: str, body: Any = None,
                     timeout: float | None = None) -> tuple[int, Any]:
@@ -95,7 +111,7 @@ class HubClient(HubStopper):
             allow_nonstandard_methods=True,
         )
         try:
-            response = await AsyncHTTPClient().fetch(request)
+            response = await self.http().fetch(request)
         except HTTPClientError as exc:
             raise HubError(exc.code, _hub_message(exc)) from None
         except OSError as exc:
@@ -145,7 +161,7 @@ class HubClient(HubStopper):
             request_timeout=timeout, streaming_callback=collect,
         )
         try:
-            await AsyncHTTPClient().fetch(request)
+            await self.http().fetch(request)
         except HTTPClientError as exc:
             if exc.code == 599:
                 return f"not ready after {timeout:g} s"
@@ -195,6 +211,8 @@ class CourseScheduler(LoggingConfigurable):
         super().__init__(**kwargs)
         self.schedule = schedule
         self.hub = hub
+        if isinstance(hub, HubClient):  # a start holds one connection, its stream another
+            hub.max_clients = max(hub.max_clients, 2 * self.concurrency + 4)
         self._slots = asyncio.Semaphore(self.concurrency)
         self._tasks: dict[tuple[int, str], asyncio.Task] = {}
         self._roster_checked: dict[int, float] = {}
@@ -274,22 +292,34 @@ class CourseScheduler(LoggingConfigurable):
     async def _start_seat(self, info: SessionInfo, seat: SeatInfo) -> str | None:
         user = seat.username
         options = info.user_options(self.schedule.now())
-        existing = await self.hub.server(user)
-        if existing is not None:  # a server from before (or a previous scheduler's start)
-            if self._adoptable(existing, options):
-                return await self._adopt(info, seat)
-            log.info("course session %s: stopping %s's other server first", info.label, user)
-            if not await self._stop_and_wait(user):
-                return "an earlier server of the student's could not be stopped"
+        if seat.state == "starting":  # a previous scheduler's start: look before starting again
+            existing = await self.hub.server(user)
+            if existing is not None:
+                return await self._take_over(info, seat, existing, options)
         await self._db(self.schedule.mark_seat, info.id, user, "starting")
         try:
-            if await self.hub.spawn(user, SESSION_SERVER, options, timeout=self.start_timeout):
-                return None
-        except HubError as exc:
+            ready = await self.hub.spawn(user, SESSION_SERVER, options, timeout=self.start_timeout)
+        except HubError as exc:  # a 400: the student has a server already
             existing = await self.hub.server(user) if exc.code == 400 else None
-            if existing is None or not self._adoptable(existing, options):
+            if existing is None:
                 raise
-            return await self._adopt(info, seat)  # the student started it a moment before us
+            return await self._take_over(info, seat, existing, options)
+        if ready:
+            return None
+        return await self.hub.wait_ready(user, SESSION_SERVER, self.start_timeout)
+
+    async def _take_over(self, info: SessionInfo, seat: SeatInfo, existing: Mapping[str, Any],
+                         options: Mapping[str, Any]) -> str | None:
+        """A server is there already: keep it on the session's hardware, else replace it."""
+        if self._adoptable(existing, options):
+            return await self._adopt(info, seat)
+        user = seat.username
+        log.info("course session %s: stopping %s's other server first", info.label, user)
+        if not await self._stop_and_wait(user):
+            return "an earlier server of the student's could not be stopped"
+        await self._db(self.schedule.mark_seat, info.id, user, "starting")
+        if await self.hub.spawn(user, SESSION_SERVER, options, timeout=self.start_timeout):
+            return None
         return await self.hub.wait_ready(user, SESSION_SERVER, self.start_timeout)
 
     @staticmethod
@@ -345,7 +375,16 @@ class CourseScheduler(LoggingConfigurable):
 
     async def run(self) -> None:
         """Tick until :meth:`shutdown`; a failed tick is logged and retried."""
-        await tick_every(self.tick, self.interval, self._stopping, "course scheduler")
+        parent = os.getppid()
+
+        async def tick() -> None:
+            if os.getppid() != parent:  # the hub that started this service is gone
+                log.warning("the hub that started the course scheduler is gone; exiting")
+                self.shutdown()
+                return
+            await self.tick()
+
+        await tick_every(tick, self.interval, self._stopping, "course scheduler")
         for task in list(self._tasks.values()):
             task.cancel()
 

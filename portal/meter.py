@@ -54,6 +54,10 @@ class HubStopper:
     def __repr__(self) -> str:  # never show the token
         return f"HubStopper({self.hub_api_url!r})"
 
+    def http(self) -> AsyncHTTPClient:
+        """The HTTP client requests go through (tornado's shared one)."""
+        return AsyncHTTPClient()
+
     async def __call__(self, order: StopOrder) -> bool:
         """Ask the hub to stop the server; True if it is stopping or already gone."""
         return await self.stop_server(order.reservation.username, order.reservation.server_name)
@@ -67,7 +71,7 @@ class HubStopper:
             request_timeout=self.timeout,
         )
         try:
-            await AsyncHTTPClient().fetch(request)
+            await self.http().fetch(request)
         except HTTPClientError as exc:
             if exc.code in (400, 404):  # server not running, or user gone: nothing to stop
                 return True

@@ -11,14 +11,18 @@ import requests
 
 from portal.hubconfig import DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
+from tests.fixtures.courses import stop_all_servers
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.browser
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def test_instructor_starts_now_and_a_student_lands_in_the_server(hub_factory, chromium, page):  # noqa: F811
+def test_instructor_starts_now_and_a_student_lands_in_the_server(
+    hub_factory, chromium, page, request  # noqa: F811
+):
     hub = hub_factory(env={"HYBRIDHUB_COURSE_INTERVAL": "0.5"})
+    request.addfinalizer(lambda: stop_all_servers(hub))
     portal = f"{hub.url}/services/hybridhub-portal/"
     start = time.time() + 3600
     r = requests.post(f"{portal}api/courses", timeout=30,

@@ -22,7 +22,7 @@ from portal.db import Database
 from portal.hubconfig import DEMO_USER_PASSWORD
 from portal.models import Reservation
 from spawner.catalog import load_catalog
-from tests.fixtures.courses import make_course, servers
+from tests.fixtures.courses import make_course, servers, stop_all_servers
 from tests.fixtures.db import FakeClock
 from tests.fixtures.hub import Hub, hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 
@@ -68,7 +68,8 @@ def course_hub(hub_factory):  # noqa: F811  (fixture imported above)
     token = secrets.token_hex(16)
     hub = hub_factory(extra_config=scheduler_config(token), env=NO_MANAGED_SCHEDULER)
     hub.scheduler_token = token
-    return hub
+    yield hub
+    stop_all_servers(hub)
 
 
 async def test_thirty_students_on_the_local_backend(course_hub, caplog):
@@ -165,13 +166,15 @@ async def test_ten_students_on_the_docker_backend(hub_factory, docker_engines): 
         assert scheduler.schedule.get(info.id).state == "ended"
         assert closed_reasons(acct, students) == {("closed", END_REASON): 10}
     finally:
+        stop_all_servers(hub)
         hub.stop()
         remove_labelled(docker_engines, label)
 
 
-def test_portal_start_now_refuses_with_numbers_then_starts_the_class(hub_factory):  # noqa: F811
+def test_portal_start_now_refuses_with_numbers_then_starts_the_class(hub_factory, request):  # noqa: F811
     """The managed scheduler service and the portal's REST API, as an instructor uses them."""
     hub = hub_factory(env={"HYBRIDHUB_COURSE_INTERVAL": "0.5"})
+    request.addfinalizer(lambda: stop_all_servers(hub))
     portal = f"{hub.url}/services/hybridhub-portal/api/courses"
     ivy = {"Authorization": f"token {hub.user_token('ivy')}"}
     alice = {"Authorization": f"token {hub.user_token('alice')}"}

@@ -12,10 +12,10 @@ import os
 from alembic import context
 from sqlalchemy import create_engine
 
-from portal.models import Base
+from portal.schema import metadata
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def _run(connection) -> None:

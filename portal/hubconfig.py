@@ -189,7 +189,10 @@ def configure_production(c: Config, *, db_url: str, env: Mapping[str, str]) -> N
     for var, trait in (("HYBRIDHUB_AWS_SUBNET", "subnet_ids"), ("HYBRIDHUB_AWS_SECURITY_GROUP", "security_group_ids")):
         if env.get(var):
             setattr(c.Ec2Backend, trait, env[var].split(","))
-    for var, trait in (("HYBRIDHUB_AWS_INSTANCE_PROFILE", "instance_profile"), ("HYBRIDHUB_HOME_S3_URI", "home_s3_uri")):
+    for var, trait in (
+        ("HYBRIDHUB_AWS_INSTANCE_PROFILE", "instance_profile"),
+        ("HYBRIDHUB_HOME_S3_URI", "home_s3_uri"),
+    ):
         if env.get(var):
             setattr(c.Ec2Backend, trait, env[var])
     hub_id = env.get("HYBRIDHUB_HUB_ID", "hybridhub")

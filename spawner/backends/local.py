@@ -82,7 +82,7 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
                 return
             except HTTPClientError:
                 return  # it answered, with a status: it is up
-            except (OSError, asyncio.TimeoutError, StreamClosedError):
+            except (TimeoutError, OSError, StreamClosedError):
                 await asyncio.sleep(self.ready_poll_interval)
 
     def provenance(self) -> dict[str, object]:

@@ -869,6 +869,29 @@ class Accounting:
                 raise
             return existing
 
+    def admit_all(self, launches: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Admit every launch or none, in ONE transaction; return the reservation ids.
+
+        Each launch takes :meth:`admit`'s keyword arguments, ``idempotency_key``
+        included (so a retry finds the same reservations).  The first refusal raises
+        its :class:`AdmissionError` and rolls every reservation of the batch back:
+        a course is admitted whole, or not at all.
+        """
+        launches = list(launches)
+        if any(launch["count"] <= 0 or launch["hours"] <= 0 for launch in launches):
+            raise ValueError("count and hours must be positive")
+        now = self._now()
+        with self.db.session() as s:
+            return [
+                self._admit(
+                    s, now, launch["idempotency_key"], launch["username"], launch["group"],
+                    launch["resource_class"], launch["model"], launch["count"], launch["hours"],
+                    launch.get("billing_weight", 1.0), launch.get("price_per_hour", 0.0),
+                    launch.get("server_name", ""),
+                )
+                for launch in launches
+            ]
+
     @staticmethod
     def _by_key(s: Session, key: str) -> int | None:
         return s.scalar(select(Reservation.id).where(Reservation.idempotency_key == key))

@@ -675,7 +675,7 @@ class CourseSchedule:
         self.accounting.sync_groups({info.group: members})
         launches = [self._launch(info, name, offering, hours) for name in students]
         try:
-            ids = _admit_all(self.accounting, launches)
+            ids = self.accounting.admit_all(launches)
         except AdmissionError as exc:
             raise self._refuse(info, students, offering, hours, exc) from None
         with self.db.session() as s:
@@ -866,20 +866,3 @@ class CourseSchedule:
             log.info("course session %s ended", info.label)
         return info
 
-
-def _admit_all(accounting: Accounting, launches: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Admit every launch in ONE transaction, or none: the first refusal rolls all back.
-
-    Each launch takes :meth:`Accounting.admit`'s keyword arguments; keys are required,
-    so a retry finds the same reservations instead of reserving twice.
-    """
-    now = accounting._now()
-    with accounting.db.session() as s:
-        return [
-            accounting._admit(
-                s, now, launch["idempotency_key"], launch["username"], launch["group"],
-                launch["resource_class"], launch["model"], launch["count"], launch["hours"],
-                launch["billing_weight"], launch["price_per_hour"], launch["server_name"],
-            )
-            for launch in launches
-        ]

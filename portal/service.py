@@ -127,6 +127,13 @@ class IndexHandler(PortalHandler):
         self.render_page("index.html")
 
 
+class NotFoundHandler(PortalHandler):
+    """Any unknown path: 404 as JSON under ``api/`` (as the OpenAPI document says), HTML elsewhere."""
+
+    async def prepare(self) -> None:
+        raise web.HTTPError(404, "no such page or API resource")
+
+
 class OpenApiHandler(web.RequestHandler):
     """``GET /api/openapi.json``: the REST API's description (public, holds no data)."""
 
@@ -164,6 +171,7 @@ def make_app(
         openapi=json.dumps(openapi_document(loaded, prefix)),
         cookie_secret=cookie_secret or os.urandom(32),
         login_url=hub_prefix + "login",
+        default_handler_class=NotFoundHandler,
     )
 
 

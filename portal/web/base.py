@@ -47,6 +47,18 @@ class ApiError(web.HTTPError):
         self.field = field
 
 
+#: Ids are 32-bit integer columns; a larger number names nothing.
+MAX_ID = 2**31 - 1
+
+
+def path_id(value: str, what: str) -> int:
+    """An id from the URL path (routes match digits only); 404 naming ``what`` beyond the column's range."""
+    number = int(value)
+    if number > MAX_ID:
+        raise ApiError(404, f"no {what} {value}")
+    return number
+
+
 def forbidden(what: str) -> ApiError:
     """A 403 saying what the caller may not do."""
     return ApiError(403, f"you may not {what}")

@@ -40,14 +40,13 @@ from portal.web.base import (
     date_arg,
     forbidden,
     number_field,
+    path_id,
     responses,
     string_field,
 )
 
 #: The largest amount a budget may hold or be topped up by in one go.
 MAX_AMOUNT = 1e6
-#: Ids are 32-bit integer columns; anything larger names no budget.
-MAX_ID = 2**31 - 1
 
 
 def _budget_view(b: Budget, group: str, now) -> dict[str, Any]:
@@ -120,13 +119,11 @@ class BudgetAction(PortalHandler):
 
     def group_of(self, budget_id: int) -> str:
         """The name of the group owning budget ``budget_id`` (404 if none)."""
-        name = None
-        if budget_id <= MAX_ID:
-            with self.accounting.db.session() as s:
-                name = s.scalar(
-                    select(Group.name).join(Budget, Budget.group_id == Group.id)
-                    .where(Budget.id == budget_id)
-                )
+        with self.accounting.db.session() as s:
+            name = s.scalar(
+                select(Group.name).join(Budget, Budget.group_id == Group.id)
+                .where(Budget.id == budget_id)
+            )
         if name is None:
             if self.viewer.is_admin:
                 raise ApiError(404, f"no budget {budget_id}")
@@ -221,13 +218,14 @@ class BudgetHandler(BudgetAction):
 
     @web.authenticated
     def get(self, budget_id: str) -> None:
-        self.require_read(self.group_of(int(budget_id)))
-        self.write_json(self.budget_json(int(budget_id)))
+        bid = path_id(budget_id, "budget")
+        self.require_read(self.group_of(bid))
+        self.write_json(self.budget_json(bid))
 
     @web.authenticated
     def patch(self, budget_id: str) -> None:
         self.require_admin("change budgets")
-        bid = int(budget_id)
+        bid = path_id(budget_id, "budget")
         self.group_of(bid)
         body, form = self.body()
         unknown = sorted(set(body) - {"amount", "per_user_cap", "frozen"})
@@ -258,7 +256,7 @@ class TopUpHandler(BudgetAction):
 
     @web.authenticated
     def post(self, budget_id: str) -> None:
-        bid = int(budget_id)
+        bid = path_id(budget_id, "budget")
         group = self.group_of(bid)
         if not self.viewer.leads_group(group):
             raise forbidden(f"top up budgets of group {group!r}")

@@ -19,7 +19,7 @@ from urllib.parse import quote
 from tornado import web
 
 from portal.courses import MANAGE_SCOPE, CourseError, CourseSchedule, SessionInfo
-from portal.web.base import ApiError, PortalHandler, forbidden, responses, string_field
+from portal.web.base import ApiError, PortalHandler, forbidden, path_id, responses, string_field
 
 #: How long "start now" waits for the scheduler's answer before replying 202.
 START_WAIT_S = float(os.environ.get("HYBRIDHUB_COURSE_START_WAIT", "15"))
@@ -72,7 +72,7 @@ class CourseHandler(PortalHandler):
     def session(self, session_id: str, *, manage: bool) -> SessionInfo:
         """The session (404 if unknown or not visible; 403 if it may not be managed)."""
         try:
-            info = self.schedule.get(int(session_id))
+            info = self.schedule.get(path_id(session_id, "course session"))
         except CourseError as e:
             raise ApiError(e.status, str(e)) from None
         visible = self.visible_groups()

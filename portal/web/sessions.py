@@ -30,7 +30,7 @@ from portal.provenance import (
 )
 from portal.verifier import VerificationRunner, normalize_notebook_path
 from portal.verify import Tolerance
-from portal.web.base import ApiError, PortalHandler, forbidden, responses, string_field
+from portal.web.base import ApiError, PortalHandler, forbidden, path_id, responses, string_field
 from spawner.catalog import load_catalog
 
 #: Running verifications, kept referenced until they finish.
@@ -150,7 +150,7 @@ class SessionHandler(SessionsBase):
 
     @web.authenticated
     async def get(self, session_id: str) -> None:
-        rec = await to_thread(self.log.get, int(session_id))
+        rec = await to_thread(self.log.get, path_id(session_id, "session"))
         if rec is None:
             raise ApiError(404, f"no session {session_id}")
         self.check_owner(rec.username)
@@ -183,7 +183,7 @@ class VerificationHandler(SessionsBase):
 
     @web.authenticated
     async def get(self, verification_id: str) -> None:
-        v = await to_thread(self.log.verification, int(verification_id))
+        v = await to_thread(self.log.verification, path_id(verification_id, "verification"))
         if v is None:
             raise ApiError(404, f"no verification {verification_id}")
         self.check_owner(v.username)

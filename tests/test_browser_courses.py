@@ -4,7 +4,6 @@ a student who logs in lands in their running JupyterLab (managed scheduler servi
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -12,14 +11,14 @@ import requests
 from portal.hubconfig import DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
 from tests.fixtures.courses import stop_all_servers
+from tests.fixtures.env import docs_artifact
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.browser
-DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 def test_instructor_starts_now_and_a_student_lands_in_the_server(
-    hub_factory, chromium, page, request  # noqa: F811
+    hub_factory, chromium, page, request, tmp_path  # noqa: F811
 ):
     hub = hub_factory(env={"HYBRIDHUB_COURSE_INTERVAL": "0.5"})
     request.addfinalizer(lambda: stop_all_servers(hub))
@@ -43,7 +42,7 @@ def test_instructor_starts_now_and_a_student_lands_in_the_server(
     page.wait_for_url("**/courses?done=**")
     assert "started" in page.locator("#course-done").inner_text()
     assert "running" in row.locator(".state").inner_text()
-    page.screenshot(path=str(DOCS / "course-session.png"), full_page=True)
+    page.screenshot(path=str(docs_artifact("course-session.png", tmp_path)), full_page=True)
 
     student = chromium.new_context(viewport={"width": 1400, "height": 1000})
     student.set_default_timeout(120_000)

@@ -1,15 +1,13 @@
 """A student's first path in a real browser: log in, pick hardware, land in JupyterLab, stop."""
 
-import os
-from pathlib import Path
 
 import pytest
 
 from portal.hubconfig import DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
+from tests.fixtures.env import docs_artifact
 
 pytestmark = pytest.mark.browser
-DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
 @pytest.fixture
@@ -26,8 +24,7 @@ def test_student_picks_hardware_lands_in_lab_and_stops(hub, page, tmp_path):
     assert "$0.35" in row.inner_text() and "24 GB" in row.inner_text()
     assert "simulated" in row.inner_text()
     assert "course-ml101" in row.locator(".remaining").inner_text()
-    shot = DOCS / "picker.png" if os.environ.get("HYBRIDHUB_UPDATE_SCREENSHOTS") else tmp_path / "picker.png"
-    page.screenshot(path=str(shot), full_page=True)  # README's screenshot: HYBRIDHUB_UPDATE_SCREENSHOTS=1
+    page.screenshot(path=str(docs_artifact("picker.png", tmp_path)), full_page=True)  # README's screenshot
 
     page.get_by_label("RTX 4090", exact=True).check()
     page.get_by_label("Number of RTX 4090").select_option("2")

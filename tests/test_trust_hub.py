@@ -23,11 +23,11 @@ from portal.db import Database
 from portal.hubconfig import DEMO_USER_PASSWORD
 from portal.provenance import END_QUOTA, END_STOPPED_BY_USER, SessionLog
 from portal.trust import TrustPolicy
+from tests.fixtures.env import docs_artifact
 from tests.fixtures.hub import Hub, _stop_user_processes
 from tests.fixtures.trust import deterministic_notebook, probe, verify
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")
-DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 UNTRUSTED = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "course-ml101"}
 TRUSTED = {"class": "enterprise", "model": "a100", "count": 1, "hours": 1, "group": "course-ml101"}
@@ -258,7 +258,7 @@ def test_verification_passes_for_a_deterministic_notebook(hub, db, notebooks):
     assert hub.server_model("alice", v.server_name) is None
 
 
-def test_verification_reports_the_exact_tampered_cell(hub, db, notebooks):
+def test_verification_reports_the_exact_tampered_cell(hub, db, notebooks, tmp_path):
     v = verify(hub, db, notebooks["tampered"])
     assert v.state == "failed" and v.message == "cell(s) 2 differ from the saved outputs"
     report = v.report
@@ -268,8 +268,7 @@ def test_verification_reports_the_exact_tampered_cell(hub, db, notebooks):
     [diff] = cell["differences"]
     assert diff["kind"] == "number" and diff["expected"] == "0.042" and diff["got"] != "0.042"
     assert [c["status"] for c in report["cells"]] == ["skipped", "match", "differs", "match", "match"]
-    DOCS.mkdir(exist_ok=True)
-    (DOCS / "verification-report-example.json").write_text(json.dumps(report, indent=2) + "\n")
+    docs_artifact("verification-report-example.json", tmp_path).write_text(json.dumps(report, indent=2) + "\n")
 
 
 def test_verification_of_a_missing_notebook_is_an_error_and_stops_the_server(hub, db):

@@ -25,6 +25,7 @@ from spawner.trust import (
     plan_confinement,
 )
 from tests.fixtures.docker import MiniUser
+from tests.fixtures.env import require
 
 CATALOG = load_catalog()
 RTX = CATALOG.by_key("community/rtx4090")
@@ -161,8 +162,7 @@ def test_confine_launcher_hides_the_folder_for_the_command_only(tmp_path):
          f"ls -A {secret}; cat {tmp_path}/home/public.txt; echo; touch {secret}/x 2>/dev/null || echo ro"],
         capture_output=True, text=True, timeout=30,
     )
-    if out.returncode == 78:
-        pytest.skip(f"no mount namespaces here: {out.stderr.strip()}")
+    require(out.returncode != 78, f"mount namespaces (unshare): {out.stderr.strip()}")
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["ok", "ro"]  # the folder is empty and read-only
     assert os.listdir(secret) == ["scan.dcm"]  # and untouched outside

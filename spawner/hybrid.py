@@ -393,7 +393,7 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
             return
         notice = self.confinement_notice()
         if notice:
-            yield {"progress": 5, "message": notice}
+            yield {"progress": 15, "message": notice}
         async for event in self.backend.progress():
             yield event
 

@@ -9,8 +9,12 @@ delegates ``start``/``poll``/``stop``/``progress``/state to it.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import TYPE_CHECKING, ClassVar
 
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+from tornado.iostream import StreamClosedError
 from traitlets import Any, HasTraits
 from traitlets.config import Config
 
@@ -23,6 +27,8 @@ class BackendMixin(HasTraits):
 
     #: True when the backend only simulates the hardware (the picker says so).
     simulated: ClassVar[bool] = False
+    #: While waiting for a new server, ask ``poll()`` whether it died every this many failed probes (0: never).
+    died_check_every: ClassVar[int] = 1
 
     offering = Any(help="The catalog Offering being launched (set by HybridSpawner).")
     request = Any(help="The validated LaunchRequest (set by HybridSpawner).")
@@ -36,6 +42,28 @@ class BackendMixin(HasTraits):
         "not tracked" rather than an invented number).
         """
         return None
+
+    async def _wait_until_answering(self, ip: str, port: int) -> None:
+        """Return once the new server answers HTTP (any status) or has died, or after ``http_timeout``.
+
+        Probing every ``ready_poll_interval`` seconds here spares the hub's slower back-off poll.
+        """
+        url = f"http://{ip}:{port}{self.server.base_url if self.server else '/'}api"
+        client = AsyncHTTPClient()
+        deadline = time.monotonic() + self.http_timeout
+        checks = 0
+        while time.monotonic() < deadline:
+            try:
+                await client.fetch(url, request_timeout=2, follow_redirects=False)
+                return
+            except HTTPClientError:
+                return  # it answered, with a status: it is up
+            except (TimeoutError, OSError, StreamClosedError):
+                checks += 1
+                every = self.died_check_every
+                if every and checks % every == 0 and await self.poll() is not None:
+                    return  # died: the hub reports it
+                await asyncio.sleep(self.ready_poll_interval)
 
     def accelerator_env(self) -> dict[str, str]:
         """Environment describing the assigned hardware, visible inside the server."""

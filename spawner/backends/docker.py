@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +32,6 @@ from docker.errors import APIError, DockerException, NotFound
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import random_port
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Bool, Dict, Float, Int, Unicode, default
 from traitlets.config import Config
 
@@ -323,24 +321,6 @@ class ContainerBackendMixin(BackendMixin):
         return args
 
     # --- lifecycle ------------------------------------------------------------------------------
-
-    async def _wait_until_answering(self, ip: str, port: int) -> None:
-        url = f"http://{ip}:{port}{self.server.base_url if self.server else '/'}api"
-        client = AsyncHTTPClient()
-        deadline = time.monotonic() + self.http_timeout
-        checks = 0
-        while time.monotonic() < deadline:
-            try:
-                await client.fetch(url, request_timeout=2, follow_redirects=False)
-                return
-            except HTTPClientError:
-                return  # it answered, with a status: it is up
-            except (TimeoutError, OSError):
-                checks += 1
-                every = self.died_check_every
-                if every and checks % every == 0 and await self.poll() is not None:
-                    return  # died: the hub reports it
-                await asyncio.sleep(self.ready_poll_interval)
 
     def _unreachable(self, exc: BaseException) -> str:
         """The status (and release reason) when the engine does not answer ``poll``."""

@@ -8,15 +8,11 @@ per-user home under ``home_root``.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import random_port
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from tornado.iostream import StreamClosedError
 from traitlets import Float, Unicode
 
 from .base import BackendMixin
@@ -69,21 +65,6 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
         ip, port = await super().start()
         await self._wait_until_answering(ip or "127.0.0.1", port)
         return ip, port
-
-    async def _wait_until_answering(self, ip: str, port: int) -> None:
-        url = f"http://{ip}:{port}{self.server.base_url}api"
-        client = AsyncHTTPClient()
-        deadline = time.monotonic() + self.http_timeout
-        while time.monotonic() < deadline:
-            if await self.poll() is not None:
-                return  # died: the hub reports it
-            try:
-                await client.fetch(url, request_timeout=2, follow_redirects=False)
-                return
-            except HTTPClientError:
-                return  # it answered, with a status: it is up
-            except (TimeoutError, OSError, StreamClosedError):
-                await asyncio.sleep(self.ready_poll_interval)
 
     def provenance(self) -> dict[str, object]:
         """A local process: the host is this machine."""

@@ -9,11 +9,11 @@ the offending key named.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from jupyterhub.utils import random_port
 from traitlets.config import Config
 
 from spawner.catalog import CatalogError, load_catalog
@@ -110,7 +110,7 @@ def configure_portal(
     """Run the quota portal as a managed service, with its custom scopes and roles."""
     from portal import service
 
-    bind_url = bind_url or f"http://127.0.0.1:{_free_port()}"
+    bind_url = bind_url or f"http://127.0.0.1:{random_port()}"
     c.JupyterHub.custom_scopes = {**c.JupyterHub.get("custom_scopes", {}), **service.CUSTOM_SCOPES}
     c.JupyterHub.services = [
         *[s for s in c.JupyterHub.get("services", []) if s.get("name") != service.SERVICE_NAME],
@@ -169,12 +169,6 @@ def configure_courses(
         courses.sessions_for_user(db, user.name, [g.name for g in user.groups]) if user else []
     )
     c.JupyterHub.template_vars = template_vars
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def configure_production(c: Config, *, db_url: str, env: Mapping[str, str]) -> None:

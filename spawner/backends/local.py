@@ -9,11 +9,12 @@ per-user home under ``home_root``.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import random_port
-from traitlets import Float, Unicode
+from traitlets import Float, Unicode, default
 
 from .base import BackendMixin
 
@@ -34,6 +35,11 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
         "(answering fast here saves the hub's slower back-off poll).",
     ).tag(config=True)
 
+    @default("cmd")
+    def _default_cmd(self) -> list[str]:
+        """The hub's own interpreter runs the server: no dependence on the caller's PATH."""
+        return [sys.executable, "-m", "jupyterhub.singleuser"]
+
     @property
     def home_dir(self) -> str:
         """The user's home directory, created on demand."""
@@ -48,6 +54,7 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
         env["USER"] = self.user.name
         env["HOME"] = self.home_dir
         env["SHELL"] = "/bin/bash"
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH") or os.defpath])
         return env
 
     def get_env(self):

@@ -196,6 +196,56 @@ def configure_production(c: Config, *, db_url: str, env: Mapping[str, str]) -> N
     c.JupyterHub.load_roles.append(role)
 
 
+def add_hybridhub(
+    c: Config,
+    *,
+    db_url: str,
+    catalog_file: str = "",
+    meter_interval: float = 60,
+    grace_seconds: float = 300,
+    portal_bind_url: str = "",
+    quota_admins: Iterable[str] = (),
+    quota_leaders: Mapping[str, Iterable[str]] | None = None,
+    instructors: Mapping[str, Iterable[str]] | None = None,
+) -> None:
+    """Add hybridhub to an existing hub's config ``c``: spawner, templates, database and services.
+
+    This is the one call a site config needs (README, "Use it in your own JupyterHub"); the
+    templates, migrations and services are found in the installed package.  It validates the
+    catalog and upgrades the accounting schema now, so a bad catalog or database stops the hub.
+    """
+    c.JupyterHub.spawner_class = "hybrid"
+    c.HybridSpawner.db_url = db_url
+    c.HybridSpawner.catalog_file = catalog_file
+    c.JupyterHub.template_paths = [
+        str(templates_dir()), *[p for p in c.JupyterHub.get("template_paths", []) if p != str(templates_dir())],
+    ]
+    override = c.HybridSpawner.get("backend_override", "") or None
+    try:
+        load_catalog(path=catalog_file or None, backend_override=override)
+    except CatalogError as e:
+        sys.exit(f"hybridhub: invalid resource catalog: {e}")
+
+    from spawner.hybrid import accounting_for
+
+    accounting_for(db_url)  # upgrades the schema now; refuses a newer one
+    c.JupyterHub.template_vars = {
+        **c.JupyterHub.get("template_vars", {}),
+        "hybridhub_banners": lambda user: accounting_for(db_url).banners_for(user.name) if user else [],
+    }
+    configure_services(
+        c, db_url=db_url, meter_interval=meter_interval, grace_seconds=grace_seconds,
+        portal_bind_url=portal_bind_url, quota_admins=quota_admins, quota_leaders=quota_leaders or {},
+    )
+    from portal.verifier import configure_verification
+
+    configure_verification(c, proxy_url=c.JupyterHub.get("bind_url") or "http://127.0.0.1:8000")
+    configure_courses(
+        c, db_url=db_url, catalog_file=catalog_file, backend_override=override or "",
+        instructors=instructors or {}, env=os.environ,
+    )
+
+
 def configure_hub(
     c: Config,
     *,
@@ -219,43 +269,19 @@ def configure_hub(
     c.JupyterHub.db_url = f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"
     c.JupyterHub.cookie_secret_file = str(data_dir / "jupyterhub_cookie_secret")
     c.ConfigurableHTTPProxy.pid_file = str(data_dir / "jupyterhub-proxy.pid")
-    c.JupyterHub.template_paths = [str(templates_dir())]
     c.JupyterHub.cleanup_servers = False  # a hub restart re-adopts running servers
 
-    c.JupyterHub.spawner_class = "hybrid"
-    c.HybridSpawner.db_url = db_url
-    c.HybridSpawner.catalog_file = catalog_file
     c.HybridSpawner.backend_override = "local" if mode == "demo" else ""
     c.LocalBackend.home_root = str(data_dir / "homes")
     c.Spawner.default_url = "/lab"
     c.Spawner.args = ["--allow-root"]  # harmless as a normal user; needed when the hub runs as root
     c.Spawner.start_timeout = 120
     c.Spawner.http_timeout = 60
-
-    try:
-        load_catalog(path=catalog_file or None, backend_override="local" if mode == "demo" else None)
-    except CatalogError as e:
-        sys.exit(f"hybridhub: invalid resource catalog: {e}")
-
-    from spawner.hybrid import accounting_for
-
-    accounting_for(db_url)  # upgrades the schema now; refuses a newer one
-    c.JupyterHub.template_vars = {
-        "hybridhub_banners": lambda user: accounting_for(db_url).banners_for(user.name) if user else [],
-    }
-
-    configure_services(
-        c, db_url=db_url, meter_interval=meter_interval, grace_seconds=grace_seconds,
-        portal_bind_url=portal_bind_url,
+    add_hybridhub(
+        c, db_url=db_url, catalog_file=catalog_file, meter_interval=meter_interval,
+        grace_seconds=grace_seconds, portal_bind_url=portal_bind_url,
         quota_admins=DEMO_ADMINS if demo else (), quota_leaders=DEMO_LEADERS if demo else {},
-    )
-    from portal.verifier import configure_verification
-
-    configure_verification(c, proxy_url=bind_url)  # the portal re-runs notebooks to verify results
-    configure_courses(
-        c, db_url=db_url, catalog_file=catalog_file,
-        backend_override=c.HybridSpawner.backend_override,
-        instructors=DEMO_INSTRUCTORS if demo else {}, env=os.environ,
+        instructors=DEMO_INSTRUCTORS if demo else {},
     )
     if mode == "production":
         configure_production(c, db_url=db_url, env=os.environ)

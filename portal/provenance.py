@@ -48,9 +48,10 @@ END_QUOTA = "quota"
 END_COURSE = "end of course"
 END_HOST_LOST = "host lost"
 END_EXITED = "server exited"
+END_FAILED_START = "failed to start"
 #: How a session can end.  The first four are the ones people act on; ``server exited``
-#: is a server that ended by itself with an error status.
-END_REASONS = (END_STOPPED_BY_USER, END_QUOTA, END_COURSE, END_HOST_LOST, END_EXITED)
+#: is a server that ended by itself with an error status; ``failed to start`` one that never answered.
+END_REASONS = (END_STOPPED_BY_USER, END_QUOTA, END_COURSE, END_HOST_LOST, END_EXITED, END_FAILED_START)
 
 VERIFICATION_STATES = ("pending", "running", "passed", "failed", "error")
 

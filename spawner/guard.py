@@ -20,9 +20,10 @@ from typing import Any
 
 from traitlets import Dict, HasTraits, List, Unicode, default
 
-from portal.provenance import SessionLog
+from portal.provenance import END_FAILED_START, SessionLog
 from portal.trust import TrustPolicy
 
+from .errors import first_line, user_error
 from .provenance import describe, end_reason
 from .trust import (
     DEFAULT_ENV_ALLOW,
@@ -114,8 +115,6 @@ class TrustAndProvenanceMixin(HasTraits):
 
     def plan_confinement(self, groups: set[str]) -> Confinement:
         """What this launch must leave out; a 403 if its group is barred (runs in a thread)."""
-        from .hybrid import user_error
-
         trust = self.trust_of(self.offering)
         policies = self.trust_policy.for_groups(groups)
         try:
@@ -133,8 +132,6 @@ class TrustAndProvenanceMixin(HasTraits):
 
     def confine(self, backend) -> None:
         """Limit the token, filter the environment and hide folders (untrusted hardware only)."""
-        from .hybrid import user_error
-
         if self.confinement is None or not self.confinement.untrusted:
             return
         try:
@@ -170,6 +167,18 @@ class TrustAndProvenanceMixin(HasTraits):
             )
         except Exception:
             self.log.exception("Could not write the provenance record of %s", self._log_name)
+
+    async def record_failed_start(self, backend, error: BaseException) -> None:
+        """Write and close the record of a server that failed to start, with the error's first line."""
+        await self.record_start(backend)
+        if self.session_id is None:
+            return
+        try:
+            await asyncio.to_thread(
+                self.session_log.close, self.session_id, observed=END_FAILED_START, detail=first_line(error),
+            )
+        except Exception:
+            self.log.exception("Could not close the provenance record of %s", self._log_name)
 
     async def record_end(self, backend=None, status: Any = None) -> None:
         """Close the record: by what ``poll`` observed (``status``), else the intended reason."""

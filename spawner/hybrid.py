@@ -30,6 +30,7 @@ from portal.db import Database
 from portal.models import GROUP_KINDS
 
 from .catalog import Catalog, CatalogError, Offering, load_catalog
+from .errors import start_failed, user_error
 from .guard import TrustAndProvenanceMixin
 from .options import LaunchRequest, OptionError, allowed_offerings, form_to_options, validate_options
 
@@ -44,15 +45,6 @@ DEFAULT_BACKENDS = {
     "swarm": "spawner.backends.swarm.SwarmBackend",
     "ec2": "spawner.backends.ec2.Ec2Backend",
 }
-
-
-def user_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.HTTPError:
-    """An HTTPError whose message reaches the user (REST body and the picker page)."""
-    err = web.HTTPError(status, "%s", message)
-    err.jupyterhub_message = message
-    if headers:
-        err.headers = headers
-    return err
 
 
 def templates_dir() -> Path:
@@ -356,9 +348,15 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
         try:
             self.confine(backend)
             result = await backend.start()
-        except BaseException:
+        except BaseException as e:
             await asyncio.to_thread(self.accounting.release, self.reservation_id, "failed to start")
-            raise
+            if isinstance(e, asyncio.CancelledError | TimeoutError):
+                raise  # the hub reports a start timeout itself
+            self.log.error("Backend %s could not start %s", self.offering.backend, self._log_name, exc_info=e)
+            await self.record_failed_start(backend, e)
+            if isinstance(e, web.HTTPError) and getattr(e, "jupyterhub_message", None):
+                raise  # already says what happened
+            raise start_failed(f"{self.offering.model} × {self.launch.count}", self.offering.backend, e) from e
         await asyncio.to_thread(self.accounting.mark_running, self.reservation_id)
         await self.record_start(backend)
         return result

@@ -38,6 +38,7 @@ from traitlets.config import Config
 from portal.allocations import Allocator, Candidate, NoCapacity, Placement, allocator_for
 from portal.models import utcnow
 
+from ..errors import user_error
 from ..inventory import GpuInventory, Host
 from .base import BackendMixin
 
@@ -98,11 +99,8 @@ def engine_down(exc: BaseException) -> bool:
 
 
 def no_capacity_error(message: str) -> web.HTTPError:
-    """A 429 whose message reaches the user, with ``Retry-After`` (cf. ``hybrid.user_error``)."""
-    err = web.HTTPError(429, "%s", message)
-    err.jupyterhub_message = message
-    err.headers = {"Retry-After": RETRY_AFTER_S}
-    return err
+    """A 429 whose message reaches the user, with ``Retry-After``."""
+    return user_error(429, message, {"Retry-After": RETRY_AFTER_S})
 
 
 # --- the container config: a pure function --------------------------------------------------

@@ -38,6 +38,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from traitlets import Any, Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 
 from ..ec2_userdata import BootstrapSpec, render_user_data
+from ..errors import user_error
 from .base import BackendMixin
 
 NEURON_DLAMI_PARAMETER = "/aws/service/neuron/dlami/multi-framework/ubuntu-22.04/latest/image_id"
@@ -271,8 +272,6 @@ def described_instances(resp: dict) -> list[dict]:
 
 def launch_error(e: ClientError, instance_type: str, region: str, retry_after: int):
     """A user-facing HTTPError for a failed ``run_instances`` (token-free by construction)."""
-    from ..hybrid import user_error
-
     code = error_code(e)
     if code in CAPACITY_CODES:
         return user_error(
@@ -714,8 +713,6 @@ class Ec2Backend(BackendMixin, Spawner):
         try:
             resp = await self.aws("ssm", "get_parameter", Name=self.ami_ssm_parameter)
         except ClientError as e:
-            from ..hybrid import user_error
-
             self.log.error(
                 "Cannot read AMI parameter %s in %s: %s", self.ami_ssm_parameter, self.region, e
             )
@@ -870,8 +867,6 @@ class Ec2Backend(BackendMixin, Spawner):
         try:
             spec = self.bootstrap_spec()
         except ValueError as e:
-            from ..hybrid import user_error
-
             self.log.error("Ec2Backend configuration: %s", e)
             raise user_error(
                 503,
@@ -902,8 +897,6 @@ class Ec2Backend(BackendMixin, Spawner):
         except BaseException as e:
             await self._cleanup_failed_launch(e)
             if isinstance(e, (ClientError, BotoCoreError)):
-                from ..hybrid import user_error
-
                 self.log.error(
                     "%s: AWS error during launch: %s", self._label, secret_filter.scrub(str(e))
                 )
@@ -920,8 +913,6 @@ class Ec2Backend(BackendMixin, Spawner):
                 self._events_changed.set()
 
     async def _launch(self, secrets: list[str]):
-        from ..hybrid import user_error
-
         if self.offering is None or not self.offering.instance_type:
             raise user_error(500, "This offering has no EC2 instance type configured.")
         itype = self.offering.instance_type
@@ -1039,8 +1030,6 @@ class Ec2Backend(BackendMixin, Spawner):
         return True
 
     async def _wait_until_ready(self, itype: str):
-        from ..hybrid import user_error
-
         deadline = self.clock() + self.boot_timeout
         announced_pending = False
         while True:
@@ -1081,8 +1070,6 @@ class Ec2Backend(BackendMixin, Spawner):
         return host, self.notebook_port
 
     async def _wait_until_answering(self, host: str, itype: str) -> None:
-        from ..hybrid import user_error
-
         base_url = self.server.base_url if self.server else "/"
         url = f"http://{host}:{self.notebook_port}{base_url}api"
         client = AsyncHTTPClient()

@@ -32,7 +32,14 @@ from portal.models import GROUP_KINDS
 from .catalog import Catalog, CatalogError, Offering, load_catalog
 from .errors import start_failed, user_error
 from .guard import TrustAndProvenanceMixin
-from .options import LaunchRequest, OptionError, allowed_offerings, form_to_options, validate_options
+from .options import (
+    LaunchRequest,
+    OptionError,
+    allowed_offerings,
+    form_to_options,
+    reservation_summary,
+    validate_options,
+)
 
 TEMPLATE_DIRS = [
     Path(__file__).resolve().parent.parent / "templates",  # source checkout / editable install
@@ -176,16 +183,16 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
                     "trust": trust[off.key],
                 }
             )
-        previous = self.orm_spawner.user_options or {} if self.orm_spawner else {}
+        previous = self.user_options or (self.orm_spawner.user_options if self.orm_spawner else None) or {}
+        choice = preselect(rows, previous, groups, self.default_hours)
         classes = [
             (rc, [r for r in rows if r["offering"].resource_class == rc.name])
             for rc in self.resource_catalog.classes
         ]
         return _jinja().get_template("picker.html").render(
-            classes=[(rc, rs) for rc, rs in classes if rs],
+            classes=[(rc, rs, {r["trust"]["trust"] for r in rs}) for rc, rs in classes if rs],
             groups=groups,
-            default_hours=self.default_hours,
-            previous=previous,
+            choice=choice,
         )
 
     def options_from_form(self, formdata):
@@ -333,7 +340,8 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
                 or f"launch:{self.user.name}:{self.name}:{uuid.uuid4()}",
             )
         except AdmissionError as e:
-            raise user_error(403, str(e)) from None
+            summary = reservation_summary(off, req.count, req.hours, req.group, getattr(e, "unit", "hours"))
+            raise user_error(403, f"This launch reserves {summary}: {e}") from None
 
     async def start(self):
         """Admit the launch against the group's budget, then start it on the backend."""
@@ -394,6 +402,29 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
             yield {"progress": 15, "message": notice}
         async for event in self.backend.progress():
             yield event
+
+
+def preselect(rows: list[dict], previous: dict, groups: list[str], default_hours: float) -> dict[str, Any]:
+    """The picker's initial choice: the previous launch if still offered, else the cheapest launchable offering.
+
+    Returns the offering key, count, hours, group and the "this launch reserves" line for it.
+    """
+    launchable = [r for r in rows if not (groups and len(r["trust"]["barred"]) == len(groups))]
+    row = next((r for r in launchable if r["offering"].key == f"{previous.get('class')}/{previous.get('model')}"), None)
+    kept = row is not None
+    if not kept and launchable:
+        row = min(launchable, key=lambda r: (r["offering"].price_per_hour * r["offering"].counts[0], r["offering"].key))
+    group = previous.get("group") if previous.get("group") in groups else (groups[0] if groups else "")
+    if row is None:
+        return {"key": None, "count": None, "hours": default_hours, "group": group, "summary": ""}
+    off = row["offering"]
+    count = previous["count"] if kept and previous.get("count") in off.counts else off.counts[0]
+    hours = previous.get("hours") if isinstance(previous.get("hours"), int | float) else default_hours
+    hours = min(float(hours), off.max_hours)
+    rem = row["remaining"].get(group)
+    unit = rem.unit if rem is not None else "hours"
+    return {"key": off.key, "count": count, "hours": hours, "group": group,
+            "summary": reservation_summary(off, count, hours, group, unit) if group else ""}
 
 
 @lru_cache(maxsize=8)

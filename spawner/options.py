@@ -154,3 +154,18 @@ def validate_options(
     if group not in user_groups:
         raise OptionError("group", f"you are not a member of {group!r}; your groups: {sorted(user_groups)}")
     return LaunchRequest(cls, model, count, hours, group), offering
+
+
+def reserved_amount(offering: Offering, count: int, hours: float, unit: str = "hours") -> float:
+    """What a launch reserves: ``count x hours x weight`` accelerator-hours, or ``x price`` credits."""
+    return count * hours * (offering.price_per_hour if unit == "credits" else offering.billing_weight)
+
+
+def reservation_summary(offering: Offering, count: int, hours: float, group: str, unit: str = "hours") -> str:
+    """The picker's "this launch reserves" line; the same words as its script and the refusal message."""
+    amount = reserved_amount(offering, count, hours, unit)
+    if unit == "credits":
+        return (f"{count} x {hours:g} h x ${offering.price_per_hour:.2f} = {amount:.2f} credits "
+                f"of {group}'s {offering.resource_class} budget")
+    return (f"{count} x {hours:g} h x {offering.billing_weight:g} = {amount:.4g} accelerator-hours "
+            f"of {group}'s {offering.resource_class} budget (≈ ${count * hours * offering.price_per_hour:.2f})")

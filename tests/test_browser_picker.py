@@ -40,3 +40,28 @@ def test_student_picks_hardware_lands_in_lab_and_stops(hub, page, tmp_path):
     hub.wait_stopped("alice")
     page.reload()
     assert page.locator("#start").is_visible()
+
+
+def test_newcomer_gets_a_preselected_offering_a_live_reservation_line_and_choices_kept(hub, page):
+    login(page, hub.url, "alice", DEMO_USER_PASSWORD)
+    page.goto(f"{hub.url}/hub/spawn")
+    checked = page.locator("input[name=offering]:checked")
+    assert checked.get_attribute("value") == "community/rtx3090"  # the cheapest offering alice may use
+    summary = page.locator("#reserve-summary")
+    assert "1 x 2 h x 0.5 = 1 accelerator-hours of course-ml101's community budget (≈ $0.44)" in summary.inner_text()
+    assert page.locator("tr[data-offering='enterprise/h100'] .max-hours").inner_text().endswith(" h")
+    assert page.locator(".class-trust").count() == 3  # trust said once per class, not per row
+    assert page.locator("td.trust").count() == 0
+
+    page.get_by_label("H100 80GB", exact=True).check()
+    page.get_by_label("Number of H100 80GB").select_option("8")
+    page.get_by_label("Requested hours").fill("3")
+    assert "8 x 3 h x 4 = 96 accelerator-hours of course-ml101's enterprise budget (≈ $60.00)" in summary.inner_text()
+    page.get_by_role("button", name="Start").click()  # 96 > the course's 10 enterprise hours
+    error = page.locator(".spawn-error-msg")
+    error.wait_for()
+    assert "This launch reserves 8 x 3 h x 4 = 96 accelerator-hours" in error.inner_text()
+    assert page.locator("input[name=offering]:checked").get_attribute("value") == "enterprise/h100"
+    assert page.get_by_label("Number of H100 80GB").input_value() == "8"
+    assert page.get_by_label("Requested hours").input_value() == "3"
+    assert hub.server_model("alice") is None

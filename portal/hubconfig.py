@@ -222,16 +222,18 @@ def add_hybridhub(
     ]
     override = c.HybridSpawner.get("backend_override", "") or None
     try:
-        load_catalog(path=catalog_file or None, backend_override=override)
+        catalog = load_catalog(path=catalog_file or None, backend_override=override)
     except CatalogError as e:
         sys.exit(f"hybridhub: invalid resource catalog: {e}")
 
+    from spawner.home import running_servers
     from spawner.hybrid import accounting_for
 
     accounting_for(db_url)  # upgrades the schema now; refuses a newer one
     c.JupyterHub.template_vars = {
         **c.JupyterHub.get("template_vars", {}),
         "hybridhub_banners": lambda user: accounting_for(db_url).banners_for(user.name) if user else [],
+        "hybridhub_running": lambda user: running_servers(accounting_for(db_url), catalog, user.name) if user else [],
     }
     configure_services(
         c, db_url=db_url, meter_interval=meter_interval, grace_seconds=grace_seconds,

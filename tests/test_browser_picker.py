@@ -36,6 +36,13 @@ def test_student_picks_hardware_lands_in_lab_and_stops(hub, page, tmp_path):
     assert model["ready"] and model["user_options"]["count"] == 2
 
     page.goto(f"{hub.url}/hub/home")
+    row = page.locator("#running-servers tr.running-server")
+    assert row.count() == 1
+    text = row.inner_text()
+    assert "RTX 4090 × 2" in text and "community" in text and "/ 1 h" in text, text
+    assert row.locator(".cost").inner_text().startswith("$0.0")  # seconds of 2 x $0.35/h
+    assert row.locator(".stops-at").inner_text().endswith("UTC")
+    assert "session #" in text  # the provenance record, linked in the portal
     page.click("#stop")
     hub.wait_stopped("alice")
     page.reload()

@@ -1,4 +1,4 @@
-"""A server that cannot start: the user is told what failed and what to do, nothing stays reserved, and a record says so."""
+"""A server that cannot start: the user is told what failed and what to do; nothing stays reserved; it is recorded."""
 
 import pytest
 

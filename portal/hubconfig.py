@@ -45,6 +45,22 @@ DEMO_BUDGETS = {
 }
 
 
+#: The demo's simulated hardware (offering -> {host: devices}): "Free now" is real, a launch holds its
+#: devices until stop, and one beyond them gets 429 with Retry-After.  HYBRIDHUB_DEMO_INVENTORY=0 turns it off.
+DEMO_INVENTORY = {
+    "community/rtx3090": {"volunteer-ana": 2, "volunteer-ben": 2},
+    "community/rtx4090": {"volunteer-chen": 2, "volunteer-dara": 2},
+    "community/rtx5090": {"volunteer-eli": 2},
+    "enterprise/a100": {"dgx-a100-01": 8},
+    "enterprise/h100": {"dgx-h100-01": 8, "dgx-h100-02": 8},
+    "enterprise/h200": {"hgx-h200-01": 8},
+    "aws/trn1.2xlarge": {"us-east-1a": 4},
+    "aws/trn1.32xlarge": {"us-east-1a": 1},
+    "aws/inf2.xlarge": {"us-east-1b": 4},
+    "aws/inf2.8xlarge": {"us-east-1b": 2},
+}
+
+
 def default_db_url(data_dir: Path) -> str:
     """The embedded SQLite database inside ``data_dir``."""
     return f"sqlite:///{data_dir / 'hybridhub.sqlite'}"
@@ -275,6 +291,8 @@ def configure_hub(
 
     c.HybridSpawner.backend_override = "local" if mode == "demo" else ""
     c.LocalBackend.home_root = str(data_dir / "homes")
+    if mode == "demo" and os.environ.get("HYBRIDHUB_DEMO_INVENTORY", "1") != "0":
+        c.LocalBackend.simulated_inventory = DEMO_INVENTORY
     c.Spawner.default_url = "/lab"
     c.Spawner.args = ["--allow-root"]  # harmless as a normal user; needed when the hub runs as root
     c.Spawner.start_timeout = 120

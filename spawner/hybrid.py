@@ -360,6 +360,8 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
             await asyncio.to_thread(self.accounting.release, self.reservation_id, "failed to start")
             if isinstance(e, asyncio.CancelledError | TimeoutError):
                 raise  # the hub reports a start timeout itself
+            if isinstance(e, web.HTTPError) and e.status_code < 500 and getattr(e, "jupyterhub_message", None):
+                raise  # a refusal (no capacity now): the message says so, nothing started
             self.log.error("Backend %s could not start %s", self.offering.backend, self._log_name, exc_info=e)
             await self.record_failed_start(backend, e)
             if isinstance(e, web.HTTPError) and getattr(e, "jupyterhub_message", None):

@@ -22,6 +22,17 @@ if TYPE_CHECKING:
     from ..catalog import Offering
 
 
+DEFAULT_DB_URL = "sqlite:///hybridhub.sqlite"
+
+
+def db_url_from_config(config: Config, section: str = "DockerBackend") -> str:
+    """The allocation database: ``<section>.allocation_db_url``, else the hub's ``HybridSpawner.db_url``."""
+    for name, key in ((section, "allocation_db_url"), ("HybridSpawner", "db_url")):
+        if name in config and config[name].get(key):
+            return str(config[name][key])
+    return DEFAULT_DB_URL
+
+
 class BackendMixin(HasTraits):
     """Interface and hooks shared by the ``local``, ``docker``, ``swarm`` and ``ec2`` backends."""
 

@@ -40,7 +40,7 @@ from portal.models import utcnow
 
 from ..errors import user_error
 from ..inventory import GpuInventory, Host
-from .base import BackendMixin
+from .base import BackendMixin, db_url_from_config
 
 log = logging.getLogger("hybridhub.docker")
 
@@ -52,7 +52,6 @@ LABEL_HOST = "hybridhub.host"
 LABEL_GPUS = "hybridhub.gpus"
 LABEL_OFFERING = "hybridhub.offering"
 
-DEFAULT_DB_URL = "sqlite:///hybridhub.sqlite"
 DOCKER_SOCKET_PATHS = ("/var/run/docker.sock", "/run/docker.sock")
 RETRY_AFTER_S = "60"
 
@@ -205,14 +204,6 @@ def container_config(spec: ContainerSpec) -> dict[str, Any]:
 
 
 # --- configuration helpers shared by the classmethods -----------------------------------------
-
-
-def db_url_from_config(config: Config) -> str:
-    """The allocation database: ``DockerBackend.allocation_db_url``, else the hub's ``db_url``."""
-    for section, key in (("DockerBackend", "allocation_db_url"), ("HybridSpawner", "db_url")):
-        if section in config and config[section].get(key):
-            return str(config[section][key])
-    return DEFAULT_DB_URL
 
 
 def candidates_for(inventory: GpuInventory, offering) -> list[Candidate]:

@@ -8,15 +8,34 @@ per-user home under ``home_root``.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from pathlib import Path
 
 from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import random_port
-from traitlets import Float, Unicode, default
+from traitlets import Dict, Float, Unicode, default
+from traitlets.config import Config
 
-from .base import BackendMixin
+from portal.allocations import Candidate, NoCapacity, allocator_for
+
+from ..errors import user_error
+from .base import BackendMixin, db_url_from_config
+
+#: Seconds a user is told to wait after "no capacity" (the demo's servers are short-lived).
+RETRY_AFTER_S = "60"
+
+
+def simulated_candidates(inventory: dict, offering) -> list[Candidate] | None:
+    """The simulated hosts of ``offering`` (``{host: devices}``) as allocation candidates; None if untracked."""
+    hosts = inventory.get(offering.key)
+    if hosts is None:
+        return None
+    return [
+        Candidate(host, tuple(f"SIM-{host}-{offering.name}-{i}" for i in range(int(n))))
+        for host, n in hosts.items()
+    ]
 
 
 class LocalBackend(BackendMixin, LocalProcessSpawner):
@@ -27,6 +46,12 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
     home_root = Unicode(
         "/tmp/hybridhub-homes",
         help="Directory holding one home directory per user ({home_root}/{username}).",
+    ).tag(config=True)
+
+    simulated_inventory = Dict(
+        help="Simulated hardware: offering key ('class/name') -> {host name: number of devices}. A tracked "
+        "offering shows real 'Free now' numbers from the allocation table, holds its devices until stop, "
+        "and a launch beyond them is refused with 429 and Retry-After. Offerings not listed are not tracked.",
     ).tag(config=True)
 
     ready_poll_interval = Float(
@@ -63,16 +88,97 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
         env.update(self.accelerator_env())
         return env
 
+    # --- simulated capacity -------------------------------------------------------------
+
+    @classmethod
+    async def free_now(cls, offering, config: Config) -> int | None:
+        """Free simulated devices of ``offering`` (None: not in :attr:`simulated_inventory`)."""
+        inventory = config.LocalBackend.get("simulated_inventory", {}) if "LocalBackend" in config else {}
+        cands = simulated_candidates(inventory, offering)
+        if cands is None:
+            return None
+        allocator = allocator_for(db_url_from_config(config, "LocalBackend"))
+        return sum((await asyncio.to_thread(allocator.free_by_host, cands)).values())
+
+    @property
+    def owner(self) -> str:
+        """The allocation owner key of this server."""
+        return f"local/{self.user.name}/{self.name}"
+
+    @property
+    def allocator(self):
+        """The allocator on the hub's accounting database."""
+        return allocator_for(db_url_from_config(self.config, "LocalBackend"))
+
+    async def _allocate(self) -> None:
+        cands = simulated_candidates(self.simulated_inventory, self.offering) if self.offering else None
+        if cands is None:
+            return
+        count = self.request.count if self.request is not None else 1
+        try:
+            placement = await asyncio.to_thread(
+                self.allocator.allocate, cands, count, owner=self.owner,
+                what=f"{self.offering.model} ({self.offering.resource_class})", model=self.offering.model,
+                username=self.user.name, server_name=self.name, offering=self.offering.key,
+            )
+        except NoCapacity as e:
+            raise user_error(429, str(e), {"Retry-After": RETRY_AFTER_S}) from None
+        self.host_name, self.devices = placement.host, list(placement.gpus)
+
+    async def _release(self, reason: str) -> None:
+        if self.devices:
+            await asyncio.to_thread(self.allocator.release, owner=self.owner, reason=reason)
+            self.devices = []
+
+    host_name: str = ""
+    devices: list[str] = []
+
+    def get_state(self):
+        """Process state plus the simulated host and devices held."""
+        state = super().get_state()
+        if self.devices:
+            state.update(host_name=self.host_name, devices=self.devices)
+        return state
+
+    def load_state(self, state):
+        """Restore what :meth:`get_state` saved."""
+        super().load_state(state)
+        self.host_name = state.get("host_name", "")
+        self.devices = list(state.get("devices", []))
+
+    # --- lifecycle ---------------------------------------------------------------------
+
     async def start(self):
-        """Start the process and return once it answers HTTP (or has died)."""
-        Path(self.home_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.notebook_dir = self.notebook_dir or self.home_dir
-        if not self.port:
-            self.port = random_port()
-        ip, port = await super().start()
+        """Hold the simulated devices, start the process and return once it answers HTTP (or has died)."""
+        await self._allocate()
+        try:
+            Path(self.home_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.notebook_dir = self.notebook_dir or self.home_dir
+            if not self.port:
+                self.port = random_port()
+            ip, port = await super().start()
+        except BaseException:
+            await self._release("failed to start")
+            raise
         await self._wait_until_answering(ip or "127.0.0.1", port)
         return ip, port
 
+    async def poll(self):
+        """The process's status; a dead server gives its devices back."""
+        status = await super().poll()
+        if status is not None:
+            await self._release("exited")
+        return status
+
+    async def stop(self, now=False):
+        """Stop the process and give its devices back."""
+        await super().stop(now=now)
+        await self._release("stopped")
+
     def provenance(self) -> dict[str, object]:
-        """A local process: the host is this machine."""
-        return {"host": os.uname().nodename, "pid": self.pid, "image": "local-process"}
+        """A local process: the host is this machine (or its simulated host and devices)."""
+        facts: dict[str, object] = {"host": self.host_name or os.uname().nodename, "pid": self.pid,
+                                    "image": "local-process"}
+        if self.devices:
+            facts["gpu_uuids"] = list(self.devices)
+        return facts

@@ -1,0 +1,63 @@
+"""The demo's simulated hardware: real "Free now" numbers, devices held until stop, 429 beyond capacity."""
+
+import re
+
+import pytest
+import requests
+
+from portal.allocations import allocator_for
+from portal.hubconfig import DEMO_INVENTORY, DEMO_USER_PASSWORD
+
+pytestmark = pytest.mark.usefixtures("hub_prereqs")
+
+RTX4090 = {"class": "community", "model": "rtx4090", "hours": 1}
+
+
+@pytest.fixture(scope="module")
+def hub(hub_prereqs, hub_db_url, tmp_path_factory):
+    from tests.fixtures.hub import Hub, _stop_user_processes
+
+    hub = Hub(tmp_path_factory.mktemp("hub"), db_url=hub_db_url, env={"HYBRIDHUB_DEMO_INVENTORY": "1"}).start()
+    yield hub
+    hub.stop()
+    _stop_user_processes(hub.workdir)
+
+
+def free_now_in_picker(hub, user: str, offering: str) -> str:
+    s = requests.Session()
+    xsrf = re.search(r'name="_xsrf" value="([^"]+)"', s.get(f"{hub.url}/hub/login", timeout=30).text).group(1)
+    s.post(f"{hub.url}/hub/login", data={"username": user, "password": DEMO_USER_PASSWORD, "_xsrf": xsrf}, timeout=30)
+    page = s.get(f"{hub.url}/hub/spawn", timeout=60).text
+    row = re.search(rf'data-offering="{re.escape(offering)}".*?<td class="free-now">\s*(.*?)\s*</td>', page, re.S)
+    return row.group(1)
+
+
+def test_launches_hold_simulated_devices_and_the_one_beyond_gets_429(hub):
+    total = sum(DEMO_INVENTORY["community/rtx4090"].values())
+    assert total == 4
+    assert free_now_in_picker(hub, "alice", "community/rtx4090") == "4"
+    assert free_now_in_picker(hub, "alice", "enterprise/h100") == "16"
+
+    assert hub.spawn("alice", {**RTX4090, "count": 2, "group": "course-ml101"}).status_code in (201, 202)
+    hub.wait_ready("alice")
+    assert free_now_in_picker(hub, "bob", "community/rtx4090") == "2"
+    assert hub.spawn("carol", {**RTX4090, "count": 2, "group": "lab-vision"}).status_code in (201, 202)
+    hub.wait_ready("carol")
+
+    refused = hub.spawn("bob", {**RTX4090, "count": 1, "group": "course-ml101"})
+    assert refused.status_code == 429, refused.text
+    assert refused.headers.get("Retry-After") == "60"
+    assert "No capacity for 1 x RTX 4090" in refused.json()["message"]
+    assert hub.server_model("bob") is None
+
+    held = allocator_for(hub.db_url).active()
+    assert {a.username for a in held} == {"alice", "carol"} and len(held) == 4
+    assert all(a.gpu_uuid.startswith("SIM-") for a in held)
+
+    hub.stop_server("alice")
+    assert free_now_in_picker(hub, "bob", "community/rtx4090") == "2"
+    assert hub.spawn("bob", {**RTX4090, "count": 2, "group": "course-ml101"}).status_code in (201, 202)
+    hub.wait_ready("bob")
+    for user in ("bob", "carol"):
+        hub.stop_server(user)
+    assert free_now_in_picker(hub, "alice", "community/rtx4090") == "4"

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture
 def hub(hub_factory):
-    return hub_factory()
+    return hub_factory(env={"HYBRIDHUB_DEMO_INVENTORY": "1"})  # the demo as README's screenshot shows it
 
 
 def test_student_picks_hardware_lands_in_lab_and_stops(hub, page, tmp_path):
@@ -23,6 +23,7 @@ def test_student_picks_hardware_lands_in_lab_and_stops(hub, page, tmp_path):
     row = page.locator("tr[data-offering='community/rtx4090']")
     assert "$0.35" in row.inner_text() and "24 GB" in row.inner_text()
     assert "simulated" in row.inner_text()
+    assert row.locator(".free-now").inner_text().strip() == "4"  # the demo's simulated inventory
     assert "course-ml101" in row.locator(".remaining").inner_text()
     page.screenshot(path=str(docs_artifact("picker.png", tmp_path)), full_page=True)  # README's screenshot
 

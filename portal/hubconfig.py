@@ -249,6 +249,12 @@ def configure_hub(
         portal_bind_url=portal_bind_url,
         quota_admins=DEMO_ADMINS if demo else (), quota_leaders=DEMO_LEADERS if demo else {},
     )
+    # where a server's Lab extension reads its session (hybridhub_lab; docs/lab.md)
+    c.Spawner.environment = {
+        **c.Spawner.get("environment", {}),
+        "HYBRIDHUB_PORTAL_URL": os.environ.get("HYBRIDHUB_PORTAL_URL")
+        or f"{bind_url.rstrip('/')}/services/hybridhub-portal/",
+    }
     from portal.verifier import configure_verification
 
     configure_verification(c, proxy_url=bind_url)  # the portal re-runs notebooks to verify results

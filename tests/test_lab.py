@@ -10,6 +10,8 @@ before the meter stops the server.
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,12 +21,15 @@ import requests
 from sqlalchemy import update
 
 from hybridhub_lab.upstream import PortalUnavailable, SessionSource, session_url
-from portal.accounting import Accounting
+from portal.accounting import Accounting, to_datetime
+from portal.courses import CourseSchedule, reservation_key
 from portal.db import Database
 from portal.hubconfig import DEMO_USER_PASSWORD
+from portal.lab_session import session_state
 from portal.models import Budget
 from portal.service import SERVICE_NAME
 from portal.web.lab import may_read_session
+from spawner.catalog import load_catalog
 
 from .fixtures.browser import login
 from .fixtures.env import require
@@ -100,6 +105,62 @@ async def test_nothing_cached_and_portal_down_is_unavailable():
     with pytest.raises(PortalUnavailable) as err:
         await src.get()
     assert err.value.retry_after == 60 and "OSError" in str(err.value)
+
+
+# ---------------------------------------------------------------- the state (no hub)
+
+COURSE = "course-ml101"
+
+
+def _iso(epoch: float) -> str:
+    return to_datetime(epoch).isoformat() + "Z"
+
+
+def test_session_state_follows_the_meter_and_the_course_scheduler(db, clock):
+    """The times the Lab shows are the ones the scheduler and the meter act on."""
+    acct = Accounting(db, clock=clock, meter_interval=60, grace_seconds=300)
+    acct.sync_groups({COURSE: ["s01", "ivy"]}, kinds={COURSE: "course"})
+    acct.ensure_budget(COURSE, "community", 10, kind="course")
+    schedule = CourseSchedule(acct, load_catalog(backend_override="local"), clock=clock)
+    start = clock()
+    info = schedule.create(group=COURSE, resource_class="community", model="rtx4090", count=1,
+                           starts_at=start, ends_at=start + 30 * 60, title="Lab 3", created_by="ivy")
+    schedule.begin(info.id, ["s01", "ivy"], {"kind": "course", "instructors": ["ivy"]})
+    rid = acct.admit(username="s01", group=COURSE, resource_class="community", model="rtx4090",
+                     count=1, hours=0.5, idempotency_key=reservation_key(info.id, "s01"))
+    acct.mark_running(rid)
+
+    state = session_state(acct, "s01", "")
+    assert state["reservation"]["id"] == rid and state["reservation"]["model"] == "rtx4090"
+    assert state["course"]["ends_at"] == state["ends_at"] == state["stop_at"] == _iso(start + 1800)
+    assert state["warnings"] == []
+    assert session_state(acct, "ivy", "")["reservation"] is None  # nothing running for ivy
+
+    clock.advance(20 * 60 + 1)  # 10 min left: the scheduler warns, and so does the Lab
+    assert [w.minutes for w in schedule.warnings()] == [10]
+    assert [w["id"] for w in session_state(acct, "s01", "")["warnings"]] == [f"course:{info.id}:10"]
+    clock.advance(8 * 60)
+    assert [w.minutes for w in schedule.warnings()] == [2]
+    assert [w["id"] for w in session_state(acct, "s01", "")["warnings"]] == [
+        f"course:{info.id}:10", f"course:{info.id}:2"]
+
+    acct.meter()  # charge the 28 minutes so far
+    assert session_state(acct, "s01", "")["reservation"]["charged"] > 0
+    left = acct.remaining(COURSE, "community")
+    with db.session() as s:
+        s.execute(update(Budget).where(Budget.id == left.budget_id).values(used=left.amount * 0.96))
+    levels = [w["level"] for w in session_state(acct, "s01", "")["warnings"] if w["kind"] == "budget"]
+    assert levels == ["80", "95"]
+    with db.session() as s:
+        s.execute(update(Budget).where(Budget.id == left.budget_id).values(used=left.amount))
+    clock.advance(60)
+    report = acct.meter()  # the meter announces the stop: grace from now
+    (notice,) = [n for n in report.warnings if n.level == "stop_pending"]
+    stop = next(w for w in session_state(acct, "s01", "")["warnings"] if w["kind"] == "stop")
+    assert stop["stop_at"] == notice.stop_at.isoformat() + "Z"
+    assert stop["message"].startswith("Stopping in 5 min: save your work.")
+    # the course ends before the meter's stop: that is when the server goes
+    assert session_state(acct, "s01", "")["stop_at"] == _iso(start + 1800)
 
 
 # ---------------------------------------------------------------- through a real hub
@@ -209,3 +270,44 @@ def test_lab_shows_the_session_and_warns_before_the_stop(lab_hub, page):
     print(f"\n'stopping soon' shown {lead:.1f} s before the stop (grace {GRACE:g} s)")
     # the Lab learns of the notice within one polling interval (and one meter tick)
     assert lead >= GRACE - 2 * LAB_INTERVAL - 2 - 2
+
+
+# ---------------------------------------------------------------- how images get it
+
+
+def test_user_data_installs_the_lab_extension_only_when_asked():
+    from spawner.ec2_userdata import BootstrapSpec, render_script
+
+    with_lab = render_script(BootstrapSpec(env={}, home_storage="none",
+                                           lab_spec="/opt/wheels/hybridhub-0.1.0-py3-none-any.whl"))
+    assert "HH_LAB_SPEC=/opt/wheels/hybridhub-0.1.0-py3-none-any.whl" in with_lab
+    assert 'pip install --quiet --no-deps "$HH_LAB_SPEC"' in with_lab
+    subprocess.run(["bash", "-n"], input=with_lab, text=True, check=True)
+    assert "HH_LAB_SPEC=''" in render_script(BootstrapSpec(env={}, home_storage="none"))
+
+
+def test_the_wheel_alone_gives_a_notebook_python_the_extension(tmp_path):
+    """What an image recipe does: ``pip install --no-deps hybridhub-*.whl`` into its Python."""
+    require(LABEXT.exists(), f"the built Lab extension in {sys.prefix} (run scripts/setup.sh)")
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                    "-w", str(tmp_path / "dist"), str(root)], check=True, cwd=tmp_path)
+    (wheel,) = (tmp_path / "dist").glob("hybridhub-*.whl")
+    image = tmp_path / "image"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(image)], check=True)
+    subprocess.run([str(image / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+                   check=True)
+    assert (image / "share/jupyter/labextensions/hybridhub-lab/package.json").exists()
+    assert (image / "etc/jupyter/jupyter_server_config.d/hybridhub_lab.json").exists()
+    import jupyter_server  # the image's own Jupyter stack: this venv's, on its path
+
+    site = str(Path(jupyter_server.__file__).parents[1])
+    out = subprocess.run(
+        [str(image / "bin/python"), "-m", "jupyter_server.extension.serverextension", "list"],
+        capture_output=True, text=True,
+        env={"PATH": f"{image / 'bin'}:/usr/bin:/bin", "PYTHONPATH": site, "HOME": str(tmp_path),
+             "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_DATA_DIR": str(tmp_path / "data")},
+    )
+    listing = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout)  # no colours
+    image_part = listing.split(f"Config dir: {image / 'etc/jupyter'}", 1)[1]
+    assert "hybridhub_lab enabled" in image_part and "hybridhub_lab  OK" in image_part, listing

@@ -32,7 +32,7 @@ from portal.web.lab import may_read_session
 from spawner.catalog import load_catalog
 
 from .fixtures.browser import login
-from .fixtures.env import require
+from .fixtures.env import docs_artifact, require
 
 LABEXT = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "hybridhub-lab" / "package.json"
 SERVER_CONFIG = Path(sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.d" / "hybridhub_lab.json"
@@ -238,7 +238,7 @@ def test_session_endpoints_answer_only_the_servers_owner(lab_hub):
 
 
 @pytest.mark.browser
-def test_lab_shows_the_session_and_warns_before_the_stop(lab_hub, page):
+def test_lab_shows_the_session_and_warns_before_the_stop(lab_hub, page, tmp_path):
     hub = lab_hub
     login(page, hub.url, "carol", DEMO_USER_PASSWORD)
     page.goto(f"{hub.url}/user/carol/lab")
@@ -259,6 +259,7 @@ def test_lab_shows_the_session_and_warns_before_the_stop(lab_hub, page):
     set_budget_share(hub, "lab-vision", "enterprise", 0.85)
     toast = page.locator(".Toastify__toast", has_text="80% used")
     toast.wait_for(timeout=60_000)
+    page.screenshot(path=str(docs_artifact("lab-session.png", tmp_path)))  # docs/lab.md, README
 
     set_budget_share(hub, "lab-vision", "enterprise", 1.0)  # used up: the meter gives GRACE s
     stopping = page.locator(".Toastify__toast", has_text="Stopping in")

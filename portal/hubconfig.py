@@ -255,9 +255,16 @@ def add_hybridhub(
         c, db_url=db_url, meter_interval=meter_interval, grace_seconds=grace_seconds,
         portal_bind_url=portal_bind_url, quota_admins=quota_admins, quota_leaders=quota_leaders or {},
     )
+    hub_url = c.JupyterHub.get("bind_url") or "http://127.0.0.1:8000"
+    # where a server's Lab extension reads its session (hybridhub_lab; docs/lab.md)
+    c.Spawner.environment = {
+        **c.Spawner.get("environment", {}),
+        "HYBRIDHUB_PORTAL_URL": os.environ.get("HYBRIDHUB_PORTAL_URL")
+        or f"{hub_url.rstrip('/')}/services/hybridhub-portal/",
+    }
     from portal.verifier import configure_verification
 
-    configure_verification(c, proxy_url=c.JupyterHub.get("bind_url") or "http://127.0.0.1:8000")
+    configure_verification(c, proxy_url=hub_url)
     configure_courses(
         c, db_url=db_url, catalog_file=catalog_file, backend_override=override or "",
         instructors=instructors or {}, env=os.environ,

@@ -56,6 +56,7 @@ HANDLER_MODULES = [
     "portal.web.courses",
     "portal.web.sessions",
     "portal.web.trust",
+    "portal.web.lab",
 ]
 
 #: The portal's custom scopes (``c.JupyterHub.custom_scopes``).

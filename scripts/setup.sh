@@ -26,6 +26,15 @@ command -v configurable-http-proxy >/dev/null || npm install -g --silent configu
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
+# The JupyterLab extension (labextension/) is built from source before pip installs the
+# package, which ships the result in share/jupyter/labextensions/hybridhub-lab.
+.venv/bin/pip install -q "jupyter_builder>=1.3,<2"
+(
+    cd labextension
+    export YARN_GLOBAL_FOLDER="$PWD/.yarn/berry" PATH="$PWD/../.venv/bin:$PATH"
+    jlpm install >/dev/null
+    jlpm build:prod >/dev/null
+)
 if [ "$want_test" = 1 ]; then
     apt_install docker.io chromium
     .venv/bin/pip install -q -e '.[test]'
@@ -36,3 +45,8 @@ if [ "$want_test" = 1 ]; then
 else
     .venv/bin/pip install -q -e .
 fi
+# An editable install copies no data-files: link the built Lab extension and enable the
+# server extension in the venv, as the wheel's share/ and etc/ would.
+mkdir -p .venv/share/jupyter/labextensions .venv/etc/jupyter/jupyter_server_config.d
+ln -sfn "$PWD/hybridhub_lab/labextension" .venv/share/jupyter/labextensions/hybridhub-lab
+cp labextension/jupyter-config/hybridhub_lab.json .venv/etc/jupyter/jupyter_server_config.d/

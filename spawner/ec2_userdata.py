@@ -49,6 +49,7 @@ class BootstrapSpec:
     args: tuple[str, ...] = ()
     python: str = "auto"
     jupyterhub_spec: str = "jupyterhub"
+    lab_spec: str = ""  # pip requirement of the hybridhub wheel (its Lab extension); "" = none
     unix_user: str = "jovyan"
     home_dir: str = "/home/jovyan"
     state_dir: str = "/var/lib/hybridhub"
@@ -117,6 +118,12 @@ fi
 if ! "$HH_PYTHON" -c 'import jupyterhub.singleuser' 2>/dev/null; then
     log "installing $HH_JUPYTERHUB_SPEC into $HH_PYTHON"
     "$HH_PYTHON" -m pip install --quiet "$HH_JUPYTERHUB_SPEC" jupyterlab
+fi
+# the hybridhub Lab extension (status item, stop warnings): the wheel alone, no hub-side deps
+if [ -n "$HH_LAB_SPEC" ] && ! "$HH_PYTHON" -c 'import hybridhub_lab' 2>/dev/null; then
+    log "installing the hybridhub Lab extension into $HH_PYTHON"
+    "$HH_PYTHON" -m pip install --quiet --no-deps "$HH_LAB_SPEC" \
+        || log "could not install $HH_LAB_SPEC; the server runs without the Lab extension"
 fi
 
 # --- user and home -----------------------------------------------------------------
@@ -221,6 +228,7 @@ def render_script(spec: BootstrapSpec) -> str:
         "HH_PYTHON": spec.python,
         "HH_PYTHON_GLOB": NEURON_PYTHON_GLOB,
         "HH_JUPYTERHUB_SPEC": spec.jupyterhub_spec,
+        "HH_LAB_SPEC": spec.lab_spec,
         "HH_HOME_STORAGE": spec.home_storage,
         "HH_S3_URI": spec.s3_uri,
         "HH_S3_ENDPOINT": spec.s3_endpoint_url,

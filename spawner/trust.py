@@ -46,6 +46,7 @@ DEFAULT_ENV_DENY = (
 DEFAULT_ENV_ALLOW = (
     "HYBRIDHUB_CLASS", "HYBRIDHUB_MODEL", "HYBRIDHUB_COUNT", "HYBRIDHUB_GROUP",
     "HYBRIDHUB_HOST", "HYBRIDHUB_GPUS", "HYBRIDHUB_TRUST", "HYBRIDHUB_NOT_MOUNTED",
+    "HYBRIDHUB_PORTAL_URL",  # where the Lab extension reads the session (a URL, no secret)
 )
 #: Plain words shown in the picker for each trust level.
 DEFAULT_TRUST_WORDS = {

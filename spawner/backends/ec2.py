@@ -495,6 +495,13 @@ class Ec2Backend(BackendMixin, Spawner):
         help="pip requirement installed on the instance when its Python lacks jupyterhub.",
     ).tag(config=True)
 
+    lab_extension_pip_spec = Unicode(
+        "",
+        help="pip requirement of the hybridhub wheel (e.g. an https:// or s3-synced path to "
+        "hybridhub-0.1.0-py3-none-any.whl), installed with --no-deps on the instance so its "
+        "JupyterLab shows the session and stop warnings (docs/lab.md); empty: not installed.",
+    ).tag(config=True)
+
     unix_user = Unicode(
         "jovyan",
         help="Unix user the server runs as on the instance (created if missing); empty: the "
@@ -846,6 +853,7 @@ class Ec2Backend(BackendMixin, Spawner):
             args=tuple(self.get_args()),
             python=self.python_path,
             jupyterhub_spec=self.jupyterhub_pip_spec,
+            lab_spec=self.lab_extension_pip_spec,
             unix_user=self.unix_user,
             home_dir=self.instance_home_dir,
             state_dir=self.bootstrap_state_dir,

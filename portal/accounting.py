@@ -397,7 +397,8 @@ def cost(
 
 def ceil_units(amount: float) -> int:
     """``amount`` in stored units, rounded up (a reservation never holds less than it costs)."""
-    return math.ceil(round(amount * SCALE, 3))  # 3 decimals absorb float noise in the product
+    units = math.ceil(round(amount * SCALE, 3))  # 3 decimals absorb float noise in the product
+    return max(units, 1) if amount > 0 else units  # nothing that costs anything is free
 
 
 def _breakdown(unit: str, count: int, hours: float, weight: float, price: float) -> str:
@@ -1419,15 +1420,15 @@ class Accounting:
                 )
                 .order_by(Notice.budget_id, Notice.id)
             ).all()
-            rank = {"80": 1, "95": 2, "exhausted": 3}
-            best: dict[int, Notice] = {}
-            for notice, budget in notices:
-                if budget.period == "monthly" and budget.period_start < month_start(now_dt):
-                    continue  # a new month began; the old period's warnings no longer apply
-                held = best.get(notice.budget_id)
-                if held is None or rank.get(notice.level, 0) > rank.get(held.level, 0):
-                    best[notice.budget_id] = notice
-            lines.extend(n.message for n in best.values())
+            rank = {"exhausted": 0, "95": 1, "80": 2}
+            current = [
+                notice for notice, budget in notices
+                # a new month began: the old period's warnings no longer apply
+                if not (budget.period == "monthly" and budget.period_start < month_start(now_dt))
+            ]
+            # every threshold crossed is told, the highest first, budget by budget
+            current.sort(key=lambda n: (n.budget_id, rank.get(n.level, 9), n.id))
+            lines.extend(n.message for n in current)
             stops = s.scalars(
                 select(Notice)
                 .join(Reservation, Reservation.id == Notice.reservation_id)

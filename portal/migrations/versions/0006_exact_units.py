@@ -45,6 +45,7 @@ def _convert(to_units: bool) -> None:
                                 postgresql_using=using)
             continue
         # SQLite: convert the values in place, then rebuild the table with the new types
+        # (Database.upgrade turns foreign keys off meanwhile, and checks them after)
         sets = ", ".join(
             f"{name} = CAST(ROUND({name} * {SCALE}) AS INTEGER)" if to_units
             else f"{name} = CAST({name} AS REAL) / {SCALE}"

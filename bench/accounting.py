@@ -32,6 +32,7 @@ from sqlalchemy import text  # noqa: E402
 
 from portal.accounting import Accounting, month_start  # noqa: E402
 from portal.db import Database  # noqa: E402
+from portal.models import to_units  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get(
     "HYBRIDHUB_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -68,7 +69,8 @@ def fill(db: Database, rows: int, now: datetime) -> None:
                 " SELECT id, 'aws', NULL, 'hours', :amount, 'monthly', :period, 0, :reserved,"
                 " :false, :now FROM groups"
             ),
-            {"amount": 1e9, "period": period, "reserved": 10 * 10.0, "false": False, "now": now},
+            {"amount": to_units(1e9), "period": period, "reserved": to_units(10 * 10.0),
+             "false": False, "now": now},  # raw SQL: amounts as the stored integer units
         )
         ids = conn.execute(text("SELECT b.id, b.group_id, g.name FROM budgets b "
                                 "JOIN groups g ON g.id = b.group_id ORDER BY b.id")).all()
@@ -79,7 +81,8 @@ def fill(db: Database, rows: int, now: datetime) -> None:
         bid, gid, gname = ids[n % len(ids)]
         user = "user" + gname[1:]
         reservations.append((bid, gid, user, f"s{n}", "aws", "rtx4090", 1, 10.0, 1.0, 0.0,
-                             10.0, 29 / 60, "running", started, started, until, f"bench:res:{n}"))
+                             to_units(10.0), to_units(29 / 60), "running", started, started,
+                             until, f"bench:res:{n}"))
     _bulk(db, "reservations", RES_COLS, reservations)
     with db.engine.connect() as conn:
         res = conn.execute(text("SELECT id, budget_id, group_id, username FROM reservations "
@@ -89,7 +92,7 @@ def fill(db: Database, rows: int, now: datetime) -> None:
     for i in range(rows):
         rid, bid, gid, user = res[i % len(res)]
         ts = started - timedelta(minutes=i // len(res))
-        batch.append((rid, bid, gid, user, "aws", "rtx4090", 1 / 60, 1 / 60, ts,
+        batch.append((rid, bid, gid, user, "aws", "rtx4090", to_units(1 / 60), to_units(1 / 60), ts,
                       ts + timedelta(minutes=1), ts, f"bench:{i}"))
         if len(batch) >= 100_000:
             _bulk(db, "usage_entries", ENTRY_COLS, batch)

@@ -33,6 +33,7 @@ from portal.db import Database
 from portal.models import (
     GROUP_KINDS,
     PERIODS,
+    SCALE,
     UNITS,
     Budget,
     Group,
@@ -41,13 +42,14 @@ from portal.models import (
     Reservation,
     UsageEntry,
     UserUsage,
+    from_units,
+    to_units,
 )
 
 log = logging.getLogger("hybridhub.accounting")
 
-#: Tolerance for float comparisons of amounts (a budget that fits exactly must admit).
-EPS = 1e-9
-WARN_LEVELS = ((0.95, "95"), (0.80, "80"))
+#: Warning thresholds in percent of the budget, highest first.
+WARN_LEVELS = ((95, "95"), (80, "80"))
 
 _GT, _BT, _MT, _RT = (
     Group.__table__, Budget.__table__, GroupMember.__table__, Reservation.__table__
@@ -163,8 +165,12 @@ class BudgetUnavailable(QuotaExceeded):
 
 
 def fmt_amount(value: float, unit: str) -> str:
-    """``3.5 h`` or ``12.25 credits``."""
-    text = f"{round(value, 2):g}"
+    """``3.5 h`` or ``12.25 credits``: two decimals at most, never ``-0``."""
+    text = f"{round(value, 2) + 0.0:g}"  # + 0.0 turns -0.0 into 0.0
+    if text == "0" and value > 0:
+        text = "< 0.01"
+    elif text == "-0":
+        text = "0"
     return f"{text} h" if unit == "hours" else f"{text} credits"
 
 
@@ -185,6 +191,8 @@ class Remaining:
     user_left: float | None = None
     active: bool = True
     frozen: bool = False
+    #: How far use went past the amount (time served after reservations ran out).
+    overdrawn: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -387,6 +395,12 @@ def cost(
     return count * hours * price_per_hour
 
 
+def ceil_units(amount: float) -> int:
+    """``amount`` in stored units, rounded up (a reservation never holds less than it costs)."""
+    units = math.ceil(round(amount * SCALE, 3))  # 3 decimals absorb float noise in the product
+    return max(units, 1) if amount > 0 else units  # nothing that costs anything is free
+
+
 def _breakdown(unit: str, count: int, hours: float, weight: float, price: float) -> str:
     if unit == "hours":
         return f"{count} x {hours:g} h x weight {weight:g}"
@@ -402,7 +416,9 @@ class Accounting:
     ``clock`` returns seconds since the epoch (``time.time`` by default, injectable for
     tests); ``meter_interval`` is the metering granularity in seconds; ``grace_seconds``
     is how long a server may go on after its reservation or budget ran out, with a
-    warning, before it is put on the stop list.
+    warning, before it is put on the stop list; that time is charged too (the budget
+    may go below zero by it, shown as ``overdrawn``).  ``min_charge_seconds`` (default
+    one ``meter_interval``) is the least any launch that ran is charged for.
     """
 
     def __init__(
@@ -412,9 +428,13 @@ class Accounting:
         meter_interval: float = 60,
         grace_seconds: float = 300,
         check_membership: bool = True,
+        min_charge_seconds: float | None = None,
     ):
         if meter_interval <= 0:
             raise ValueError("meter_interval must be positive")
+        self.min_charge_seconds = float(
+            meter_interval if min_charge_seconds is None else min_charge_seconds
+        )
         self.db = db
         self.clock = clock
         self.meter_interval = float(meter_interval)
@@ -601,8 +621,8 @@ class Accounting:
         with self.db.session() as s:
             for i, spec in enumerate(specs):
                 budget, before = self._upsert_budget(s, spec)
-                floor = budget.used + budget.reserved
-                if before is not None and budget.amount < floor - EPS:
+                floor = from_units(to_units(budget.used) + to_units(budget.reserved))
+                if before is not None and to_units(budget.amount) < to_units(floor):
                     raise BudgetError(
                         "amount", f"amount must be at least {floor:g} (already used and "
                         f"reserved this period), got {budget.amount:g}", floor, index=i,
@@ -695,8 +715,8 @@ class Accounting:
             budget, gname = self._locked_budget(s, budget_id)
             before = budget_snapshot(budget)
             if amount is not None:
-                floor = budget.used + budget.reserved
-                if amount < floor - EPS:
+                floor = from_units(to_units(budget.used) + to_units(budget.reserved))
+                if to_units(amount) < to_units(floor):
                     raise BudgetError(
                         "amount",
                         f"amount must be at least {floor:g} (already used and reserved this "
@@ -802,7 +822,9 @@ class Accounting:
                 return None
             current = period_start_for(budget, now)
             used = budget.used if budget.period_start >= current else 0.0
-            left = max(0.0, budget.amount - used - budget.reserved)
+            left_units = to_units(budget.amount) - to_units(used) - to_units(budget.reserved)
+            overdrawn = from_units(max(0, to_units(used) - to_units(budget.amount)))
+            left = from_units(max(0, left_units))
             user_left = None
             if username is not None and budget.per_user_cap is not None:
                 row = s.execute(
@@ -812,8 +834,8 @@ class Accounting:
                         UserUsage.period_start == current,
                     )
                 ).first()
-                spent = (row.used + row.reserved) if row else 0.0
-                user_left = max(0.0, budget.per_user_cap - spent)
+                spent = (to_units(row.used) + to_units(row.reserved)) if row else 0
+                user_left = from_units(max(0, to_units(budget.per_user_cap) - spent))
                 left = min(left, user_left)
             frozen = budget.frozen or g.frozen
             if not active or frozen:
@@ -829,6 +851,7 @@ class Accounting:
                 user_left=user_left,
                 active=active,
                 frozen=frozen,
+                overdrawn=overdrawn,
             )
 
     def admit(
@@ -918,13 +941,14 @@ class Accounting:
         )
         if self.check_membership and not first.is_member:
             raise NotMember(username, group)
-        asked = cost(budget.unit, count, hours, weight, price)
+        asked = from_units(ceil_units(cost(budget.unit, count, hours, weight, price)))
         breakdown = _breakdown(budget.unit, count, hours, weight, price)
         resets = resets_at_for(budget, now)
 
         def refuse(left: float, scope: str = "group", reason: str | None = None,
                    cls: type[QuotaExceeded] = QuotaExceeded) -> QuotaExceeded:
-            return cls(asked=asked, left=max(0.0, left), unit=budget.unit, resets_at=resets,
+            return cls(asked=asked, left=from_units(max(0, to_units(left))), unit=budget.unit,
+                       resets_at=resets,
                        group=group, resource_class=resource_class, breakdown=breakdown,
                        scope=scope, reason=reason)
 
@@ -936,7 +960,7 @@ class Accounting:
             raise refuse(0.0, reason="the budget is frozen", cls=BudgetUnavailable)
         current = self._roll_period(s, budget, now)
         result = conn.execute(
-            _RESERVE, {"b_id": budget.id, "b_need": asked - EPS, "b_asked": asked}
+            _RESERVE, {"b_id": budget.id, "b_need": asked, "b_asked": asked}
         )
         if result.rowcount != 1:
             fresh = conn.execute(
@@ -959,7 +983,7 @@ class Accounting:
                     UserUsage.budget_id == budget.id,
                     UserUsage.username == username,
                     UserUsage.period_start == current,
-                    cap - UserUsage.used - UserUsage.reserved >= asked - EPS,
+                    cap - UserUsage.used - UserUsage.reserved >= asked,
                 )
                 .values(reserved=UserUsage.reserved + asked)
                 .execution_options(synchronize_session=False)
@@ -1030,18 +1054,24 @@ class Accounting:
                 raise KeyError(f"no reservation {reservation_id}")
             if r.state == "closed":
                 return Released(reservation_id, 0.0, 0.0, already_closed=True)
-            charge = 0.0
+            charge_u = 0
             upto = r.charged_until
             if r.state == "running" and r.started_at and r.charged_until:
-                end = r.started_at + timedelta(hours=r.hours)
-                upto = max(r.charged_until, min(now_dt, end))
-                seconds = (upto - r.charged_until).total_seconds()
-                if seconds > 0:
-                    charge = self._charge_for(r.amount_reserved, r.hours, r.amount_charged, seconds)
-                    s.execute(insert(UsageEntry), [self._entry(r, r.charged_until, upto, charge,
-                                                               f"res:{r.id}:final", now_dt)])
-            rest = r.amount_reserved - r.amount_charged - charge
-            hold = r.amount_reserved - r.amount_charged
+                # every second served is charged, past the reservation's end too (grace, lag)
+                upto = max(r.charged_until, now_dt)
+                charge_u = self._charge_units(r, (upto - r.charged_until).total_seconds())
+                # every launch pays at least min_charge_seconds, however short it ran
+                shortfall = (self._charge_units(r, self.min_charge_seconds)
+                             - to_units(r.amount_charged) - charge_u)
+                charge_u += max(0, shortfall)
+                if charge_u > 0 or upto > r.charged_until:
+                    s.execute(insert(UsageEntry), [self._entry(
+                        r, r.charged_until, upto, from_units(charge_u), f"res:{r.id}:final",
+                        now_dt)])
+            charge = from_units(charge_u)
+            hold_u = max(0, to_units(r.amount_reserved) - to_units(r.amount_charged))
+            rest = from_units(max(0, hold_u - charge_u))
+            hold = from_units(hold_u)
             s.execute(
                 update(Budget)
                 .where(Budget.id == r.budget_id)
@@ -1059,7 +1089,7 @@ class Accounting:
                     .values(used=UserUsage.used + charge, reserved=UserUsage.reserved - hold)
                     .execution_options(synchronize_session=False)
                 )
-            r.amount_charged += charge
+            r.amount_charged = from_units(to_units(r.amount_charged) + charge_u)
             r.charged_until = upto
             r.state = "closed"
             r.closed_at = now_dt
@@ -1069,10 +1099,11 @@ class Accounting:
             return Released(reservation_id, charge, rest)
 
     @staticmethod
-    def _charge_for(reserved: float, hours: float, charged: float, seconds: float) -> float:
-        """The cost of ``seconds`` at the reservation's rate, never beyond what it holds."""
-        rate = reserved / (hours * 3600.0)
-        return max(0.0, min(rate * seconds, reserved - charged))
+    def _charge_units(r: Any, seconds: float) -> int:
+        """The cost of ``seconds`` at the reservation's rate, in stored units (rounded up)."""
+        if seconds <= 0:
+            return 0
+        return ceil_units(r.amount_reserved * seconds / (r.hours * 3600.0))
 
     @staticmethod
     def _entry(r: Any, ts_from: datetime, ts_to: datetime, amount: float, key: str,
@@ -1117,35 +1148,39 @@ class Accounting:
             ).all()
             entries: list[dict] = []
             res_updates: list[dict] = []
-            budget_delta: dict[int, float] = defaultdict(float)
-            user_delta: dict[tuple, float] = defaultdict(float)
+            # stored units per budget (and user): [charged, taken off the reservations' hold]
+            budget_delta: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+            user_delta: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
             charged_after: dict[int, float] = {}
             for r in rows:
                 end = r.started_at + timedelta(hours=r.hours)
-                if now_dt >= end:
-                    new_until = end
-                else:
-                    whole = math.floor((now_dt - r.charged_until) / interval)
-                    new_until = r.charged_until + whole * interval
+                whole = math.floor((now_dt - r.charged_until) / interval)
+                new_until = r.charged_until + whole * interval
+                if r.charged_until < end <= now_dt:
+                    new_until = max(new_until, end)  # the reservation's own tail, whole
                 charged_after[r.id] = r.amount_charged
                 if new_until <= r.charged_until:
                     continue
-                seconds = (new_until - r.charged_until).total_seconds()
-                amount = self._charge_for(r.amount_reserved, r.hours, r.amount_charged, seconds)
+                # time served past the end (grace, metering lag) is charged as well
+                units = self._charge_units(r, (new_until - r.charged_until).total_seconds())
+                held = max(0, to_units(r.amount_reserved) - to_units(r.amount_charged))
+                amount = from_units(units)
                 offset_ms = round((r.charged_until - r.started_at).total_seconds() * 1000)
                 entries.append(self._entry(r, r.charged_until, new_until, amount,
                                            f"res:{r.id}:{offset_ms}ms", now_dt))
                 res_updates.append({"b_id": r.id, "b_old": r.charged_until,
                                     "b_new": new_until, "b_amount": amount})
-                budget_delta[r.budget_id] += amount
-                if r.user_period_start is not None:
-                    user_delta[(r.budget_id, r.username, r.user_period_start)] += amount
-                charged_after[r.id] = r.amount_charged + amount
+                for delta in (budget_delta[r.budget_id],
+                              *([user_delta[(r.budget_id, r.username, r.user_period_start)]]
+                                if r.user_period_start is not None else [])):
+                    delta[0] += units
+                    delta[1] += min(units, held)
+                charged_after[r.id] = from_units(to_units(r.amount_charged) + units)
             if entries:
                 apply = self._apply_pg if self.db.dialect == "postgresql" else self._apply_generic
                 apply(s, entries, res_updates, budget_delta, user_delta)
                 report.charged = len(entries)
-                report.amount = sum(budget_delta.values())
+                report.amount = from_units(sum(d[0] for d in budget_delta.values()))
             self._record_thresholds(s, now_dt, report)
             self._find_stops(s, rows, charged_after, now_dt, report)
         for notice in report.warnings:
@@ -1172,8 +1207,9 @@ class Accounting:
             update(bt)
             .where(bt.c.id == bindparam("b_id"))
             .values(used=bt.c.used + bindparam("b_amount"),
-                    reserved=bt.c.reserved - bindparam("b_amount")),
-            [{"b_id": k, "b_amount": v} for k, v in sorted(budget_delta.items())],
+                    reserved=bt.c.reserved - bindparam("b_held")),
+            [{"b_id": k, "b_amount": from_units(v[0]), "b_held": from_units(v[1])}
+             for k, v in sorted(budget_delta.items())],
         )
         if user_delta:
             s.execute(
@@ -1182,8 +1218,9 @@ class Accounting:
                        ut.c.username == bindparam("b_user"),
                        ut.c.period_start == bindparam("b_period"))
                 .values(used=ut.c.used + bindparam("b_amount"),
-                        reserved=ut.c.reserved - bindparam("b_amount")),
-                [{"b_id": b, "b_user": u, "b_period": p, "b_amount": v}
+                        reserved=ut.c.reserved - bindparam("b_held")),
+                [{"b_id": b, "b_user": u, "b_period": p, "b_amount": from_units(v[0]),
+                  "b_held": from_units(v[1])}
                  for (b, u, p), v in sorted(user_delta.items())],
             )
 
@@ -1196,11 +1233,12 @@ class Accounting:
             "amount", "accelerator_hours", "ts_from", "ts_to", "created_at", "idempotency_key",
         )
         # COPY is PostgreSQL's fastest way in; it runs inside the tick's transaction.
+        exact = ("amount", "accelerator_hours")  # COPY bypasses the Amount type: store units
         cursor = s.connection().connection.cursor()
         try:
             with cursor.copy(f"COPY usage_entries ({', '.join(cols)}) FROM STDIN") as copy:
                 for e in entries:
-                    copy.write_row(tuple(e[c] for c in cols))
+                    copy.write_row(tuple(to_units(e[c]) if c in exact else e[c] for c in cols))
         finally:
             cursor.close()
         result = s.execute(
@@ -1208,7 +1246,7 @@ class Accounting:
                 "UPDATE reservations AS r SET charged_until = v.new,"
                 " amount_charged = r.amount_charged + v.amount"
                 " FROM unnest(CAST(:ids AS integer[]), CAST(:olds AS timestamp[]),"
-                " CAST(:news AS timestamp[]), CAST(:amounts AS float8[]))"
+                " CAST(:news AS timestamp[]), CAST(:amounts AS bigint[]))"
                 " AS v(id, old, new, amount)"
                 " WHERE r.id = v.id AND r.charged_until = v.old AND r.state = 'running'"
             ),
@@ -1216,7 +1254,7 @@ class Accounting:
                 "ids": [u["b_id"] for u in res_updates],
                 "olds": [u["b_old"] for u in res_updates],
                 "news": [u["b_new"] for u in res_updates],
-                "amounts": [u["b_amount"] for u in res_updates],
+                "amounts": [to_units(u["b_amount"]) for u in res_updates],
             },
         )
         if result.rowcount != len(res_updates):
@@ -1225,21 +1263,22 @@ class Accounting:
         s.execute(
             text(
                 "UPDATE budgets AS b SET used = b.used + v.amount,"
-                " reserved = b.reserved - v.amount"
-                " FROM unnest(CAST(:ids AS integer[]), CAST(:amounts AS float8[]))"
-                " AS v(id, amount) WHERE b.id = v.id"
+                " reserved = b.reserved - v.held"
+                " FROM unnest(CAST(:ids AS integer[]), CAST(:amounts AS bigint[]),"
+                " CAST(:held AS bigint[])) AS v(id, amount, held) WHERE b.id = v.id"
             ),
-            {"ids": [k for k, _ in ordered], "amounts": [v for _, v in ordered]},
+            {"ids": [k for k, _ in ordered], "amounts": [v[0] for _, v in ordered],
+             "held": [v[1] for _, v in ordered]},
         )
         if user_delta:
             users = sorted(user_delta.items())
             s.execute(
                 text(
                     "UPDATE user_usage AS u SET used = u.used + v.amount,"
-                    " reserved = u.reserved - v.amount"
+                    " reserved = u.reserved - v.held"
                     " FROM unnest(CAST(:ids AS integer[]), CAST(:users AS text[]),"
-                    " CAST(:periods AS timestamp[]), CAST(:amounts AS float8[]))"
-                    " AS v(id, username, period_start, amount)"
+                    " CAST(:periods AS timestamp[]), CAST(:amounts AS bigint[]),"
+                    " CAST(:held AS bigint[])) AS v(id, username, period_start, amount, held)"
                     " WHERE u.budget_id = v.id AND u.username = v.username"
                     " AND u.period_start = v.period_start"
                 ),
@@ -1247,7 +1286,8 @@ class Accounting:
                     "ids": [k[0] for k, _ in users],
                     "users": [k[1] for k, _ in users],
                     "periods": [k[2] for k, _ in users],
-                    "amounts": [v for _, v in users],
+                    "amounts": [v[0] for _, v in users],
+                    "held": [v[1] for _, v in users],
                 },
             )
 
@@ -1255,16 +1295,17 @@ class Accounting:
         budgets = s.execute(
             select(Budget, Group.name)
             .join(Group, Group.id == Budget.group_id)
-            .where(Budget.amount > 0, Budget.used >= Budget.amount * WARN_LEVELS[-1][0])
+            .where(Budget.amount > 0, Budget.used * 100 >= Budget.amount * WARN_LEVELS[-1][0])
         ).all()
         if not budgets:
             return
         wanted: dict[str, dict] = {}
         for budget, gname in budgets:
-            share = budget.used / budget.amount
-            levels = [name for frac, name in WARN_LEVELS if share >= frac - EPS]
-            if share >= 1 - EPS:
-                levels.append("exhausted")
+            used_u, amount_u = to_units(budget.used), to_units(budget.amount)
+            # every threshold crossed is recorded, even several in one tick (highest first)
+            levels = [name for pct, name in WARN_LEVELS if used_u * 100 >= amount_u * pct]
+            if used_u >= amount_u:
+                levels.insert(0, "exhausted")
             scope = budget.resource_class + (f" ({budget.model})" if budget.model else "")
             resets = resets_at_for(budget, now)
             resets_text = f", resets {resets:%Y-%m-%d}" if resets else ""
@@ -1318,11 +1359,11 @@ class Accounting:
         for r in rows:
             budget, _gname, gfrozen = state[r.budget_id]
             end = r.started_at + timedelta(hours=r.hours)
-            if now >= end or charged_after[r.id] >= r.amount_reserved - EPS:
+            if now >= end or to_units(charged_after[r.id]) >= to_units(r.amount_reserved):
                 reasons[r.id] = f"its reservation of {r.hours:g} h ran out"
             elif gfrozen or budget.frozen:
                 reasons[r.id] = "the group's budget was frozen"
-            elif budget.used >= budget.amount - EPS:
+            elif to_units(budget.used) >= to_units(budget.amount):
                 reasons[r.id] = "the group's budget is used up"
         if not reasons:
             return
@@ -1379,15 +1420,15 @@ class Accounting:
                 )
                 .order_by(Notice.budget_id, Notice.id)
             ).all()
-            rank = {"80": 1, "95": 2, "exhausted": 3}
-            best: dict[int, Notice] = {}
-            for notice, budget in notices:
-                if budget.period == "monthly" and budget.period_start < month_start(now_dt):
-                    continue  # a new month began; the old period's warnings no longer apply
-                held = best.get(notice.budget_id)
-                if held is None or rank.get(notice.level, 0) > rank.get(held.level, 0):
-                    best[notice.budget_id] = notice
-            lines.extend(n.message for n in best.values())
+            rank = {"exhausted": 0, "95": 1, "80": 2}
+            current = [
+                notice for notice, budget in notices
+                # a new month began: the old period's warnings no longer apply
+                if not (budget.period == "monthly" and budget.period_start < month_start(now_dt))
+            ]
+            # every threshold crossed is told, the highest first, budget by budget
+            current.sort(key=lambda n: (n.budget_id, rank.get(n.level, 9), n.id))
+            lines.extend(n.message for n in current)
             stops = s.scalars(
                 select(Notice)
                 .join(Reservation, Reservation.id == Notice.reservation_id)

@@ -40,6 +40,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Float, Integer, List
 from traitlets.config import LoggingConfigurable
 
+from . import loghygiene
 from .accounting import Accounting
 from .courses import (
     LOCKED_FIELDS,
@@ -434,6 +435,7 @@ def from_env(env: Mapping[str, str] | None = None) -> CourseScheduler:
 
 
 async def _main() -> None:
+    loghygiene.install()
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     scheduler = from_env()

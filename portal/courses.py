@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,9 +45,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from .accounting import EPS, Accounting, AdmissionError, cost, fmt_amount, to_datetime
+from .accounting import Accounting, AdmissionError, ceil_units, cost, fmt_amount, to_datetime
 from .db import Database
-from .models import Base, Group, Reservation, utcnow
+from .models import Base, Group, Reservation, to_units, utcnow
 
 if TYPE_CHECKING:
     from spawner.catalog import Catalog, Offering
@@ -63,6 +62,8 @@ INSTRUCTORS_PROPERTY = "instructors"
 END_REASON = "end of course"
 #: Minutes before the end at which students are warned.
 WARN_MINUTES = (10, 2)
+#: Tolerance for comparing durations computed from datetimes (hours, minutes).
+_TIME_EPS = 1e-9
 SESSION_STATES = ("scheduled", "running", "ending", "ended", "cancelled", "refused")
 SEAT_STATES = ("pending", "starting", "ready", "failed", "stopped")
 #: Session servers are the students' default servers: where the hub lands them.
@@ -542,7 +543,7 @@ class CourseSchedule:
         if end <= self.now():
             raise InvalidSession("ends_at", "is in the past")
         hours = (end - start).total_seconds() / 3600
-        if hours > offering.max_hours + EPS:
+        if hours > offering.max_hours + _TIME_EPS:
             raise InvalidSession("ends_at", f"the session lasts {hours:g} h; {offering.key} "
                                             f"allows at most {offering.max_hours:g} h")
         image = (image or "").strip()
@@ -605,7 +606,7 @@ class CourseSchedule:
         info = self.get(session_id)
         offering = self._offering(info.resource_class, info.offering)
         hours = (info.ends_at - self.now()).total_seconds() / 3600
-        if hours > offering.max_hours + EPS:
+        if hours > offering.max_hours + _TIME_EPS:
             raise SessionConflict(
                 f"starting {info.label} now would make it last {hours:.2f} h (it ends at "
                 f"{info.ends_at:%Y-%m-%d %H:%M} UTC); {offering.key} allows at most "
@@ -643,12 +644,14 @@ class CourseSchedule:
         left = self.accounting.remaining(info.group, info.resource_class, info.offering)
         if left is None or each <= 0:
             return (0 if left is None else len(students)), (left.amount_left if left else 0.0)
-        by_group = math.floor((left.amount_left + EPS) / each)
+        each_units = ceil_units(each)  # what admission will reserve per student, exactly
+        by_group = to_units(left.amount_left) // each_units
         by_user = 0
         for name in students:
             mine = self.accounting.remaining(info.group, info.resource_class, info.offering,
                                              username=name)
-            if mine is not None and (mine.user_left is None or mine.user_left + EPS >= each):
+            if mine is not None and (mine.user_left is None
+                                     or to_units(mine.user_left) >= each_units):
                 by_user += 1
         return min(by_group, by_user, len(students)), left.amount_left
 
@@ -799,7 +802,7 @@ class CourseSchedule:
             if info.state != "running" or info.ends_at <= now:
                 continue
             left = (info.ends_at - now).total_seconds() / 60
-            due = [m for m in sorted(minutes) if left <= m + EPS]
+            due = [m for m in sorted(minutes) if left <= m + _TIME_EPS]
             if not due:
                 continue
             level = due[0]

@@ -131,9 +131,20 @@ class Database:
         self.check_revision()
         cfg = alembic_config(self.url)
         with self.engine.connect() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, revision)
-            conn.commit()
+            sqlite = conn.dialect.name == "sqlite"
+            raw = conn.connection.dbapi_connection  # outside any transaction (PRAGMA needs it)
+            if sqlite:  # batch migrations rebuild tables; a DROP would trip foreign keys
+                raw.execute("PRAGMA foreign_keys = OFF")
+            try:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                if sqlite and conn.exec_driver_sql("PRAGMA foreign_key_check").first():
+                    raise RuntimeError("a migration left rows with broken foreign keys")
+                conn.commit()
+            finally:
+                if sqlite:
+                    conn.rollback()
+                    raw.execute("PRAGMA foreign_keys = ON")
 
     def dispose(self) -> None:
         """Close all pooled connections."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from jupyterhub.utils import random_port
 from traitlets.config import Config
 
+from portal import loghygiene
 from spawner.catalog import CatalogError, load_catalog
 from spawner.hybrid import templates_dir
 
@@ -289,6 +290,7 @@ def configure_hub(
         sys.exit(f"HYBRIDHUB_MODE must be 'demo' or 'production', got {mode!r}")
     data_dir.mkdir(parents=True, exist_ok=True)
     db_url = db_url or default_db_url(data_dir)
+    loghygiene.install()  # no cookie, token or Authorization value in the hub's log
 
     c.JupyterHub.bind_url = bind_url
     c.JupyterHub.db_url = f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"

@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from portal import loghygiene
 from portal.accounting import Accounting, MeterReport, StopOrder
 from portal.db import DEFAULT_URL, Database
 from portal.provenance import END_QUOTA, SessionLog
@@ -157,6 +158,7 @@ def from_env(env: dict[str, str] | None = None) -> Meter:
 
 
 async def _main() -> None:
+    loghygiene.install()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     meter = from_env()
     loop = asyncio.get_running_loop()

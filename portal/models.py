@@ -1,7 +1,9 @@
 """SQLAlchemy 2 typed models for groups, budgets, reservations and the usage ledger.
 
-Times are stored as naive UTC datetimes (SQLite has no time zone type); amounts are
-floats in the budget's unit: weighted accelerator-hours (``hours``) or ``credits``.
+Times are stored as naive UTC datetimes (SQLite has no time zone type); amounts are in
+the budget's unit, weighted accelerator-hours (``hours``) or ``credits``, stored exactly
+as integer millionths of that unit (:class:`Amount`), so sums and the admission check
+are integer arithmetic in the database, on SQLite and PostgreSQL alike.
 The schema itself is created by the alembic migrations in ``portal/migrations``;
 these classes must stay in step with them (``tests/test_models.py`` checks that).
 """
@@ -9,9 +11,11 @@ these classes must stay in step with them (``tests/test_models.py`` checks that)
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Float,
@@ -22,12 +26,61 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import operators
+from sqlalchemy.types import TypeDecorator
 
 GROUP_KINDS = ("lab", "project", "course")
 UNITS = ("hours", "credits")
 PERIODS = ("monthly", "term", "oneoff")
 RESERVATION_STATES = ("admitted", "running", "closed")
 NOTICE_LEVELS = ("80", "95", "exhausted", "stop_pending")
+
+
+#: Amounts are stored as integer multiples of 1/SCALE of their unit (3.6 ms of one
+#: accelerator at weight 1).
+SCALE = 1_000_000
+
+
+def to_units(value: float | int) -> int:
+    """An amount as the integer count of 1/SCALE units the database stores."""
+    return round(value * SCALE)
+
+
+def from_units(units: int) -> float:
+    """The amount (in its unit) that ``units`` stored integers stand for."""
+    return int(units) / SCALE
+
+
+class Amount(TypeDecorator):
+    """An exact amount: an integer count of millionths in the database, a float in Python.
+
+    Comparisons and sums of amounts happen on integers in SQL; multiplying or dividing
+    by a plain number (``amount * 0.8``) keeps the number as it is.
+    """
+
+    impl = BigInteger
+    cache_ok = True
+
+    class Comparator(TypeDecorator.Comparator):
+        """Sums and differences of amounts are amounts (so what they meet is bound as one)."""
+
+        def _adapt_expression(self, op: Any, other_comparator: Any) -> tuple[Any, Any]:
+            if op in (operators.add, operators.sub):
+                return op, self.type
+            return super()._adapt_expression(op, other_comparator)
+
+    comparator_factory = Comparator
+
+    def process_bind_param(self, value: Any, dialect: Any) -> int | None:
+        return None if value is None else to_units(value)
+
+    def process_result_value(self, value: Any, dialect: Any) -> float | None:
+        return None if value is None else from_units(value)
+
+    def coerce_compared_value(self, op: Any, value: Any) -> Any:
+        if op in (operators.mul, operators.truediv, operators.floordiv):
+            return Float()
+        return self
 
 
 def utcnow() -> datetime:
@@ -76,14 +129,14 @@ class Budget(Base):
     resource_class: Mapped[str] = mapped_column(String(64))
     model: Mapped[str | None] = mapped_column(String(64), nullable=True)
     unit: Mapped[str] = mapped_column(String(16), default="hours")
-    amount: Mapped[float] = mapped_column(Float)
+    amount: Mapped[float] = mapped_column(Amount)
     period: Mapped[str] = mapped_column(String(16), default="monthly")
     starts_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     ends_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     period_start: Mapped[datetime] = mapped_column(DateTime)
-    used: Mapped[float] = mapped_column(Float, default=0.0)
-    reserved: Mapped[float] = mapped_column(Float, default=0.0)
-    per_user_cap: Mapped[float | None] = mapped_column(Float, nullable=True)
+    used: Mapped[float] = mapped_column(Amount, default=0.0)
+    reserved: Mapped[float] = mapped_column(Amount, default=0.0)
+    per_user_cap: Mapped[float | None] = mapped_column(Amount, nullable=True)
     frozen: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
@@ -100,8 +153,8 @@ class UserUsage(Base):
     budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id", ondelete="CASCADE"))
     username: Mapped[str] = mapped_column(String(255))
     period_start: Mapped[datetime] = mapped_column(DateTime)
-    used: Mapped[float] = mapped_column(Float, default=0.0)
-    reserved: Mapped[float] = mapped_column(Float, default=0.0)
+    used: Mapped[float] = mapped_column(Amount, default=0.0)
+    reserved: Mapped[float] = mapped_column(Amount, default=0.0)
 
 
 class Reservation(Base):
@@ -125,8 +178,8 @@ class Reservation(Base):
     hours: Mapped[float] = mapped_column(Float)
     billing_weight: Mapped[float] = mapped_column(Float, default=1.0)
     price_per_hour: Mapped[float] = mapped_column(Float, default=0.0)
-    amount_reserved: Mapped[float] = mapped_column(Float)
-    amount_charged: Mapped[float] = mapped_column(Float, default=0.0)
+    amount_reserved: Mapped[float] = mapped_column(Amount)
+    amount_charged: Mapped[float] = mapped_column(Amount, default=0.0)
     user_period_start: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="admitted")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
@@ -156,8 +209,8 @@ class UsageEntry(Base):
     username: Mapped[str] = mapped_column(String(255))
     resource_class: Mapped[str] = mapped_column(String(64))
     model: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    amount: Mapped[float] = mapped_column(Float)
-    accelerator_hours: Mapped[float] = mapped_column(Float)
+    amount: Mapped[float] = mapped_column(Amount)
+    accelerator_hours: Mapped[float] = mapped_column(Amount)
     ts_from: Mapped[datetime] = mapped_column(DateTime)
     ts_to: Mapped[datetime] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -19,7 +19,6 @@ from datetime import date, datetime
 
 from sqlalchemy import (
     Date,
-    Float,
     Integer,
     String,
     UniqueConstraint,
@@ -36,7 +35,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.sql.elements import ColumnElement
 
 from portal.db import Database
-from portal.models import Base, Group, Reservation, UsageEntry
+from portal.models import Amount, Base, Group, Reservation, UsageEntry
 
 BUCKETS = ("day", "week", "month")
 
@@ -89,8 +88,8 @@ class UsageRollup(Base):
     resource_class: Mapped[str] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(64))  # "" for no model
     username: Mapped[str] = mapped_column(String(255))
-    amount: Mapped[float] = mapped_column(Float)
-    accelerator_hours: Mapped[float] = mapped_column(Float)
+    amount: Mapped[float] = mapped_column(Amount)
+    accelerator_hours: Mapped[float] = mapped_column(Amount)
     entries: Mapped[int] = mapped_column(Integer)
 
 

@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 from jupyterhub.services.auth import HubOAuthCallbackHandler
 from tornado import web
 
+from portal import loghygiene
 from portal.accounting import Accounting
 from portal.courses import MANAGE_SCOPE
 from portal.db import DEFAULT_URL, Database
@@ -248,6 +249,7 @@ async def keep_rollup_fresh(db: Database, interval: float) -> None:
 
 
 async def _main() -> None:
+    loghygiene.install()
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app, url = from_env()

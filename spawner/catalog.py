@@ -46,6 +46,8 @@ class Offering:
     image: str
     max_hours: float
     groups: tuple[str, ...] = ()
+    min_hours: float | None = None  # None: HybridSpawner.min_launch_hours
+    hours_step: float | None = None  # None: HybridSpawner.hours_resolution
     billing_weight: float = 1.0
     trust: str = "trusted"
     cpu_limit: float | None = None
@@ -172,6 +174,7 @@ DEFAULT_CATALOG: dict[str, Any] = {
 _CLASS_KEYS = {"display_name", "description", "trust", "backend", "image", "offerings", "groups"}
 _OFFERING_KEYS = {
     "model", "memory_gb", "counts", "price_per_hour", "backend", "image", "max_hours", "groups",
+    "min_hours", "hours_step",
     "billing_weight", "trust", "cpu_limit", "mem_limit", "instance_type", "spot", "extra",
 }
 
@@ -231,6 +234,10 @@ def _offering(cls_name: str, cls_cfg: dict, name: str, cfg: Any, image: str) -> 
         image=str(cfg.get("image", image)),
         max_hours=_number(cfg["max_hours"], f"{where}.max_hours", strict=True),
         groups=_str_list(cfg.get("groups", cls_cfg.get("groups", [])), f"{where}.groups"),
+        min_hours=None if cfg.get("min_hours") is None else _number(
+            cfg["min_hours"], f"{where}.min_hours", strict=True),
+        hours_step=None if cfg.get("hours_step") is None else _number(
+            cfg["hours_step"], f"{where}.hours_step"),
         billing_weight=_number(cfg.get("billing_weight", 1.0), f"{where}.billing_weight", strict=True),
         trust=trust,
         cpu_limit=(

@@ -21,7 +21,7 @@ from typing import Any
 import jinja2
 from jupyterhub.spawner import Spawner
 from tornado import web
-from traitlets import Dict, Float, Unicode, default, observe
+from traitlets import Dict, Float, Integer, Unicode, default, observe
 from traitlets.utils.importstring import import_item
 
 from portal import courses
@@ -33,6 +33,8 @@ from .catalog import Catalog, CatalogError, Offering, load_catalog
 from .errors import start_failed, user_error
 from .guard import TrustAndProvenanceMixin
 from .options import (
+    DEFAULT_HOURS_STEP,
+    DEFAULT_MIN_HOURS,
     LaunchRequest,
     OptionError,
     allowed_offerings,
@@ -112,6 +114,24 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
 
     default_hours = Float(
         2.0, help="Hours pre-filled in the picker's 'requested hours' field."
+    ).tag(config=True)
+
+    min_launch_hours = Float(
+        DEFAULT_MIN_HOURS,
+        help="Shortest launch a user may ask for, in hours, for offerings without their own "
+        "'min_hours' (no launch is too short to pay for).",
+    ).tag(config=True)
+
+    hours_resolution = Float(
+        DEFAULT_HOURS_STEP,
+        help="Requested hours must be a whole multiple of this, for offerings without their "
+        "own 'hours_step' (0: any number).",
+    ).tag(config=True)
+
+    max_options_bytes = Integer(
+        16 * 1024,
+        help="Largest spawn options accepted, in bytes of JSON; bigger ones are refused with "
+        "413 before they are validated.",
     ).tag(config=True)
 
     # --- catalog -----------------------------------------------------------------
@@ -205,6 +225,12 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
 
     def _apply_options(self, user_options: dict[str, Any]) -> None:
         """Validate options from the form or REST; a bad field is a 400 naming it."""
+        size = len(json.dumps(user_options, default=str))
+        if size > self.max_options_bytes:
+            self.log.warning("refused options of %s for %s: %d bytes, limit %d",
+                             self.user.name, self._log_name, size, self.max_options_bytes)
+            raise user_error(413, f"Invalid option user_options: {size} bytes is over the "
+                                  f"limit of {self.max_options_bytes} bytes")
         try:  # a running course session fixes this server's hardware (403 naming it)
             user_options, self.course = courses.session_launch(
                 self.accounting.db, self.user.name, self.name, user_options
@@ -217,9 +243,12 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
         default_group = next(iter(groups)) if len(groups) == 1 else None
         try:
             request, offering = validate_options(
-                user_options, self.resource_catalog, groups, default_group=default_group
+                user_options, self.resource_catalog, groups, default_group=default_group,
+                min_hours=self.min_launch_hours, hours_step=self.hours_resolution,
             )
         except OptionError as e:
+            self.log.warning("refused options of %s for %s: %s", self.user.name,
+                             self._log_name, e)
             raise user_error(400, f"Invalid option {e}") from None
         self.launch = request
         self.offering = offering
@@ -340,6 +369,7 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
                 or f"launch:{self.user.name}:{self.name}:{uuid.uuid4()}",
             )
         except AdmissionError as e:
+            self.log.info("refused launch of %s for %s: %s", self.user.name, self._log_name, e)
             summary = reservation_summary(off, req.count, req.hours, req.group, getattr(e, "unit", "hours"))
             raise user_error(403, f"This launch reserves {summary}: {e}") from None
 

@@ -9,20 +9,37 @@ the user's groups and returns a :class:`LaunchRequest`, or raises
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass
+from decimal import Decimal
 from typing import Any
 
 from .catalog import Catalog, Offering
 
 FIELDS = ("class", "model", "count", "hours", "group")
+#: The most characters of a user's own value quoted back in an error (or a log line).
+ECHO_LIMIT = 80
+#: Default shortest launch and hours resolution (an offering may set its own).
+DEFAULT_MIN_HOURS = 0.25
+DEFAULT_HOURS_STEP = 0.25
+_FORM_INT = re.compile(r"[0-9]{1,6}", re.ASCII)
+_FORM_DECIMAL = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?", re.ASCII)
+
+
+def quote(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` cut to ``limit`` characters, so no request is echoed back in full."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... (cut at {limit} characters)"  # no repr of a megabyte
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... (cut at {limit} characters)"
 
 
 class OptionError(ValueError):
     """A user option is missing or out of range; ``field`` names it."""
 
     def __init__(self, field: str, problem: str):
-        self.field = field
-        super().__init__(f"{field}: {problem}")
+        self.field = quote(field, 40)[1:-1] if len(field) > 40 else field
+        super().__init__(f"{self.field}: {problem}")
 
 
 @dataclass(frozen=True)
@@ -73,35 +90,44 @@ def form_to_options(formdata: dict[str, list[str]]) -> dict[str, Any]:
         value = _first(formdata.get(name))
         if value not in (None, ""):
             opts[name] = value
-    # store numbers as numbers, as a REST body would; unparseable text is left for validation
-    for name, kind in (("count", int), ("hours", float)):
-        try:
-            opts[name] = kind(opts[name])
-        except (KeyError, ValueError):
-            pass
+    # store numbers as numbers, as a REST body would; only plain ASCII decimals qualify
+    # (no spaces, signs, exponents or non-ASCII digits); other text is left for validation
+    for name, pattern, kind in (("count", _FORM_INT, int), ("hours", _FORM_DECIMAL, float)):
+        value = opts.get(name)
+        if isinstance(value, str) and pattern.fullmatch(value):
+            opts[name] = kind(value)
     return opts
 
 
 def _as_int(value: Any, field: str) -> int:
-    if isinstance(value, bool):
-        raise OptionError(field, f"must be an integer, got {value!r}")
-    if isinstance(value, int):
+    """A JSON integer (``1``, not ``"1"``, ``1.0`` or ``true``)."""
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
-    raise OptionError(field, f"must be an integer, got {value!r}")
+    raise OptionError(field, f"must be a JSON integer, got {quote(value)}")
 
 
 def _as_float(value: Any, field: str) -> float:
-    if isinstance(value, bool):
-        raise OptionError(field, f"must be a number, got {value!r}")
+    """A finite JSON number (not a string, not ``true``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionError(field, f"must be a JSON number, got {quote(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise OptionError(field, f"must be a finite number, got {quote(value)}")
     try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise OptionError(field, f"must be a number, got {value!r}") from None
-    if not math.isfinite(out):
-        raise OptionError(field, f"must be a finite number, got {value!r}")
-    return out
+        return float(value)
+    except OverflowError:  # an integer too large for a float
+        raise OptionError(field, f"must be a finite number, got {quote(value)}") from None
+
+
+def _check_hours(hours: float, offering: Offering, min_hours: float, step: float) -> None:
+    """Hours within ``[min_hours, max_hours]`` and a whole number of ``step``."""
+    low = offering.min_hours if offering.min_hours is not None else min_hours
+    step = offering.hours_step if offering.hours_step is not None else step
+    allowed = f"at least {low:g} and at most {offering.max_hours:g}"
+    if not low <= hours <= offering.max_hours or hours <= 0:
+        raise OptionError("hours", f"{quote(hours)} is out of range; allowed: {allowed}")
+    if step > 0 and Decimal(repr(hours)) % Decimal(repr(step)) != 0:
+        raise OptionError("hours", f"{hours:g} is not a multiple of {step:g} h; allowed: {allowed}"
+                          f" in steps of {step:g}")
 
 
 def allowed_offerings(catalog: Catalog, user_groups: set[str]) -> list[Offering]:
@@ -115,8 +141,15 @@ def validate_options(
     user_groups: set[str],
     *,
     default_group: str | None = None,
+    min_hours: float = DEFAULT_MIN_HOURS,
+    hours_step: float = DEFAULT_HOURS_STEP,
 ) -> tuple[LaunchRequest, Offering]:
-    """Check ``options`` and return the request and its offering, or raise :class:`OptionError`."""
+    """Check ``options`` and return the request and its offering, or raise :class:`OptionError`.
+
+    ``min_hours`` and ``hours_step`` apply to offerings that do not set their own.
+    """
+    if not isinstance(options, (dict, type(None))):
+        raise OptionError("user_options", f"must be a JSON object, got {quote(options)}")
     options = dict(options or {})
     unknown = sorted(set(options) - set(FIELDS))
     if unknown:
@@ -126,13 +159,13 @@ def validate_options(
     for name in ("class", "model"):
         if options.get(name) in (None, ""):
             raise OptionError(name, f"is required; allowed classes: {classes}")
-    cls, model = str(options["class"]), str(options["model"])
-    if catalog.get_class(cls) is None or cls not in classes:
-        raise OptionError("class", f"unknown class {cls!r}; allowed: {classes}")
+    cls, model = options["class"], options["model"]
+    if not isinstance(cls, str) or catalog.get_class(cls) is None or cls not in classes:
+        raise OptionError("class", f"unknown class {quote(cls)}; allowed: {classes}")
     models = sorted(o.name for o in visible if o.resource_class == cls)
-    offering = catalog.offering(cls, model)
+    offering = catalog.offering(cls, model) if isinstance(model, str) else None
     if offering is None or model not in models:
-        raise OptionError("model", f"unknown model {model!r} in class {cls!r}; allowed: {models}")
+        raise OptionError("model", f"unknown model {quote(model)} in class {cls!r}; allowed: {models}")
 
     if "count" not in options:
         raise OptionError("count", f"is required; allowed: {list(offering.counts)}")
@@ -143,16 +176,15 @@ def validate_options(
     if "hours" not in options:
         raise OptionError("hours", f"is required; allowed: more than 0 and at most {offering.max_hours:g}")
     hours = _as_float(options["hours"], "hours")
-    if not 0 < hours <= offering.max_hours:
-        allowed = f"more than 0 and at most {offering.max_hours:g}"
-        raise OptionError("hours", f"{hours:g} is out of range; allowed: {allowed}")
+    _check_hours(hours, offering, min_hours, hours_step)
 
     group = options.get("group") or default_group
     if not group:
         raise OptionError("group", f"is required; your groups: {sorted(user_groups)}")
-    group = str(group)
-    if group not in user_groups:
-        raise OptionError("group", f"you are not a member of {group!r}; your groups: {sorted(user_groups)}")
+    if not isinstance(group, str) or group not in user_groups:
+        raise OptionError(
+            "group", f"you are not a member of {quote(group)}; your groups: {sorted(user_groups)}"
+        )
     return LaunchRequest(cls, model, count, hours, group), offering
 
 

@@ -18,6 +18,8 @@ from portal.accounting import (
 from portal.models import Budget, UsageEntry
 
 G = "course-ml101"
+#: Amounts are exact millionths and each charge is rounded up: one unit per entry.
+UNITS_SLACK = 1e-5
 HOUR = 3600.0
 
 
@@ -239,18 +241,18 @@ def test_metering_charges_whole_intervals_of_elapsed_time_only(acct, db, clock):
     clock.advance(150)  # 2.5 minutes: two whole intervals
     report = acct.meter()
     assert report.charged == 1
-    assert ledger_total(db, rid)[0] == pytest.approx(2 * 120 / HOUR)
+    assert ledger_total(db, rid)[0] == pytest.approx(2 * 120 / HOUR, abs=UNITS_SLACK)
     assert acct.meter().charged == 0  # nothing new elapsed
     clock.advance(30)
     acct.meter()
-    assert ledger_total(db, rid)[0] == pytest.approx(2 * 180 / HOUR)
+    assert ledger_total(db, rid)[0] == pytest.approx(2 * 180 / HOUR, abs=UNITS_SLACK)
     row = budget_row(db, bid)
-    assert row.used + row.reserved == pytest.approx(4)
+    assert row.used + row.reserved == pytest.approx(4, abs=UNITS_SLACK)
     clock.advance(20)
     acct.release(rid, "stopped")
-    assert ledger_total(db, rid)[0] == pytest.approx(2 * 200 / HOUR)
-    assert budget_row(db, bid).used == pytest.approx(2 * 200 / HOUR)
-    assert budget_row(db, bid).reserved == pytest.approx(0)
+    assert ledger_total(db, rid)[0] == pytest.approx(2 * 200 / HOUR, abs=UNITS_SLACK)
+    assert budget_row(db, bid).used == pytest.approx(2 * 200 / HOUR, abs=UNITS_SLACK)
+    assert budget_row(db, bid).reserved == pytest.approx(0, abs=UNITS_SLACK)
 
 
 def test_restart_meters_on_without_double_charge_or_lost_minutes(db, db_factory, clock):
@@ -261,17 +263,17 @@ def test_restart_meters_on_without_double_charge_or_lost_minutes(db, db_factory,
     first.mark_running(rid)
     clock.advance(10 * 60 + 10)
     first.meter()
-    assert ledger_total(db, rid)[0] == pytest.approx(10 / 60)
+    assert ledger_total(db, rid)[0] == pytest.approx(10 / 60, abs=UNITS_SLACK)
     db.dispose()  # the hub goes down ...
     clock.advance(25 * 60)  # ... for 25 minutes, and comes back with a fresh object
     second = Accounting(db_factory(), clock=clock, meter_interval=60)
     second.meter()
     second.meter()
     # 35 min 10 s have elapsed; whole minutes charged, at most one interval behind
-    assert ledger_total(db, rid)[0] == pytest.approx(35 / 60)
+    assert ledger_total(db, rid)[0] == pytest.approx(35 / 60, abs=UNITS_SLACK)
     clock.advance(50)
     second.release(rid, "stopped")
-    assert ledger_total(db, rid)[0] == pytest.approx((36 * 60) / HOUR)
+    assert ledger_total(db, rid)[0] == pytest.approx((36 * 60) / HOUR, abs=UNITS_SLACK)
 
 
 def test_two_meters_at_the_same_instant_never_double_charge(db, db_factory, clock):
@@ -284,17 +286,19 @@ def test_two_meters_at_the_same_instant_never_double_charge(db, db_factory, cloc
     b = Accounting(db_factory(), clock=clock)
     a.meter()
     b.meter()
-    assert ledger_total(db, rid) == (pytest.approx(5 / 60), 1)
+    assert ledger_total(db, rid) == (pytest.approx(5 / 60, abs=UNITS_SLACK), 1)
 
 
-def test_metering_never_charges_beyond_the_reservation(acct, db, clock):
-    acct.ensure_budget(G, "aws", 10)
+def test_time_served_after_the_reservation_ran_out_is_charged(acct, db, clock):
+    bid = acct.ensure_budget(G, "aws", 10)
     rid = admit(acct, hours=1)
     acct.mark_running(rid)
-    clock.advance(3 * HOUR)
+    clock.advance(3 * HOUR)  # the server outlived its hour (grace, a late stop)
     acct.meter()
     acct.release(rid, "stopped")
-    assert ledger_total(db, rid)[0] == pytest.approx(1)
+    assert ledger_total(db, rid)[0] == 3  # every hour served, exactly
+    row = budget_row(db, bid)
+    assert (row.used, row.reserved) == (3, 0)  # the hold is given back whole, not more
 
 
 def test_warnings_at_80_and_95_percent_are_recorded_once(acct, clock):

@@ -34,6 +34,8 @@ TRUSTED = {"class": "enterprise", "model": "a100", "count": 1, "hours": 1, "grou
 SECRET = "aws-secret-for-the-test"
 EXTRA = """
 c.JupyterHub.allow_named_servers = True
+c.HybridSpawner.min_launch_hours = 0.001  # the quota stop below runs out in 3.6 s
+c.HybridSpawner.hours_resolution = 0.001
 c.Spawner.poll_interval = 1
 c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", "servers!user",
                                  "read:users!user", "list:users"]

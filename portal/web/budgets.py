@@ -32,7 +32,7 @@ from portal.accounting import (
 )
 from portal.budget_csv import CsvImportError, import_budgets
 from portal.db import Database
-from portal.models import Budget, Group
+from portal.models import Budget, Group, from_units, to_units
 from portal.web.base import (
     ApiError,
     PortalHandler,
@@ -61,7 +61,8 @@ def _budget_view(b: Budget, group: str, now) -> dict[str, Any]:
         "amount": b.amount,
         "used": used,
         "reserved": b.reserved,
-        "remaining": max(0.0, b.amount - used - b.reserved),
+        # exact, in stored units: never negative, never float noise
+        "remaining": from_units(max(0, to_units(b.amount) - to_units(used) - to_units(b.reserved))),
         "per_user_cap": b.per_user_cap,
         "frozen": b.frozen,
         "starts_at": b.starts_at,

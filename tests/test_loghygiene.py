@@ -1,0 +1,61 @@
+"""portal.loghygiene: secrets scrubbed from every record, user errors without tracebacks.
+
+The hub test (tests/test_quota_hostile.py) checks a real hub's log; these check the rules.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+import pytest
+from tornado.web import HTTPError
+
+from portal import loghygiene
+
+
+@pytest.fixture
+def records():
+    loghygiene.install()
+    seen: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record)
+
+    logger = logging.getLogger("hybridhub.test-hygiene")
+    handler = Keep()
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield logger, seen
+    logger.removeHandler(handler)
+
+
+def test_cookie_token_and_authorization_values_never_reach_a_handler(records):
+    logger, seen = records
+    session, token = secrets.token_hex(16), secrets.token_urlsafe(24)
+    logger.info("Cookie: jupyterhub-session-id=%s; _xsrf=2|ab|cd|%s", session, token)
+    logger.info("headers %r", {"Authorization": f"token {token}", "Host": "hub"})
+    logger.debug("GET /hub/api/users?token=%s", token)
+    logger.warning("oauth %s", {"jupyterhub-hub-login": token, "kept": "visible"})
+    text = "\n".join(logging.Formatter().format(r) for r in seen)
+    assert session not in text and token not in text
+    assert text.count(loghygiene.SECRET) >= 5 and "visible" in text and "Host" in text
+
+
+def test_a_user_error_loses_its_traceback_and_is_a_warning(records):
+    logger, seen = records
+    try:
+        raise HTTPError(400, "Invalid option hours: must be a JSON number")
+    except HTTPError:
+        logger.exception("Failed to apply options")
+    logger.error("Error starting bob's server: HTTP 403: Forbidden (quota)")
+    try:
+        raise RuntimeError(f"db down, password {secrets.token_hex(16)}")
+    except RuntimeError:
+        logger.exception("real fault")
+    user_error, refused, fault = seen
+    assert (user_error.levelname, user_error.exc_info, user_error.exc_text) == ("WARNING", None, None)
+    assert refused.levelname == "WARNING"
+    assert fault.levelname == "ERROR" and "Traceback" in fault.exc_text
+    assert loghygiene.SECRET in fault.exc_text  # tracebacks are scrubbed too

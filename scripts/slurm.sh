@@ -118,7 +118,7 @@ EOF
 
 make_network() {
     ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
-    ip addr show dev "$BRIDGE" | grep -q "inet $NET.1/" || ip addr add "$NET.1/24" dev "$BRIDGE"
+    [[ "$(ip addr show dev "$BRIDGE")" == *"inet $NET.1/"* ]] || ip addr add "$NET.1/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
     local spec name octet
     for spec in "${NODES[@]}"; do
@@ -129,7 +129,7 @@ make_network() {
             ip link set "v$name" master "$BRIDGE" up
         fi
         ip -n "$name" link set lo up
-        ip -n "$name" addr show dev eth0 | grep -q "inet $NET.$octet/" ||
+        [[ "$(ip -n "$name" addr show dev eth0)" == *"inet $NET.$octet/"* ]] ||
             ip -n "$name" addr add "$NET.$octet/24" dev eth0
         ip -n "$name" link set eth0 up
     done
@@ -138,14 +138,14 @@ make_network() {
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 start_ctld() {
-    if pid_alive "$BASE/run/slurmctld.pid" && scontrol ping 2>/dev/null | grep -q UP; then
+    if pid_alive "$BASE/run/slurmctld.pid" && [[ "$(scontrol ping 2>/dev/null)" == *UP* ]]; then
         return 0
     fi
     # an old slurmctld still holding port 6817 must be gone first
-    for _ in $(seq 1 50); do ss -ltn 2>/dev/null | grep -q ":6817 " || break; sleep 0.2; done
+    for _ in $(seq 1 50); do [[ "$(ss -ltn 2>/dev/null)" == *":6817 "* ]] || break; sleep 0.2; done
     setsid slurmctld -D -c -f "$CONF" >>"$BASE/log/slurmctld.out" 2>&1 < /dev/null &
     for _ in $(seq 1 100); do
-        scontrol ping 2>/dev/null | grep -q UP && return 0
+        [[ "$(scontrol ping 2>/dev/null)" == *UP* ]] && return 0
         sleep 0.1
     done
     log "slurmctld did not come up; its log:"; tail -n 20 "$BASE/log/slurmctld.log" >&2 || true

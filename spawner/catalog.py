@@ -224,7 +224,10 @@ def _offering(cls_name: str, cls_cfg: dict, name: str, cfg: Any, image: str) -> 
     if backend == "ec2" and not cfg.get("instance_type"):
         raise CatalogError(f"{where}.instance_type", "is required for the ec2 backend")
     if backend == "slurm" and not GRES_PATTERN.match(str(cfg.get("gres", ""))):
-        raise CatalogError(f"{where}.gres", f"must be a Slurm GRES name:type like 'gpu:h100' for the slurm backend, got {cfg.get('gres')!r}")
+        raise CatalogError(
+            f"{where}.gres",
+            f"must be a Slurm GRES name:type like 'gpu:h100' for the slurm backend, got {cfg.get('gres')!r}",
+        )
     extra = cfg.get("extra", {})
     if not isinstance(extra, dict):
         raise CatalogError(f"{where}.extra", "must be a mapping")

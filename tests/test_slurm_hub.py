@@ -44,7 +44,9 @@ def slurm_hub(hub_factory, slurm_cluster, tmp_path):  # noqa: F811  (fixture imp
     catalog.write_text(yaml.safe_dump(CATALOG))
     hiccup = tmp_path / "squeue-fails"
     squeue = tmp_path / "squeue"
-    squeue.write_text(f"#!/bin/sh\n[ -e {hiccup} ] && {{ echo 'squeue: socket timed out' >&2; exit 1; }}\nexec squeue \"$@\"\n")
+    squeue.write_text(
+        f"#!/bin/sh\n[ -e {hiccup} ] && {{ echo 'squeue: socket timed out' >&2; exit 1; }}\nexec squeue \"$@\"\n"
+    )
     squeue.chmod(0o755)
     hub = hub_factory(
         extra_config="\n".join([

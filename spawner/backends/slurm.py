@@ -34,8 +34,6 @@ from typing import Any
 
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import random_port
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from tornado.iostream import StreamClosedError
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from traitlets.config import Config, LoggingConfigurable
 
@@ -49,8 +47,6 @@ UNAVAILABLE_NODE = {
     "DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING", "NOT_RESPONDING", "MAINTENANCE",
     "POWERED_DOWN", "POWERING_DOWN", "FUTURE", "UNKNOWN", "INVAL", "REBOOT_REQUESTED",
 }
-#: Node loss, as Slurm reports it on the job.
-HOST_LOST_STATES = {"NODE_FAIL", "BOOT_FAIL"}
 
 _GRES_ITEM = re.compile(r"([a-z][a-z0-9_]*):(?:([^:,()]+):)?(\d+)")
 
@@ -298,7 +294,7 @@ def _commands(config: Config) -> SlurmCommands:
 class SlurmBackend(BackendMixin, Spawner):
     """Run the server as a Slurm batch job holding the offering's GRES on one node."""
 
-    died_check_every = 0  # start() watches the job itself
+    died_check_every = 4  # while the new server boots, ask squeue (via poll) every 4 probes
 
     hub_id = Unicode(
         "hybridhub",
@@ -499,7 +495,8 @@ class SlurmBackend(BackendMixin, Spawner):
             if state == "RUNNING" and job.get("batch_host") or state == "RUNNING" and job.get("nodes"):
                 break
             if job and state not in LIVE_STATES:
-                raise self._ended_error(job, before="before it started")
+                self.end_reason = job_reason(job)
+                raise self._ended_error(before="before it started")
             if time.monotonic() - submitted > self.pending_timeout:
                 why = job_reason(job) if job else "not listed by squeue"
                 raise user_error(
@@ -513,46 +510,17 @@ class SlurmBackend(BackendMixin, Spawner):
         self._gres_detail = list(job.get("gres_detail") or [])
         self.node_ip = await self._node_address(self.node)
         self.log.info("%s: job %d runs on %s (%s)", self._label, self.job_id, self.node, self.node_ip)
-        await self._wait_answering()
+        await self._wait_until_answering(self.node_ip, self.port)  # returns early if poll() sees the job end
+        if self.end_reason:
+            raise self._ended_error(before="before its server answered")
         return self.node_ip, self.port
 
-    def _ended_error(self, job: Mapping[str, Any], before: str):
+    def _ended_error(self, before: str):
         from ..hybrid import user_error
 
-        self.end_reason = job_reason(job)
         self.log.warning("%s: job %d ended %s: %s", self._label, self.job_id, before, self.end_reason)
         return user_error(
             503, f"Your Slurm job {self.job_id} ended {before}: {self.end_reason}."
-        )
-
-    async def _wait_answering(self) -> None:
-        """Probe the server until it answers; fail with Slurm's reason if the job ends first."""
-        from ..hybrid import user_error
-
-        url = f"http://{self.node_ip}:{self.port}{self.server.base_url if self.server else '/'}api"
-        client = AsyncHTTPClient()
-        deadline = time.monotonic() + self.http_timeout
-        next_check = time.monotonic() + self.check_interval
-        while time.monotonic() < deadline:
-            try:
-                await client.fetch(url, request_timeout=2, follow_redirects=False)
-                return
-            except HTTPClientError as e:
-                if e.code != 599:
-                    return  # it answered, with a status: it is up
-            except (TimeoutError, OSError, StreamClosedError):
-                pass
-            if time.monotonic() >= next_check:
-                next_check = time.monotonic() + self.check_interval
-                try:
-                    job = await self._job()
-                except SlurmCommandError:
-                    job = {"job_state": "RUNNING"}  # unknown: keep waiting
-                if job is None or job_state(job) not in LIVE_STATES:
-                    raise self._ended_error(job or {"job_state": "gone"}, before="before its server answered")
-            await asyncio.sleep(self.ready_poll_interval)
-        raise user_error(
-            504, f"The server in Slurm job {self.job_id} did not answer within {int(self.http_timeout)} s."
         )
 
     async def poll(self):
@@ -578,14 +546,11 @@ class SlurmBackend(BackendMixin, Spawner):
         self._missing_checks += 1
         if self._missing_checks >= 2 and now - self._missing_since >= self.gone_grace:
             self.end_reason = "job no longer known to Slurm"
-            self.log.warning("%s: job %d missing from squeue for %.0f s", self._label, self.job_id, now - self._missing_since)
+            self.log.warning(
+                "%s: job %d missing from squeue for %.0f s", self._label, self.job_id, now - self._missing_since
+            )
             return 1
         return None
-
-    @property
-    def host_lost(self) -> bool:
-        """Whether the job ended because its node was lost."""
-        return self.end_reason.split(" ", 1)[0] in HOST_LOST_STATES
 
     async def _cancel_quietly(self) -> None:
         if not self.job_id:

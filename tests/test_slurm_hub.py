@@ -6,6 +6,7 @@ import json
 import re
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -156,11 +157,14 @@ def test_node_crash_during_spawn_gives_node_fail_and_other_node_survives(slurm_h
         assert hub.spawn("dave", launch("a100", 1)).status_code in (201, 202)
         hub.wait_ready("dave")
         token = hub.user_token("carol")
-        assert hub.spawn("carol", launch("h100", 1), token=token).status_code in (201, 202)
-        slurm_cluster.wait_job(f"hybridhub-{hub.hub_id}-carol", {"RUNNING"}, timeout=30)
-        t0 = time.monotonic()
-        slurm_cluster.kill_node("hhn1")
-        message = spawn_failure(hub, "carol", token)
+        with ThreadPoolExecutor(1) as pool:  # the POST waits up to slow_spawn_timeout: crash meanwhile
+            posted = pool.submit(hub.spawn, "carol", launch("h100", 1), token=token)
+            slurm_cluster.wait_job(f"hybridhub-{hub.hub_id}-carol", {"RUNNING"}, timeout=60)
+            t0 = time.monotonic()
+            slurm_cluster.kill_node("hhn1")  # before its server can answer
+            r = posted.result()
+        # the failure reaches the user either in the POST's answer or on the spawn page
+        message = r.json()["message"] if r.status_code == 503 else spawn_failure(hub, "carol", token)
         lost_after = time.monotonic() - t0
         assert "NODE_FAIL" in message, message
         assert hub.server_model("carol") is None

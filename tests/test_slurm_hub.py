@@ -16,6 +16,7 @@ from portal.db import Database
 from portal.models import Reservation
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 from tests.fixtures.slurm import HOST_IP
+from tests.test_trust_hub import login
 
 pytestmark = pytest.mark.slurm
 
@@ -197,9 +198,8 @@ def test_picker_shows_free_gpus_from_slurm(slurm_hub):
     hub = slurm_hub
     assert hub.spawn("dave", launch("a100", 1)).status_code in (201, 202)
     hub.wait_ready("dave")
-    page = requests.get(
-        f"{hub.url}/hub/spawn/carol", headers={"Authorization": f"token {hub.user_token('carol')}"}, timeout=30
-    )
+    session, _ = login(hub, "carol")
+    page = session.get(f"{hub.url}/hub/spawn", timeout=60)
     assert page.status_code == 200, page.text[:500]
     free = re.findall(r'class="free-now">\s*(\S+)', page.text)
     assert free == ["4", "1"], free  # h100: 4 on hhn1; a100: 2 on hhn2 minus dave's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,59 @@ def test_catalog_refuses_slurm_offering_without_valid_gres(gres):
     cfg = slurm_catalog(**({"gres": gres} if gres else {}))
     with pytest.raises(CatalogError, match="enterprise.offerings.h100.gres"):
         load_catalog(cfg)
+
+
+# --- poll(): what a status command's answer means (real subprocesses in place of squeue) -------
+
+
+def squeue_printing(tmp_path, name: str, body: str | None, rc: int = 0) -> list[str]:
+    """A command that prints ``body`` (a JSON job list) and exits ``rc``; or hangs if ``body`` is None."""
+    script = tmp_path / name
+    script.write_text("#!/bin/sh\n" + ("sleep 30\n" if body is None else f"cat <<'X'\n{body}\nX\nexit {rc}\n"))
+    script.chmod(0o755)
+    return [str(script)]
+
+
+def slurm_backend(squeue: list[str], **traits):
+    from traitlets.config import Config
+
+    from tests.fixtures.hubless import hubless_backend
+
+    c = Config()
+    c.SlurmCommands.squeue = squeue
+    c.SlurmCommands.timeout = 0.5
+    c.SlurmCommands.cache_seconds = 0
+    for k, v in traits.items():
+        setattr(c.SlurmBackend, k, v)
+    off = load_catalog(slurm_catalog(gres="gpu:h100")).by_key("enterprise/h100")
+    backend = hubless_backend(SlurmBackend, c, off, username="alice")
+    backend.job_id = 42
+    return backend
+
+
+@pytest.mark.parametrize("kind", ["fails", "hangs", "garbage"])
+async def test_a_failing_status_command_keeps_the_server(tmp_path, kind):
+    squeue = {
+        "fails": squeue_printing(tmp_path, "sq", "", rc=1),
+        "hangs": squeue_printing(tmp_path, "sq", None),
+        "garbage": squeue_printing(tmp_path, "sq", "<html>proxy error</html>"),
+    }[kind]
+    backend = slurm_backend(squeue, gone_grace=0)
+    for _ in range(3):
+        assert await backend.poll() is None
+
+
+async def test_only_slurm_saying_it_ended_or_a_long_absence_ends_it(tmp_path):
+    running = squeue_printing(tmp_path, "run", json.dumps({"jobs": [{"job_id": 42, "job_state": "RUNNING"}]}))
+    failed = squeue_printing(
+        tmp_path, "fail", json.dumps({"jobs": [{"job_id": 42, "job_state": "NODE_FAIL", "state_reason": "None"}]})
+    )
+    empty = squeue_printing(tmp_path, "empty", json.dumps({"jobs": []}))
+    assert await slurm_backend(running).poll() is None
+    b = slurm_backend(failed)
+    assert await b.poll() == 1 and b.end_reason == "NODE_FAIL"
+    b = slurm_backend(empty, gone_grace=3600)
+    assert [await b.poll() for _ in range(3)] == [None, None, None]  # missing, but within the grace
+    b = slurm_backend(empty, gone_grace=0)
+    assert await b.poll() is None  # the first absence is never enough
+    assert await b.poll() == 1 and "no longer known" in b.end_reason

@@ -201,6 +201,6 @@ def test_picker_shows_free_gpus_from_slurm(slurm_hub):
     session, _ = login(hub, "carol")
     page = session.get(f"{hub.url}/hub/spawn", timeout=60)
     assert page.status_code == 200, page.text[:500]
-    free = re.findall(r'class="free-now">\s*(\S+)', page.text)
-    assert free == ["4", "1"], free  # h100: 4 on hhn1; a100: 2 on hhn2 minus dave's
+    free = dict(re.findall(r'name="offering" value="enterprise/(\w+)".*?class="free-now">\s*(\S+)', page.text, re.S))
+    assert free == {"h100": "4", "a100": "1"}, free  # h100: 4 on hhn1; a100: 2 on hhn2 minus dave's
     hub.stop_server("dave")

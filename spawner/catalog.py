@@ -9,6 +9,7 @@ stops the hub at start-up instead of failing a student's launch later.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ from typing import Any
 import yaml
 
 TRUST_LEVELS = ("trusted", "untrusted")
-BACKENDS = ("local", "docker", "swarm", "ec2")
+BACKENDS = ("local", "docker", "swarm", "ec2", "slurm")
+#: A Slurm GRES name and type, e.g. ``gpu:h100`` (the count comes from the launch).
+GRES_PATTERN = re.compile(r"^[a-z][a-z0-9_]*:[A-Za-z0-9_.-]+$")
 
 #: Default notebook image: the same on every class, so a workflow moves unchanged.
 DEFAULT_IMAGE = "quay.io/jupyter/pytorch-notebook:2025-06-02"
@@ -54,6 +57,8 @@ class Offering:
     mem_limit: str | None = None
     instance_type: str | None = None
     spot: bool = False
+    partition: str | None = None
+    gres: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
@@ -176,6 +181,7 @@ _OFFERING_KEYS = {
     "model", "memory_gb", "counts", "price_per_hour", "backend", "image", "max_hours", "groups",
     "min_hours", "hours_step",
     "billing_weight", "trust", "cpu_limit", "mem_limit", "instance_type", "spot", "extra",
+    "partition", "gres",
 }
 
 
@@ -220,6 +226,11 @@ def _offering(cls_name: str, cls_cfg: dict, name: str, cfg: Any, image: str) -> 
         raise CatalogError(f"{where}.trust", f"must be one of {list(TRUST_LEVELS)}, got {trust!r}")
     if backend == "ec2" and not cfg.get("instance_type"):
         raise CatalogError(f"{where}.instance_type", "is required for the ec2 backend")
+    if backend == "slurm" and not GRES_PATTERN.match(str(cfg.get("gres", ""))):
+        raise CatalogError(
+            f"{where}.gres",
+            f"must be a Slurm GRES name:type like 'gpu:h100' for the slurm backend, got {cfg.get('gres')!r}",
+        )
     extra = cfg.get("extra", {})
     if not isinstance(extra, dict):
         raise CatalogError(f"{where}.extra", "must be a mapping")
@@ -246,6 +257,8 @@ def _offering(cls_name: str, cls_cfg: dict, name: str, cfg: Any, image: str) -> 
         mem_limit=None if cfg.get("mem_limit") is None else str(cfg["mem_limit"]),
         instance_type=cfg.get("instance_type"),
         spot=bool(cfg.get("spot", False)),
+        partition=str(cfg["partition"]) if cfg.get("partition") else None,
+        gres=str(cfg["gres"]) if cfg.get("gres") else None,
         extra=dict(extra),
     )
 

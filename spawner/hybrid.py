@@ -53,6 +53,7 @@ DEFAULT_BACKENDS = {
     "docker": "spawner.backends.docker.DockerBackend",
     "swarm": "spawner.backends.swarm.SwarmBackend",
     "ec2": "spawner.backends.ec2.Ec2Backend",
+    "slurm": "spawner.backends.slurm.SlurmBackend",
 }
 
 

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.browser",
     "tests.fixtures.docker",
     "tests.fixtures.moto",
+    "tests.fixtures.slurm",
 ]

@@ -48,7 +48,7 @@ def test_backend_override_maps_everything_to_local():
         (lambda c: c["enterprise"]["offerings"]["h100"].pop("max_hours"), "enterprise.offerings.h100.max_hours"),
         (lambda c: c["community"].update(trust="maybe"), "community.trust"),
         (
-            lambda c: c["community"]["offerings"]["rtx3090"].update(backend="slurm"),
+            lambda c: c["community"]["offerings"]["rtx3090"].update(backend="kubernetes"),
             "community.offerings.rtx3090.backend",
         ),
         (

@@ -1,0 +1,206 @@
+"""The slurm backend behind a real hub on a real two-node Slurm cluster (scripts/slurm.sh)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import yaml
+
+from portal.db import Database
+from portal.models import Reservation
+from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
+from tests.fixtures.slurm import HOST_IP
+from tests.test_trust_hub import login
+
+pytestmark = pytest.mark.slurm
+
+CATALOG = {
+    "enterprise": {
+        "display_name": "Enterprise GPU",
+        "backend": "slurm",
+        "offerings": {
+            "h100": {"model": "H100 80GB", "counts": [1, 2, 4], "price_per_hour": 2.5, "max_hours": 8,
+                     "partition": "h100", "gres": "gpu:h100"},
+            "a100": {"model": "A100 80GB", "counts": [1, 2], "price_per_hour": 1.8, "max_hours": 8,
+                     "partition": "a100", "gres": "gpu:a100"},
+        },
+    },
+}
+
+
+def launch(model: str, count: int) -> dict:
+    return {"class": "enterprise", "model": model, "count": count, "hours": 1, "group": "lab-vision"}
+
+
+@pytest.fixture
+def slurm_hub(hub_factory, slurm_cluster, tmp_path):  # noqa: F811  (fixture imported above)
+    """A hub whose enterprise class runs on Slurm; its squeue fails while ``hiccup`` exists."""
+    hub_id = f"t{uuid.uuid4().hex[:6]}"
+    catalog = tmp_path / "catalog.yaml"
+    catalog.write_text(yaml.safe_dump(CATALOG))
+    hiccup = tmp_path / "squeue-fails"
+    squeue = tmp_path / "squeue"
+    squeue.write_text(
+        f"#!/bin/sh\n[ -e {hiccup} ] && {{ echo 'squeue: socket timed out' >&2; exit 1; }}\nexec squeue \"$@\"\n"
+    )
+    squeue.chmod(0o755)
+    hub = hub_factory(
+        extra_config="\n".join([
+            f"c.HybridSpawner.catalog_file = {str(catalog)!r}",
+            "c.HybridSpawner.backend_override = ''",
+            f"c.JupyterHub.hub_ip = {HOST_IP!r}",  # the nodes reach the hub on the bridge
+            "c.Spawner.poll_interval = 1",
+            f"c.SlurmCommands.env = {{'SLURM_CONF': {slurm_cluster.conf!r}}}",
+            f"c.SlurmCommands.squeue = [{str(squeue)!r}, '--json', '--states=all', '--me']",
+            f"c.SlurmBackend.hub_id = {hub_id!r}",
+            f"c.SlurmBackend.home_dir_template = {str(tmp_path / 'homes' / '{username}')!r}",
+            "c.SlurmBackend.gone_grace = 5",
+        ])
+    )
+    hub.hub_id, hub.hiccup = hub_id, hiccup
+    yield hub
+    hub.stop()
+    for job in slurm_cluster.jobs(f"hybridhub-{hub_id}-"):
+        if job["job_state"] in ("RUNNING", "PENDING"):
+            slurm_cluster.cmd("scancel", str(job["job_id"]))
+
+
+def through_proxy(hub, user: str, token: str) -> requests.Response:
+    return requests.get(f"{hub.url}/user/{user}/api/status", headers={"Authorization": f"token {token}"}, timeout=10)
+
+
+def reservations(hub, user: str) -> list[tuple[str, str | None]]:
+    db = Database(hub.db_url)
+    try:
+        with db.session() as s:
+            return [(r.state, r.close_reason) for r in s.query(Reservation).filter_by(username=user)]
+    finally:
+        db.dispose()
+
+
+def spawn_failure(hub, user: str, token: str, timeout: float = 90) -> str:
+    """Follow the spawn page's progress stream until the spawn fails; its message."""
+    with requests.get(
+        f"{hub.api_url}/users/{user}/server/progress", headers={"Authorization": f"token {token}"},
+        stream=True, timeout=timeout,
+    ) as r:
+        for line in r.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                event = json.loads(line[5:])
+                if event.get("failed"):
+                    return event["message"]
+                assert not event.get("ready"), event
+    raise AssertionError("progress ended without a failure")
+
+
+def test_spawn_on_a_node_then_stop(slurm_hub, slurm_cluster):
+    hub, user = slurm_hub, "carol"
+    token = hub.user_token(user)
+    r = hub.spawn(user, launch("h100", 2), token=token)
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready(user)
+
+    (job,) = slurm_cluster.jobs(f"hybridhub-{hub.hub_id}-{user}")
+    assert job["job_state"] == "RUNNING" and job["nodes"] == "hhn1" and job["partition"] == "h100"
+    assert job["gres_detail"] == ["gpu:h100:2(IDX:0-1)"]
+    assert job["comment"] == f"hybridhub:{hub.hub_id}:{user}:"
+    assert slurm_cluster.node("hhn1")["gres_used"].startswith("gpu:h100:2")
+    # the proxy reaches the server, which only listens inside node hhn1's namespace
+    assert through_proxy(hub, user, token).status_code == 200
+    assert reservations(hub, user) == [("running", None)]
+
+    hub.stop_server(user)
+    done = slurm_cluster.wait_job(f"hybridhub-{hub.hub_id}-{user}", {"CANCELLED", "COMPLETED"}, timeout=30)
+    assert done["job_id"] == job["job_id"]
+    assert slurm_cluster.node("hhn1")["gres_used"].startswith("gpu:h100:0")
+    assert [s for s, _ in reservations(hub, user)] == ["closed"]
+
+
+def test_capacity_is_429_with_retry_after(slurm_hub):
+    hub = slurm_hub
+    r = hub.spawn("dave", launch("a100", 2))
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("dave")
+    token = hub.user_token("carol")
+    r = hub.spawn("carol", launch("a100", 1), token=token)
+    assert r.status_code == 429, r.text
+    assert r.headers.get("Retry-After") == "60"
+    assert "No capacity for 1 x A100 80GB" in r.json()["message"]
+    hub.stop_server("dave")
+
+
+def test_status_hiccup_keeps_the_server(slurm_hub):
+    hub, user = slurm_hub, "dave"
+    token = hub.user_token(user)
+    assert hub.spawn(user, launch("a100", 1), token=token).status_code in (201, 202)
+    hub.wait_ready(user)
+    hub.hiccup.touch()  # squeue now fails on every call
+    deadline = time.monotonic() + 8  # > gone_grace, several hub polls
+    while time.monotonic() < deadline:
+        assert hub.server_model(user) is not None, hub.log()[-3000:]
+        time.sleep(0.5)
+    assert hub.log().count("assuming it still runs") >= 2
+    hub.hiccup.unlink()
+    assert hub.server_model(user)["ready"]
+    assert through_proxy(hub, user, token).status_code == 200
+    hub.stop_server(user)
+
+
+def test_node_crash_during_spawn_gives_node_fail_and_other_node_survives(slurm_hub, slurm_cluster):
+    hub = slurm_hub
+    try:
+        assert hub.spawn("dave", launch("a100", 1)).status_code in (201, 202)
+        hub.wait_ready("dave")
+        token = hub.user_token("carol")
+        with ThreadPoolExecutor(1) as pool:  # the POST waits up to slow_spawn_timeout: crash meanwhile
+            posted = pool.submit(hub.spawn, "carol", launch("h100", 1), token=token)
+            slurm_cluster.wait_job(f"hybridhub-{hub.hub_id}-carol", {"RUNNING"}, timeout=60)
+            t0 = time.monotonic()
+            slurm_cluster.kill_node("hhn1")  # before its server can answer
+            r = posted.result()
+        # the failure reaches the user either in the POST's answer or on the spawn page
+        message = r.json()["message"] if r.status_code == 503 else spawn_failure(hub, "carol", token)
+        lost_after = time.monotonic() - t0
+        assert "NODE_FAIL" in message, message
+        assert hub.server_model("carol") is None
+        assert [s for s, _ in reservations(hub, "carol")] == ["closed"]
+        print(f"node kill -> NODE_FAIL on the spawn page: {lost_after:.1f} s")
+        # the server on the other node keeps running
+        assert hub.server_model("dave")["ready"]
+        assert through_proxy(hub, "dave", hub.user_token("dave")).status_code == 200
+        hub.stop_server("dave")
+    finally:
+        slurm_cluster.revive()
+
+
+def test_restarted_hub_readopts_the_job(slurm_hub, slurm_cluster):
+    hub, user = slurm_hub, "carol"
+    token = hub.user_token(user)
+    assert hub.spawn(user, launch("h100", 1), token=token).status_code in (201, 202)
+    hub.wait_ready(user)
+    (before,) = slurm_cluster.jobs(f"hybridhub-{hub.hub_id}-{user}")
+    hub.restart()
+    assert hub.server_model(user)["ready"], hub.log()[-3000:]
+    assert through_proxy(hub, user, token).status_code == 200
+    (after,) = slurm_cluster.jobs(f"hybridhub-{hub.hub_id}-{user}")
+    assert after["job_id"] == before["job_id"] and after["job_state"] == "RUNNING"
+    hub.stop_server(user)
+    assert slurm_cluster.wait_job(f"hybridhub-{hub.hub_id}-{user}", {"CANCELLED", "COMPLETED"})
+
+
+def test_picker_shows_free_gpus_from_slurm(slurm_hub):
+    hub = slurm_hub
+    assert hub.spawn("dave", launch("a100", 1)).status_code in (201, 202)
+    hub.wait_ready("dave")
+    session, _ = login(hub, "carol")
+    page = session.get(f"{hub.url}/hub/spawn", timeout=60)
+    assert page.status_code == 200, page.text[:500]
+    free = dict(re.findall(r'name="offering" value="enterprise/(\w+)".*?class="free-now">\s*(\S+)', page.text, re.S))
+    assert free == {"h100": "4", "a100": "1"}, free  # h100: 4 on hhn1; a100: 2 on hhn2 minus dave's
+    hub.stop_server("dave")

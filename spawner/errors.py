@@ -17,6 +17,15 @@ def user_error(status: int, message: str, headers: dict[str, str] | None = None)
     return err
 
 
+#: Seconds a user is told to wait after "no capacity right now" (429).
+RETRY_AFTER_S = "60"
+
+
+def no_capacity_error(message: str) -> web.HTTPError:
+    """A 429 whose message reaches the user, with ``Retry-After``."""
+    return user_error(429, message, {"Retry-After": RETRY_AFTER_S})
+
+
 def first_line(error: BaseException) -> str:
     """The error's first line, clipped to :data:`MAX_DETAIL` characters, naming its type when it is empty."""
     text = str(getattr(error, "jupyterhub_message", "") or error).strip()

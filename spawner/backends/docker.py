@@ -31,14 +31,13 @@ import requests
 from docker.errors import APIError, DockerException, NotFound
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import random_port
-from tornado import web
 from traitlets import Bool, Dict, Float, Int, Unicode, default
 from traitlets.config import Config
 
 from portal.allocations import Allocator, Candidate, NoCapacity, Placement, allocator_for
 from portal.models import utcnow
 
-from ..errors import user_error
+from ..errors import no_capacity_error
 from ..inventory import GpuInventory, Host
 from .base import BackendMixin, db_url_from_config
 
@@ -53,7 +52,6 @@ LABEL_GPUS = "hybridhub.gpus"
 LABEL_OFFERING = "hybridhub.offering"
 
 DOCKER_SOCKET_PATHS = ("/var/run/docker.sock", "/run/docker.sock")
-RETRY_AFTER_S = "60"
 
 #: Errors that mean "the engine did not answer" (as opposed to "it said no").
 ENGINE_DOWN_ERRORS = (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)
@@ -95,11 +93,6 @@ def engine_down(exc: BaseException) -> bool:
     return isinstance(exc, DockerException) and "Error while fetching server API version" in str(
         exc
     )
-
-
-def no_capacity_error(message: str) -> web.HTTPError:
-    """A 429 whose message reaches the user, with ``Retry-After``."""
-    return user_error(429, message, {"Retry-After": RETRY_AFTER_S})
 
 
 # --- the container config: a pure function --------------------------------------------------

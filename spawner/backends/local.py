@@ -20,11 +20,8 @@ from traitlets.config import Config
 
 from portal.allocations import Candidate, NoCapacity, allocator_for
 
-from ..errors import user_error
+from ..errors import no_capacity_error
 from .base import BackendMixin, db_url_from_config
-
-#: Seconds a user is told to wait after "no capacity" (the demo's servers are short-lived).
-RETRY_AFTER_S = "60"
 
 
 def simulated_candidates(inventory: dict, offering) -> list[Candidate] | None:
@@ -122,7 +119,7 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
                 username=self.user.name, server_name=self.name, offering=self.offering.key,
             )
         except NoCapacity as e:
-            raise user_error(429, str(e), {"Retry-After": RETRY_AFTER_S}) from None
+            raise no_capacity_error(str(e)) from None
         self.host_name, self.devices = placement.host, list(placement.gpus)
 
     async def _release(self, reason: str) -> None:

@@ -37,8 +37,8 @@ from jupyterhub.utils import random_port
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from traitlets.config import Config, LoggingConfigurable
 
+from ..errors import no_capacity_error, user_error
 from .base import BackendMixin
-from .docker import no_capacity_error
 
 #: Job states in which the job still holds (or waits for) its node.
 LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "RESIZING", "REQUEUED"}
@@ -448,7 +448,6 @@ class SlurmBackend(BackendMixin, Spawner):
 
     async def start(self):
         """Submit the job, wait for it to run on a node, return once the server answers."""
-        from ..hybrid import user_error
 
         off, req = self.offering, self.request
         if off is None or not off.gres:
@@ -481,7 +480,6 @@ class SlurmBackend(BackendMixin, Spawner):
             raise
 
     async def _wait_until_ready(self) -> tuple[str, int]:
-        from ..hybrid import user_error
 
         submitted = time.monotonic()
         job: dict | None = None
@@ -516,7 +514,6 @@ class SlurmBackend(BackendMixin, Spawner):
         return self.node_ip, self.port
 
     def _ended_error(self, before: str):
-        from ..hybrid import user_error
 
         self.log.warning("%s: job %d ended %s: %s", self._label, self.job_id, before, self.end_reason)
         return user_error(

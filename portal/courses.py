@@ -63,7 +63,7 @@ END_REASON = "end of course"
 #: Minutes before the end at which students are warned.
 WARN_MINUTES = (10, 2)
 #: Tolerance for comparing durations computed from datetimes (hours, minutes).
-_TIME_EPS = 1e-9
+TIME_EPS = 1e-9
 SESSION_STATES = ("scheduled", "running", "ending", "ended", "cancelled", "refused")
 SEAT_STATES = ("pending", "starting", "ready", "failed", "stopped")
 #: Session servers are the students' default servers: where the hub lands them.
@@ -543,7 +543,7 @@ class CourseSchedule:
         if end <= self.now():
             raise InvalidSession("ends_at", "is in the past")
         hours = (end - start).total_seconds() / 3600
-        if hours > offering.max_hours + _TIME_EPS:
+        if hours > offering.max_hours + TIME_EPS:
             raise InvalidSession("ends_at", f"the session lasts {hours:g} h; {offering.key} "
                                             f"allows at most {offering.max_hours:g} h")
         image = (image or "").strip()
@@ -606,7 +606,7 @@ class CourseSchedule:
         info = self.get(session_id)
         offering = self._offering(info.resource_class, info.offering)
         hours = (info.ends_at - self.now()).total_seconds() / 3600
-        if hours > offering.max_hours + _TIME_EPS:
+        if hours > offering.max_hours + TIME_EPS:
             raise SessionConflict(
                 f"starting {info.label} now would make it last {hours:.2f} h (it ends at "
                 f"{info.ends_at:%Y-%m-%d %H:%M} UTC); {offering.key} allows at most "
@@ -802,7 +802,7 @@ class CourseSchedule:
             if info.state != "running" or info.ends_at <= now:
                 continue
             left = (info.ends_at - now).total_seconds() / 60
-            due = [m for m in sorted(minutes) if left <= m + _TIME_EPS]
+            due = [m for m in sorted(minutes) if left <= m + TIME_EPS]
             if not due:
                 continue
             level = due[0]

@@ -23,9 +23,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from portal.accounting import EPS, WARN_LEVELS, Accounting, fmt_amount, to_datetime
-from portal.courses import WARN_MINUTES, in_session
-from portal.models import Notice
+from portal.accounting import WARN_LEVELS, Accounting, fmt_amount, to_datetime
+from portal.courses import TIME_EPS, WARN_MINUTES, in_session
+from portal.models import Notice, to_units
 from portal.provenance import SessionLog
 
 #: Hardware fields of a session record shown in the Lab's session panel.
@@ -98,8 +98,8 @@ def session_state(
             }
             scope = reservation.resource_class + (f" ({reservation.model})" if reservation.model else "")
             period = _iso(remaining.resets_at) or "once"
-            for frac, level in reversed(WARN_LEVELS):
-                if remaining.amount > 0 and share >= frac - EPS:
+            for pct, level in reversed(WARN_LEVELS):  # the meter's rule, in the stored integer units
+                if remaining.amount > 0 and to_units(remaining.used) * 100 >= to_units(remaining.amount) * pct:
                     warnings.append({
                         "id": f"budget:{remaining.budget_id}:{period}:{level}", "kind": "budget",
                         "level": level,
@@ -128,7 +128,7 @@ def session_state(
         ends.append(course.ends_at)
         stops.append(course.ends_at)
         left = (course.ends_at - now_dt).total_seconds() / 60
-        due = {m for m in WARN_MINUTES if left <= m + EPS}
+        due = {m for m in WARN_MINUTES if left <= m + TIME_EPS}
         if course.warned_minutes is not None:
             due.add(course.warned_minutes)
         for m in sorted(due, reverse=True):

@@ -32,6 +32,7 @@ from portal.models import GROUP_KINDS
 from .catalog import Catalog, CatalogError, Offering, load_catalog
 from .guard import TrustAndProvenanceMixin
 from .options import LaunchRequest, OptionError, allowed_offerings, form_to_options, validate_options
+from .refusals import RefusalLogMixin, admission_reason, error_text
 
 TEMPLATE_DIRS = [
     Path(__file__).resolve().parent.parent / "templates",  # source checkout / editable install
@@ -82,7 +83,7 @@ def accounting_for(db_url: str) -> Accounting:
     return _databases[db_url]
 
 
-class HybridSpawner(TrustAndProvenanceMixin, Spawner):
+class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
     """Launch notebook servers on the hardware the user picks, within their group's quota."""
 
     catalog = Dict(
@@ -211,6 +212,7 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
                 self.accounting.db, self.user.name, self.name, user_options
             )
         except courses.SessionLocked as e:
+            self.note_refusal("course_lock", str(e), user_options)
             if self.orm_spawner is not None:  # a later start without options gets the session's
                 self.orm_spawner.user_options = e.session_options
             raise user_error(e.status, str(e)) from None
@@ -341,6 +343,7 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
                 or f"launch:{self.user.name}:{self.name}:{uuid.uuid4()}",
             )
         except AdmissionError as e:
+            self.note_refusal(admission_reason(e), str(e))
             raise user_error(403, str(e)) from None
 
     async def start(self):
@@ -348,7 +351,11 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
         if self.launch is None:
             self._apply_options(self.user_options)
         await asyncio.to_thread(self.sync_user_groups)
-        self.confinement = await asyncio.to_thread(self.plan_confinement, self.user_groups())
+        try:
+            self.confinement = await asyncio.to_thread(self.plan_confinement, self.user_groups())
+        except web.HTTPError as e:
+            await asyncio.to_thread(self.note_refusal, "barred", error_text(e))
+            raise
         self.reservation_id = await asyncio.to_thread(self._admit)
         self.backend = None
         self._backend_state = None
@@ -356,8 +363,10 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
         try:
             self.confine(backend)
             result = await backend.start()
-        except BaseException:
+        except BaseException as e:
             await asyncio.to_thread(self.accounting.release, self.reservation_id, "failed to start")
+            if isinstance(e, web.HTTPError) and e.status_code == 429:
+                await asyncio.to_thread(self.note_refusal, "capacity", error_text(e))
             raise
         await asyncio.to_thread(self.accounting.mark_running, self.reservation_id)
         await self.record_start(backend)

@@ -86,3 +86,15 @@ def forecasts(db: Database, budgets: Iterable[Mapping[str, Any]], now: datetime,
     budgets = list(budgets)
     rates = burn_rates(db, (b["id"] for b in budgets), now, days)
     return {b["id"]: forecast(b, rates.get(b["id"], 0.0), now, days) for b in budgets}
+
+
+def remaining_forecasts(db: Database, remaining: Iterable[Any], now: datetime,
+                        days: int = WINDOW_DAYS) -> dict[int, Forecast]:
+    """Forecasts keyed by budget id of :class:`portal.accounting.Remaining` values (None skipped)."""
+    found = {r.budget_id: r for r in remaining if r is not None}
+    rates = burn_rates(db, found, now, days)
+    return {
+        bid: forecast({"id": bid, "remaining": r.amount_left, "resets_at": r.resets_at},
+                      rates.get(bid, 0.0), now, days)
+        for bid, r in found.items()
+    }

@@ -27,6 +27,7 @@ from traitlets.utils.importstring import import_item
 from portal import courses
 from portal.accounting import Accounting, AdmissionError
 from portal.db import Database
+from portal.forecast import remaining_forecasts
 from portal.models import GROUP_KINDS
 
 from .catalog import Catalog, CatalogError, Offering, load_catalog
@@ -185,6 +186,10 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
                     "trust": trust[off.key],
                 }
             )
+        outlook = await asyncio.to_thread(
+            remaining_forecasts, self.accounting.db,
+            [rem for r in rows for rem in r["remaining"].values()], self.accounting._now(),
+        )
         previous = self.orm_spawner.user_options or {} if self.orm_spawner else {}
         classes = [
             (rc, [r for r in rows if r["offering"].resource_class == rc.name])
@@ -195,6 +200,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             groups=groups,
             default_hours=self.default_hours,
             previous=previous,
+            outlook=outlook,
         )
 
     def options_from_form(self, formdata):

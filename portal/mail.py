@@ -126,12 +126,12 @@ class ThresholdMailer:
             for nid, group, address in todo:
                 with self.db.session() as s:
                     notice = s.get(Notice, nid)
-                    level = notice.level
-                    mail = self.message(notice, s.get(Budget, notice.budget_id), group,
-                                        address, now)
+                    budget = s.get(Budget, notice.budget_id)
+                mail = self.message(notice, budget, group, address, now)
+                with self.db.session() as s:
                     s.add(NoticeMail(notice_id=nid, address=address, sent_at=now))
                     s.flush()  # claims it: a concurrent mailer fails here, not after sending
                     smtp.send_message(mail)
                 sent += 1
-                log.info("mailed the %s notice of %s to a leader", level, group)
+                log.info("mailed the %s notice of %s to a leader", notice.level, group)
         return sent

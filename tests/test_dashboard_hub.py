@@ -15,10 +15,12 @@ from datetime import timedelta
 import pytest
 import requests
 
-from portal.accounting import Accounting, utcnow
-from portal.courses import CourseSessions
+from portal.accounting import Accounting, month_start
+from portal.courses import CourseSchedule
 from portal.db import Database
+from portal.demand import record_refusal
 from portal.hubconfig import DEMO_ADMIN_PASSWORD, DEMO_USER_PASSWORD
+from portal.models import utcnow
 from portal.service import SERVICE_NAME
 from portal.trust import TrustPolicy
 from spawner.catalog import load_catalog
@@ -79,7 +81,7 @@ def test_every_refusal_kind_is_recorded_as_unmet_demand(portal, hub, acct):
     finally:
         TrustPolicy(acct.db).set_policy("lab-vision", barred_untrusted=False)
     # course lock: bob's server belongs to a running session on community hardware
-    sessions = CourseSessions(acct, load_catalog())
+    sessions = CourseSchedule(acct, load_catalog())
     now = utcnow()
     info = sessions.create(group="course-ml101", resource_class="community", model="rtx3090",
                            count=1, starts_at=now - timedelta(minutes=1),
@@ -181,17 +183,36 @@ def test_picker_shows_the_forecast_beside_the_remaining_quota(hub):
     s.post(f"{hub.url}/hub/login", data={"username": "carol", "_xsrf": xsrf,
                                          "password": DEMO_USER_PASSWORD})
     page = s.get(f"{hub.url}/hub/spawn").text
-    assert "at the last 7 days&#39; rate: runs out:" in page
+    found = re.findall(r"at the last 7 days' rate: runs out: ([^<]+)</div>", page)
+    assert found and all(re.fullmatch(r"never|exhausted|\d{4}-\d\d-\d\d \d\d:\d\d UTC|"
+                                      r"not before its reset on \d{4}-\d\d-\d\d", f)
+                         for f in found), found
 
 
-def test_dashboard_in_chromium(portal, hub, page, tmp_path):
+def test_dashboard_in_chromium(portal, hub, acct, page, tmp_path):
+    now = utcnow()
+    record_refusal(acct.db, username="alice", group="course-ml101", resource_class="enterprise",
+                   model="h100", count=4, hours=2, reason="capacity", message="full", now=now)
+    start = month_start(now)  # this period, so the dashboard's chart has it
+    for i, (rc, hours) in enumerate((("enterprise", 1.5), ("community", 0.000623),
+                                     ("aws", 2.0))):  # tiny values once clipped the axis
+        rid = acct.admit(username="carol", group="lab-vision", resource_class=rc,
+                         model="x", count=1, hours=hours, price_per_hour=2.5)
+        acct.mark_running(rid, start + timedelta(minutes=i))
+        acct.release(rid, "stopped", now=start + timedelta(minutes=i, hours=hours))
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
     login(page, hub.url, "admin", DEMO_ADMIN_PASSWORD)
     page.goto(portal.url)
-    page.wait_for_selector("#spend-chart .vega-chart.vega-ready svg, .chart-empty")
+    try:
+        page.wait_for_selector("#spend-chart .vega-chart.vega-ready svg", timeout=20_000)
+    finally:
+        assert not errors, errors
     assert page.locator("#tile-refusals tr[data-reason]").count() >= 1
     page.screenshot(path=str(docs_artifact("dashboard-admin.png", tmp_path)), full_page=True)
     page.goto(portal.url + "usage")
     page.wait_for_selector(".vega-chart.vega-ready svg")
-    labels = page.locator(".vega-chart.vega-ready svg .role-axis-label text").all_inner_texts()
+    labels = page.locator(".vega-chart.vega-ready svg .role-axis-label text").all_text_contents()
     assert labels and not any(t.startswith("000") for t in labels)
     page.screenshot(path=str(docs_artifact("usage-admin.png", tmp_path)), full_page=True)

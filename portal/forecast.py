@@ -1,9 +1,10 @@
 """Forecasts per budget: the burn rate over the last days and when the budget runs out.
 
 The rate is what the ledger charged to the budget in the window (default 7 days) divided
-by its length; the run-out date is ``now + remaining / rate``.  An idle budget never runs
-out ("never"); one that would last past its next reset says so.  The clock is an
-argument, so a synthetic history is forecast exactly in tests.
+by its length; the run-out date is ``now + remaining / rate``.  An idle budget (or one
+that would last beyond :data:`HORIZON_DAYS`) never runs out ("never"); one that would
+last past its next reset says so.  The clock is an argument, so a synthetic history is
+forecast exactly in tests.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from portal.models import UsageEntry
 
 #: Days of history the burn rate is measured over.
 WINDOW_DAYS = 7
+#: A run-out further away than this (100 years) is shown as "never".
+HORIZON_DAYS = 36_500
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ def forecast(budget: Mapping[str, Any], rate: float, now: datetime,
     runs_out = None
     if remaining <= 0:
         runs_out = now
-    elif rate > 0:
+    elif rate > 0 and remaining / rate <= HORIZON_DAYS:
         runs_out = now + timedelta(days=remaining / rate)
     return Forecast(budget["id"], rate, remaining, runs_out, budget.get("resets_at"), days)
 

@@ -84,6 +84,8 @@ def test_forecast_on_a_synthetic_history(acct, db):
     budget = next(b for g in groups_view(db, ["course"], NOW) for b in g["budgets"]
                   if b["resource_class"] == "enterprise")
     assert budget["forecast"]["label"] == "not before its reset on 2026-12-01"
+    # a rate too small to matter is "never", not an overflow
+    assert forecasts(db, [{**lab, "remaining": 1e12}], NOW)[lab["id"]].label == "never"
     # the window moves with the clock: a week later nothing was used
     later = forecasts(db, [lab], NOW + timedelta(days=8))
     assert later[lab["id"]].label == "never"
@@ -136,7 +138,7 @@ def test_dashboard_figures_match_the_ledger(acct, db, clock):
     record_refusal(db, username="alice", group="course", resource_class="enterprise",
                    model="h100", count=1, hours=1, reason="no_budget", message="", now=NOW)
     refresh_rollup(db)
-    everyone = dashboard(db, Scope(None, None), NOW, groups_view(db, None, NOW))
+    everyone = dashboard(db, Scope(None, None), NOW, None)
     with db.engine.connect() as conn:  # the same figures straight from the ledger
         raw = dict(((rc, (cost, hours)) for rc, cost, hours in conn.execute(text(
             "SELECT e.resource_class, SUM(e.accelerator_hours * r.price_per_hour),"
@@ -156,10 +158,10 @@ def test_dashboard_figures_match_the_ledger(acct, db, clock):
                                   "in_use": 1, "allocated": None, "known": None}]
     assert everyone.refusals == {"no_budget": 1}
     # a leader sees their group's, a student only their own
-    leader = dashboard(db, Scope(frozenset({"lab"}), None), NOW, groups_view(db, ["lab"], NOW))
+    leader = dashboard(db, Scope(frozenset({"lab"}), None), NOW, {"lab"})
     assert {t["resource_class"] for t in leader.spend} == {"community", "enterprise"}
     assert leader.running == [] and leader.refusals == {}
-    student = dashboard(db, Scope(None, "carol"), NOW, groups_view(db, ["lab"], NOW))
+    student = dashboard(db, Scope(None, "carol"), NOW, {"lab"})
     assert [(t["resource_class"], t["cost"]) for t in student.spend] == [
         ("community", pytest.approx(4.25))]
     assert student.running == [] and student.refusals == {}

@@ -7,8 +7,8 @@ import csv
 import io
 import json
 import re
-from html import unescape
 from datetime import datetime, timedelta
+from html import unescape
 
 import pytest
 

@@ -15,7 +15,6 @@ from tornado import web
 from portal.dashboard import Dashboard, Scope, dashboard
 from portal.reports import totals_by
 from portal.web.base import PortalHandler, Viewer, responses
-from portal.web.budgets import groups_view
 from portal.web.charts import stacked_bars
 
 
@@ -35,8 +34,7 @@ class DashboardHandler(PortalHandler):
     def figures(self) -> Dashboard:
         """The tiles for the caller (runs in a thread)."""
         db, now = self.accounting.db, self.accounting._now()
-        groups = groups_view(db, self.viewer.readable_groups(), now)
-        return dashboard(db, scope_of(self.viewer), now, groups)
+        return dashboard(db, scope_of(self.viewer), now, self.viewer.readable_groups())
 
     @web.authenticated
     async def get(self) -> None:

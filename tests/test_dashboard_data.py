@@ -236,3 +236,21 @@ def test_threshold_mail_is_off_without_a_host(db):
     with pytest.raises(ValueError, match="HYBRIDHUB_LEADER_ADDRESSES"):
         ThresholdMailer.from_env(db, {"HYBRIDHUB_SMTP_HOST": "h",
                                       "HYBRIDHUB_LEADER_ADDRESSES": '["a@b"]'})
+
+
+def test_the_meter_service_gets_the_mail_settings(monkeypatch, tmp_path):
+    from traitlets.config import Config
+
+    from portal.hubconfig import configure_services
+
+    monkeypatch.setenv("HYBRIDHUB_SMTP_HOST", "smtp.example.org")
+    monkeypatch.setenv("HYBRIDHUB_LEADER_ADDRESSES", '{"lab": ["pi@example.org"]}')
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-the-meter")
+    c = Config()
+    configure_services(c, db_url=f"sqlite:///{tmp_path}/x.sqlite", meter_interval=60,
+                       grace_seconds=300)
+    (meter,) = [s for s in c.JupyterHub.services if s["name"] == "hybridhub-meter"]
+    env = meter["environment"]
+    assert env["HYBRIDHUB_SMTP_HOST"] == "smtp.example.org"
+    assert env["HYBRIDHUB_LEADER_ADDRESSES"] == '{"lab": ["pi@example.org"]}'
+    assert "AWS_SECRET_ACCESS_KEY" not in env

@@ -19,12 +19,8 @@ Target: the page under 200 ms (median); the ratio to raw SQL is printed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
-import secrets
 import statistics
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -40,9 +36,9 @@ from portal.reports import refresh_rollup, totals_by  # noqa: E402
 from portal.web.base import Viewer, _jinja_env  # noqa: E402
 from portal.web.charts import stacked_bars  # noqa: E402
 
-PG_ADMIN_URL = os.environ.get(
-    "HYBRIDHUB_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
+sys.path.insert(0, str(ROOT / "bench"))
+from usage_report import _bulk_loader, _ms, in_fresh_database  # noqa: E402  (not copied)
+
 RAW = [
     ("SELECT e.resource_class, sum(e.accelerator_hours * r.price_per_hour),"
      " sum(e.accelerator_hours) FROM usage_entries e JOIN reservations r"
@@ -57,20 +53,6 @@ RAW = [
      " GROUP BY 1"),
 ]
 TICK = 10_000
-
-
-def _bulk_loader():
-    """``fill`` from bench/accounting.py (imported, not copied)."""
-    spec = importlib.util.spec_from_file_location("bench_accounting", ROOT / "bench" / "accounting.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.fill
-
-
-def _ms(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1000
 
 
 def run(url: str, rows: int, samples: int) -> bool:
@@ -130,18 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="ledger rows")
     parser.add_argument("--samples", type=int, default=15, help="timed runs of each case")
     args = parser.parse_args(argv)
-    import psycopg
-
-    admin = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://", 1)
-    name = f"hh_bench_{secrets.token_hex(4)}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        ok = run(f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}", args.rows, args.samples)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    return 0 if ok else 1
+    return 0 if in_fresh_database(run, args.rows, args.samples) else 1
 
 
 if __name__ == "__main__":

@@ -145,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=1_000_000, help="ledger rows")
     parser.add_argument("--samples", type=int, default=15, help="timed runs of each case")
     args = parser.parse_args(argv)
+    return 0 if in_fresh_database(run, args.rows, args.samples) else 1
+
+
+def in_fresh_database(bench, rows: int, samples: int) -> bool:
+    """``bench(url, rows, samples)`` on a throw-away PostgreSQL database, dropped after."""
     import psycopg
 
     admin = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://", 1)
@@ -152,11 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
-        ok = run(f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}", args.rows, args.samples)
+        return bench(f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}", rows, samples)
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    return 0 if ok else 1
 
 
 if __name__ == "__main__":

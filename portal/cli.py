@@ -9,7 +9,9 @@
     top-up GROUP CLASS AMOUNT [--model M]        add to a budget (admins, the group's leader)
     freeze GROUP [--thaw]                        freeze or thaw a group (admins)
     export [--group G] [--user U] [--class C] [--since D] [--until D]
-        [--bucket day|week|month] [-o FILE]      usage as CSV
+        [--bucket day|week|month] [-o FILE]      usage as CSV (with cost in money)
+    usage [the same filters]                     cost and accelerator-hours per group and class
+    demand [--since D] [--until D] [-o FILE]     refused launches (unmet demand) as CSV
     import FILE                                  budgets from CSV, all lines or none (admins)
 
 The portal URL comes from ``--url`` or ``$HYBRIDHUB_PORTAL_URL`` (e.g.
@@ -94,7 +96,7 @@ def _error_text(status: int, raw: bytes) -> str:
 
 def _fmt_budgets(groups: list[dict[str, Any]]) -> str:
     lines = [f"{'group':<20} {'class':<12} {'model':<12} {'period':<8} {'amount':>10} "
-             f"{'used':>10} {'reserved':>10} {'remaining':>10} unit   id"]
+             f"{'used':>10} {'reserved':>10} {'remaining':>10} unit   id   runs out"]
     for g in groups:
         flag = " (frozen)" if g["frozen"] else ""
         if not g["budgets"]:
@@ -103,9 +105,40 @@ def _fmt_budgets(groups: list[dict[str, Any]]) -> str:
             lines.append(
                 f"{g['name'] + flag:<20} {b['resource_class']:<12} {b['model'] or '-':<12} "
                 f"{b['period']:<8} {b['amount']:>10.2f} {b['used']:>10.2f} "
-                f"{b['reserved']:>10.2f} {b['remaining']:>10.2f} {b['unit']:<6} {b['id']}"
+                f"{b['reserved']:>10.2f} {b['remaining']:>10.2f} {b['unit']:<6} {b['id']:<4} "
+                f"{b.get('forecast', {}).get('label', '')}"
             )
     return "\n".join(lines)
+
+
+def _fmt_usage(rows: list[dict[str, Any]]) -> str:
+    totals: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        t = totals.setdefault((r["group"], r["resource_class"]), [0.0, 0.0, 0.0])
+        t[0] += r["cost"]
+        t[1] += r["accelerator_hours"]
+        t[2] += r["amount"]
+    lines = [f"{'group':<20} {'class':<12} {'cost ($)':>12} {'accel-hours':>12} {'amount':>12}"]
+    for (group, rc), (cost, hours, amount) in sorted(totals.items()):
+        lines.append(f"{group:<20} {rc:<12} {cost:>12.2f} {hours:>12.4f} {amount:>12.4f}")
+    cost, hours = sum(t[0] for t in totals.values()), sum(t[1] for t in totals.values())
+    lines.append(f"{'total':<33} {cost:>12.2f} {hours:>12.4f}")
+    return "\n".join(lines)
+
+
+def _usage_query(args: argparse.Namespace) -> str:
+    query = {k: v for k, v in {"group": args.group, "user": args.user, "class": args.cls,
+                               "since": args.since, "until": args.until,
+                               "bucket": args.bucket}.items() if v}
+    return f"?{urlencode(query)}" if query else ""
+
+
+def _write(raw: bytes, output: str | None, out) -> None:
+    if output:
+        with open(output, "wb") as f:
+            f.write(raw)
+    else:
+        out.write(raw.decode())
 
 
 def run(args: argparse.Namespace, client: PortalClient, out=sys.stdout) -> None:
@@ -136,15 +169,14 @@ def run(args: argparse.Namespace, client: PortalClient, out=sys.stdout) -> None:
                     {"frozen": not args.thaw})
         print(f"{'thawed' if args.thaw else 'froze'} {args.group}", file=out)
     elif args.command == "export":
-        query = {k: v for k, v in {"group": args.group, "user": args.user, "class": args.cls,
-                                   "since": args.since, "until": args.until,
-                                   "bucket": args.bucket}.items() if v}
-        raw, _ = client.request("GET", "api/usage.csv" + (f"?{urlencode(query)}" if query else ""))
-        if args.output:
-            with open(args.output, "wb") as f:
-                f.write(raw)
-        else:
-            out.write(raw.decode())
+        raw, _ = client.request("GET", "api/usage.csv" + _usage_query(args))
+        _write(raw, args.output, out)
+    elif args.command == "usage":
+        print(_fmt_usage(client.json("GET", "api/usage" + _usage_query(args))["rows"]), file=out)
+    elif args.command == "demand":
+        query = {k: v for k, v in {"since": args.since, "until": args.until}.items() if v}
+        raw, _ = client.request("GET", "api/demand.csv" + (f"?{urlencode(query)}" if query else ""))
+        _write(raw, args.output, out)
     elif args.command == "import":
         with open(args.file, "rb") as f:
             data = f.read()
@@ -189,14 +221,22 @@ def parser() -> argparse.ArgumentParser:
     fr.add_argument("group")
     fr.add_argument("--thaw", action="store_true", help="thaw instead")
 
-    ex = sub.add_parser("export", help="usage as CSV")
-    ex.add_argument("--group")
-    ex.add_argument("--user")
-    ex.add_argument("--class", dest="cls")
-    ex.add_argument("--since", help="YYYY-MM-DD")
-    ex.add_argument("--until", help="YYYY-MM-DD")
-    ex.add_argument("--bucket", choices=["day", "week", "month"])
-    ex.add_argument("-o", "--output", help="write to FILE instead of standard output")
+    for name, help in (("export", "usage as CSV, with cost in money"),
+                       ("usage", "cost and accelerator-hours per group and class")):
+        ex = sub.add_parser(name, help=help)
+        ex.add_argument("--group")
+        ex.add_argument("--user")
+        ex.add_argument("--class", dest="cls")
+        ex.add_argument("--since", help="YYYY-MM-DD")
+        ex.add_argument("--until", help="YYYY-MM-DD")
+        ex.add_argument("--bucket", choices=["day", "week", "month"])
+        if name == "export":
+            ex.add_argument("-o", "--output", help="write to FILE instead of standard output")
+
+    dm = sub.add_parser("demand", help="refused launches (unmet demand) as CSV")
+    dm.add_argument("--since", help="YYYY-MM-DD")
+    dm.add_argument("--until", help="YYYY-MM-DD")
+    dm.add_argument("-o", "--output", help="write to FILE instead of standard output")
 
     im = sub.add_parser("import", help="budgets from CSV, all lines or none (admins)")
     im.add_argument("file")

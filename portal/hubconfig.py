@@ -30,6 +30,9 @@ DEMO_GROUPS = {
     "project-llm": {"users": ["dave"], "properties": {"kind": "project"}},
 }
 DEMO_ADMINS = {"admin"}
+#: Threshold mail settings passed on to the meter service (portal.mail; off without a host).
+MAIL_SETTINGS = ("HYBRIDHUB_SMTP_HOST", "HYBRIDHUB_SMTP_PORT", "HYBRIDHUB_MAIL_FROM",
+                 "HYBRIDHUB_LEADER_ADDRESSES", "HYBRIDHUB_PORTAL_URL")
 #: Demo group leaders (portal scope ``custom:quota:lead!group=<group>``): carol leads her
 #: lab, ivy (an instructor, also a member) leads course-ml101.
 DEMO_LEADERS = {"lab-vision": ["carol"], "course-ml101": ["ivy"]}
@@ -111,6 +114,7 @@ def configure_services(
                 "HYBRIDHUB_DB_URL": db_url,
                 "HYBRIDHUB_METER_INTERVAL": str(meter_interval),
                 "HYBRIDHUB_GRACE_SECONDS": str(grace_seconds),
+                **{k: v for k, v in os.environ.items() if k in MAIL_SETTINGS},
             },
         },
     ]

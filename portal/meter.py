@@ -8,6 +8,8 @@ the environment:
   the token needs the ``delete:servers`` scope and nothing more)
 - ``HYBRIDHUB_METER_INTERVAL`` (seconds, default 60) and ``HYBRIDHUB_GRACE_SECONDS``
   (default 300)
+- ``HYBRIDHUB_SMTP_HOST`` and friends: threshold mail to group leaders, off when unset
+  (:meth:`portal.mail.ThresholdMailer.from_env`)
 
 Servers on a tick's ``to_stop`` list are stopped through the hub's REST API
 (``DELETE /users/{name}/servers/{server}``, or ``DELETE /users/{name}/server`` for the
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import signal
+import smtplib
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
@@ -30,6 +33,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from portal import loghygiene
 from portal.accounting import Accounting, MeterReport, StopOrder
 from portal.db import DEFAULT_URL, Database
+from portal.mail import ThresholdMailer
 from portal.provenance import END_QUOTA, SessionLog
 
 log = logging.getLogger("hybridhub.meter")
@@ -108,9 +112,11 @@ class Meter:
         accounting: Accounting,
         stop: Callable[[StopOrder], Awaitable[bool]],
         interval: float | None = None,
+        mailer: ThresholdMailer | None = None,
     ):
         self.accounting = accounting
         self.stop = stop
+        self.mailer = mailer
         self.interval = float(interval or accounting.meter_interval)
         self._stopping = asyncio.Event()
 
@@ -129,6 +135,11 @@ class Meter:
                 detail=order.reason,
             )
             await self.stop(order)
+        if self.mailer is not None:
+            try:
+                await asyncio.to_thread(self.mailer.send_pending, report.now)
+            except (OSError, smtplib.SMTPException) as exc:
+                log.error("threshold mail not sent (retried next tick): %s", exc)
         return report
 
     async def run(self) -> None:
@@ -154,7 +165,8 @@ def from_env(env: dict[str, str] | None = None) -> Meter:
         meter_interval=float(env.get("HYBRIDHUB_METER_INTERVAL", "60")),
         grace_seconds=float(env.get("HYBRIDHUB_GRACE_SECONDS", "300")),
     )
-    return Meter(accounting, HubStopper(api_url, token))
+    return Meter(accounting, HubStopper(api_url, token),
+                 mailer=ThresholdMailer.from_env(db, env))
 
 
 async def _main() -> None:

@@ -52,6 +52,7 @@ class UsageRow:
     amount: float
     accelerator_hours: float
     entries: int
+    cost: float = 0.0  # money: accelerator-hours at the price each launch was admitted at
 
 
 CSV_COLUMNS = tuple(f.name for f in fields(UsageRow))
@@ -91,6 +92,7 @@ class UsageRollup(Base):
     amount: Mapped[float] = mapped_column(Amount)
     accelerator_hours: Mapped[float] = mapped_column(Amount)
     entries: Mapped[int] = mapped_column(Integer)
+    cost: Mapped[float] = mapped_column(Amount, default=0.0, server_default="0")  # money, exact like every amount
 
 
 class UsageRollupMark(Base):
@@ -151,14 +153,17 @@ def refresh_rollup(db: Database, upto: int | None = None) -> int:
             return 0
         day = _day(db.dialect, ue.c.ts_from)
         model = func.coalesce(ue.c.model, literal(""))
+        rt = Reservation.__table__
         tail = (
             select(day, ue.c.group_id, ue.c.resource_class, model, ue.c.username,
-                   func.sum(ue.c.amount), func.sum(ue.c.accelerator_hours), func.count())
+                   func.sum(ue.c.amount), func.sum(ue.c.accelerator_hours), func.count(),
+                   func.sum(_entry_cost(ue, rt)))
+            .join(rt, rt.c.id == ue.c.reservation_id)
             .where(ue.c.id > mark, ue.c.id <= top)
             .group_by(day, ue.c.group_id, ue.c.resource_class, model, ue.c.username)
         )
         cols = ["day", "group_id", "resource_class", "model", "username", "amount",
-                "accelerator_hours", "entries"]
+                "accelerator_hours", "entries", "cost"]
         stmt = ins(ru).from_select(cols, tail)
         s.execute(stmt.on_conflict_do_update(
             index_elements=cols[:5],
@@ -167,6 +172,15 @@ def refresh_rollup(db: Database, upto: int | None = None) -> int:
         s.execute(ins(UsageRollupMark).values(id=1, last_entry_id=top).on_conflict_do_update(
             index_elements=["id"], set_={"last_entry_id": top}))
         return s.scalar(select(func.count()).where(ue.c.id > mark, ue.c.id <= top)) or 0
+
+
+def _entry_cost(ue, rt) -> ColumnElement:
+    """A ledger entry's money: its accelerator-hours at its reservation's price.
+
+    The price is the catalog's at admission, stored on the reservation, so a later
+    change of the catalog's price does not rewrite the cost of time already used.
+    """
+    return ue.c.accelerator_hours * rt.c.price_per_hour
 
 
 def _filtered(query, where: UsageFilter, cols, day_col: ColumnElement | None = None):
@@ -198,13 +212,14 @@ def usage_report(db: Database, where: UsageFilter = UsageFilter()) -> list[Usage
     ledger's totals, whenever the rollup was last refreshed); a span that does not start
     and end at midnight is aggregated from the ledger alone.
     """
-    ue, ru = UsageEntry.__table__, UsageRollup.__table__
+    ue, ru, rt = UsageEntry.__table__, UsageRollup.__table__, Reservation.__table__
     live = select(
         _bucket(db.dialect, where.bucket, ue.c.ts_from).label("period"),
         ue.c.group_id, ue.c.resource_class,
         func.coalesce(ue.c.model, literal("")).label("model"), ue.c.username,
         ue.c.amount, ue.c.accelerator_hours, literal(1).label("entries"),
-    )
+        _entry_cost(ue, rt).label("cost"),
+    ).join(rt, rt.c.id == ue.c.reservation_id)
     live = _filtered(live, where, ue.c)
     with db.engine.connect() as conn:
         if _at_midnight(where.since) and _at_midnight(where.until):
@@ -217,7 +232,7 @@ def usage_report(db: Database, where: UsageFilter = UsageFilter()) -> list[Usage
             rolled = select(
                 _bucket(db.dialect, where.bucket, ru.c.day).label("period"),
                 ru.c.group_id, ru.c.resource_class, ru.c.model, ru.c.username,
-                ru.c.amount, ru.c.accelerator_hours, ru.c.entries,
+                ru.c.amount, ru.c.accelerator_hours, ru.c.entries, ru.c.cost,
             )
             rolled = _filtered(rolled, where, ru.c, day_col=ru.c.day)
             parts = union_all(rolled, live.where(ue.c.id > mark)).subquery()
@@ -228,30 +243,33 @@ def usage_report(db: Database, where: UsageFilter = UsageFilter()) -> list[Usage
             parts.c.username, func.sum(parts.c.amount).label("amount"),
             func.sum(parts.c.accelerator_hours).label("accelerator_hours"),
             func.sum(parts.c.entries).label("entries"),
+            func.sum(parts.c.cost).label("cost"),
         ).group_by(
             parts.c.period, parts.c.group_id, parts.c.resource_class, parts.c.model,
             parts.c.username,
         ).subquery()
         query = (
             select(agg.c.period, Group.name, agg.c.resource_class, agg.c.model,
-                   agg.c.username, agg.c.amount, agg.c.accelerator_hours, agg.c.entries)
+                   agg.c.username, agg.c.amount, agg.c.accelerator_hours, agg.c.entries,
+                   agg.c.cost)
             .join(Group, Group.id == agg.c.group_id)
             .order_by(agg.c.period, Group.name, agg.c.resource_class, agg.c.model,
                       agg.c.username)
         )
         rows = conn.execute(query).all()
     return [
-        UsageRow(_period_text(p), g, rc, m, u, float(a), float(h), int(n))
-        for p, g, rc, m, u, a, h, n in rows
+        UsageRow(_period_text(p), g, rc, m, u, float(a), float(h), int(n), float(c or 0.0))
+        for p, g, rc, m, u, a, h, n, c in rows
     ]
 
 
-def totals_by(rows: Iterable[UsageRow], key: str) -> dict[str, dict[str, float]]:
-    """``{series: {period: amount}}`` where series is each row's ``key`` (for charts)."""
+def totals_by(rows: Iterable[UsageRow], key: str,
+              value: str = "amount") -> dict[str, dict[str, float]]:
+    """``{series: {period: total}}`` of ``value`` (a numeric field), series each row's ``key``."""
     out: dict[str, dict[str, float]] = {}
     for row in rows:
         series = out.setdefault(str(getattr(row, key)), {})
-        series[row.period] = series.get(row.period, 0.0) + row.amount
+        series[row.period] = series.get(row.period, 0.0) + getattr(row, value)
     return out
 
 

@@ -1,11 +1,11 @@
 """The whole schema: importing this registers every table hybridhub owns on ``Base.metadata``.
 
-Models live beside the code that uses them (allocations, audit, courses, provenance,
-reports); alembic's environment and the schema tests import this module, so the
-migrations are always compared with all of them.
+Models live beside the code that uses them (allocations, audit, courses, demand, mail,
+provenance, reports); alembic's environment and the schema tests import this module, so
+the migrations are always compared with all of them.
 """
 
-from portal import allocations, audit, courses, provenance, reports  # noqa: F401  (registers their tables)
+from portal import allocations, audit, courses, demand, mail, provenance, reports  # noqa: F401  (registers their tables)
 from portal.models import Base
 
 metadata = Base.metadata

@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 from urllib.parse import urlparse
@@ -47,12 +48,16 @@ from portal.web.base import ADMIN_SCOPE, LEAD_SCOPE, PortalHandler, _jinja_env, 
 log = logging.getLogger("hybridhub.portal")
 
 SERVICE_NAME = "hybridhub-portal"
+#: Files served under ``<prefix>static/``: the vendored chart libraries (no CDN).
+STATIC = Path(__file__).resolve().parent / "static"
 
 #: Handler modules composed into the app, in order (see the module docstring).
 HANDLER_MODULES = [
+    "portal.web.dashboard",
     "portal.web.budgets",
     "portal.web.usage",
     "portal.web.servers",
+    "portal.web.demand",
     "portal.web.audit",
     "portal.web.courses",
     "portal.web.sessions",
@@ -121,14 +126,6 @@ def openapi_document(modules: Iterable[ModuleType], prefix: str) -> dict[str, An
     }
 
 
-class IndexHandler(PortalHandler):
-    """``GET /``: the portal's home page, with what the caller may do."""
-
-    @web.authenticated
-    def get(self) -> None:
-        self.render_page("index.html")
-
-
 class NotFoundHandler(PortalHandler):
     """Any unknown path: 404 as JSON under ``api/`` (as the OpenAPI document says), HTML elsewhere."""
 
@@ -152,15 +149,16 @@ def make_app(
     modules: Iterable[str] = HANDLER_MODULES,
     cookie_secret: bytes | None = None,
 ) -> web.Application:
-    """The tornado app: the index, OAuth callback, OpenAPI document and every module."""
+    """The tornado app: OAuth callback, OpenAPI document, static files and every module
+    (the landing page is :mod:`portal.web.dashboard`'s)."""
     import json
 
     prefix = "/" + service_prefix.strip("/") + "/"
     loaded = load_modules(modules)
-    routes: list[tuple[str, type]] = [
-        (prefix, IndexHandler),
+    routes: list[tuple] = [
         (prefix + "oauth_callback", HubOAuthCallbackHandler),
         (prefix + "api/openapi.json", OpenApiHandler),
+        (prefix + r"static/(.*)", web.StaticFileHandler, {"path": str(STATIC)}),
     ]
     for module in loaded:
         routes.extend((prefix + path, handler) for path, handler in module.handlers)

@@ -27,6 +27,7 @@ from traitlets.utils.importstring import import_item
 from portal import courses
 from portal.accounting import Accounting, AdmissionError
 from portal.db import Database
+from portal.forecast import remaining_forecasts
 from portal.models import GROUP_KINDS
 
 from .catalog import Catalog, CatalogError, Offering, load_catalog
@@ -42,6 +43,7 @@ from .options import (
     reservation_summary,
     validate_options,
 )
+from .refusals import RefusalLogMixin, admission_reason, error_text
 
 TEMPLATE_DIRS = [
     Path(__file__).resolve().parent.parent / "templates",  # source checkout / editable install
@@ -84,7 +86,7 @@ def accounting_for(db_url: str) -> Accounting:
     return _databases[db_url]
 
 
-class HybridSpawner(TrustAndProvenanceMixin, Spawner):
+class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
     """Launch notebook servers on the hardware the user picks, within their group's quota."""
 
     catalog = Dict(
@@ -204,6 +206,10 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
                     "trust": trust[off.key],
                 }
             )
+        outlook = await asyncio.to_thread(
+            remaining_forecasts, self.accounting.db,
+            [rem for r in rows for rem in r["remaining"].values()], self.accounting._now(),
+        )
         previous = self.user_options or (self.orm_spawner.user_options if self.orm_spawner else None) or {}
         choice = preselect(rows, previous, groups, self.default_hours)
         classes = [
@@ -214,6 +220,7 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
             classes=[(rc, rs, {r["trust"]["trust"] for r in rs}) for rc, rs in classes if rs],
             groups=groups,
             choice=choice,
+            outlook=outlook,
         )
 
     def options_from_form(self, formdata):
@@ -237,6 +244,7 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
                 self.accounting.db, self.user.name, self.name, user_options
             )
         except courses.SessionLocked as e:
+            self.note_refusal("course_lock", str(e), user_options)
             if self.orm_spawner is not None:  # a later start without options gets the session's
                 self.orm_spawner.user_options = e.session_options
             raise user_error(e.status, str(e)) from None
@@ -371,6 +379,7 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
             )
         except AdmissionError as e:
             self.log.info("refused launch of %s for %s: %s", self.user.name, self._log_name, e)
+            self.note_refusal(admission_reason(e), str(e))
             summary = reservation_summary(off, req.count, req.hours, req.group, getattr(e, "unit", "hours"))
             raise user_error(403, f"This launch reserves {summary}: {e}") from None
 
@@ -379,7 +388,11 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
         if self.launch is None:
             self._apply_options(self.user_options)
         await asyncio.to_thread(self.sync_user_groups)
-        self.confinement = await asyncio.to_thread(self.plan_confinement, self.user_groups())
+        try:
+            self.confinement = await asyncio.to_thread(self.plan_confinement, self.user_groups())
+        except web.HTTPError as e:
+            await asyncio.to_thread(self.note_refusal, "barred", error_text(e))
+            raise
         self.reservation_id = await asyncio.to_thread(self._admit)
         self.backend = None
         self._backend_state = None
@@ -391,6 +404,8 @@ class HybridSpawner(TrustAndProvenanceMixin, Spawner):
             await asyncio.to_thread(self.accounting.release, self.reservation_id, "failed to start")
             if isinstance(e, asyncio.CancelledError | TimeoutError):
                 raise  # the hub reports a start timeout itself
+            if isinstance(e, web.HTTPError) and e.status_code == 429:
+                await asyncio.to_thread(self.note_refusal, "capacity", error_text(e))
             if isinstance(e, web.HTTPError) and e.status_code < 500 and getattr(e, "jupyterhub_message", None):
                 raise  # a refusal (no capacity now): the message says so, nothing started
             self.log.error("Backend %s could not start %s", self.offering.backend, self._log_name, exc_info=e)

@@ -8,6 +8,7 @@ import pytest
 
 from portal.allocations import Allocator
 from portal.db import Database
+from portal.demand import demand_report
 from tests.fixtures.docker import h100_host, hub_docker_config, remove_labelled
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 
@@ -73,6 +74,12 @@ def test_hub_restart_readopts_three_gpu_servers(docker_hub, docker_engines):
     assert r.status_code == 429, r.text
     assert r.headers.get("Retry-After") == "60"
     assert "No capacity for 1 x H100 80GB" in r.json()["message"]
+    db = Database(hub.db_url)
+    try:  # and it is recorded as unmet demand
+        assert [(d.reason, d.refusals, d.accelerators) for d in demand_report(db)] == [
+            ("capacity", 1, 1)]
+    finally:
+        db.dispose()
 
     for user in USERS[:4]:
         hub.stop_server(user)

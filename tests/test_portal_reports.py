@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import re
 from datetime import datetime, timedelta
+from html import unescape
 
 import pytest
 
@@ -125,11 +128,18 @@ def test_csv_export_has_a_header_and_every_row(ledger):
     assert float(parsed[0]["amount"]) == pytest.approx(3.0)
 
 
-def test_chart_is_escaped_svg(ledger):
+def test_chart_is_an_escaped_vega_lite_spec_with_a_data_table(ledger):
     rows = usage_report(ledger.db)
-    svg = str(stacked_bars(totals_by(rows, "username"), title="<b>use</b>"))
-    assert svg.startswith("<svg") and "&lt;b&gt;use&lt;/b&gt;" in svg and "<b>" not in svg
-    assert svg.count("<rect") >= 3 and 'data-series="carol"' in svg
+    html = str(stacked_bars(totals_by(rows, "username"), title="<b>use</b>", unit="hours"))
+    assert "&lt;b&gt;use&lt;/b&gt;" in html and "<b>" not in html
+    spec = json.loads(unescape(re.search(r'data-spec="([^"]+)"', html).group(1)))
+    assert spec["title"] == "<b>use</b>" and spec["mark"]["type"] == "bar"
+    assert spec["encoding"]["y"]["title"] == "hours"
+    assert spec["encoding"]["y"]["axis"]["format"] == ",.4~g"   # no clipped "0006235"
+    assert {v["series"] for v in spec["data"]["values"]} == {"alice", "carol", "dave"}
+    table = html[html.index("<table"):]                 # the same numbers without JavaScript
+    assert table.count("<tr>") == 1 + len({r.period for r in rows})
+    assert '<th scope="col" class="num">carol</th>' in table
     assert "No usage" in str(stacked_bars({}, title="t"))
 
 

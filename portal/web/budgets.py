@@ -32,6 +32,7 @@ from portal.accounting import (
 )
 from portal.budget_csv import CsvImportError, import_budgets
 from portal.db import Database
+from portal.forecast import forecasts
 from portal.models import Budget, Group, from_units, to_units
 from portal.web.base import (
     ApiError,
@@ -72,7 +73,7 @@ def _budget_view(b: Budget, group: str, now) -> dict[str, Any]:
 
 
 def groups_view(db: Database, names: Collection[str] | None, now) -> list[dict[str, Any]]:
-    """Groups (all, or ``names``) with their budgets and what is left of each."""
+    """Groups (all, or ``names``) with their budgets, what is left of each and its forecast."""
     query = select(Group).order_by(Group.name)
     if names is not None:
         query = query.where(Group.name.in_(sorted(names)))
@@ -86,7 +87,7 @@ def groups_view(db: Database, names: Collection[str] | None, now) -> list[dict[s
                 .order_by(Budget.resource_class, Budget.model, Budget.id)
             ):
                 budgets.setdefault(b.group_id, []).append(b)
-        return [
+        views = [
             {
                 "name": g.name,
                 "kind": g.kind,
@@ -95,6 +96,11 @@ def groups_view(db: Database, names: Collection[str] | None, now) -> list[dict[s
             }
             for g in groups
         ]
+    found = forecasts(db, [b for g in views for b in g["budgets"]], now)
+    for g in views:
+        for b in g["budgets"]:
+            b["forecast"] = found[b["id"]].as_dict()
+    return views
 
 
 def _change_view(change: BudgetChange) -> dict[str, Any]:
@@ -360,6 +366,12 @@ _BUDGET = {
         "used": {"type": "number"},
         "reserved": {"type": "number"},
         "remaining": {"type": "number", "minimum": 0},
+        "forecast": {"type": "object", "description": "burn rate per day over the last "
+                     "days and when the budget runs out at it ('never' when idle)",
+                     "properties": {"burn_per_day": {"type": "number"},
+                                    "window_days": {"type": "integer"},
+                                    "runs_out_at": {"type": ["string", "null"]},
+                                    "label": {"type": "string"}}},
         "per_user_cap": {"type": ["number", "null"]},
         "frozen": {"type": "boolean"},
         "starts_at": {"type": ["string", "null"]},

@@ -1,16 +1,57 @@
-"""Server-rendered SVG charts (no JavaScript, no CDN): stacked bars of amounts over time.
+"""Charts drawn by Vega-Lite in the browser, each with a data table that works without it.
 
-Every label is escaped; the markup is returned as :class:`markupsafe.Markup` so it can be
-placed in an autoescaped template as is.
+The libraries (vega, vega-lite, vega-embed) are vendored from npm into ``portal/static``
+and served by the portal itself (no CDN); ``portal/static/charts.js`` renders every
+``.vega-chart`` element's spec.  Every chart carries its numbers as an HTML table under
+it, for screen readers and browsers without JavaScript.  Labels are escaped; the markup is
+:class:`markupsafe.Markup`, placed in autoescaped templates as is.
 """
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from markupsafe import Markup, escape
 
-#: Colour-blind friendly palette (Okabe-Ito), cycled over the series.
+#: Colour-blind safe palette (Okabe-Ito), cycled over the series.
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442",
            "#000000")
+#: d3-format of axis labels and tooltips: thousands separators, up to 4 significant digits.
+NUMBER_FORMAT = ",.4~g"
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.4g}" if abs(value) < 1e15 else f"{value:.3e}"
+
+
+def stacked_bars_spec(series: dict[str, dict[str, float]], *, title: str, unit: str,
+                      legend: str = "series") -> dict[str, Any]:
+    """The Vega-Lite spec of a stacked bar chart: one bar per period, a segment per series."""
+    values = [{"period": p, "series": name or "-", "value": v}
+              for name, points in sorted(series.items()) for p, v in sorted(points.items())]
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": title,
+        "width": "container",
+        "height": 220,
+        "data": {"values": values},
+        "mark": {"type": "bar", "tooltip": True},
+        "encoding": {
+            "x": {"field": "period", "type": "ordinal", "title": "period",
+                  "axis": {"labelAngle": -40, "labelOverlap": True}},
+            "y": {"field": "value", "type": "quantitative", "title": unit,
+                  "stack": True, "axis": {"format": NUMBER_FORMAT, "labelLimit": 120}},
+            "color": {"field": "series", "type": "nominal", "title": legend,
+                      "scale": {"range": list(PALETTE)}},
+            "tooltip": [
+                {"field": "period", "type": "ordinal"},
+                {"field": "series", "type": "nominal", "title": legend},
+                {"field": "value", "type": "quantitative", "title": unit,
+                 "format": NUMBER_FORMAT},
+            ],
+        },
+    }
 
 
 def stacked_bars(
@@ -18,68 +59,30 @@ def stacked_bars(
     *,
     title: str,
     unit: str = "",
-    width: int = 720,
-    height: int = 260,
+    legend: str = "series",
 ) -> Markup:
-    """A stacked bar chart: one bar per period, one coloured segment per series.
+    """A stacked bar chart (Vega-Lite) with its data table underneath.
 
-    ``series`` maps a series name (class, model or user) to ``{period: amount}``.
+    ``series`` maps a series name (class, model or user) to ``{period: value}``.
     """
     periods = sorted({p for values in series.values() for p in values})
     names = sorted(series)
     if not periods:
         return Markup('<p class="chart-empty">No usage in this selection.</p>')
-    totals = [sum(series[n].get(p, 0.0) for n in names) for p in periods]
-    top = max(totals) or 1.0
-    left, bottom, legend_w = 60, 40, 170
-    plot_w, plot_h = width - left - legend_w - 10, height - bottom - 30
-    slot = plot_w / len(periods)
-    bar_w = max(2.0, slot * 0.7)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" width="{width}" '
-        f'height="{height}" viewBox="0 0 {width} {height}" aria-label="{escape(title)}">',
-        f"<title>{escape(title)}</title>",
-        f'<text x="{left}" y="16" font-size="13" font-weight="bold">{escape(title)}</text>',
-        f'<line x1="{left}" y1="{30 + plot_h}" x2="{left + plot_w}" y2="{30 + plot_h}" '
-        'stroke="#555"/>',
-        f'<text x="{left - 6}" y="34" font-size="11" text-anchor="end">{top:,.4g}</text>',
-        f'<text x="{left - 6}" y="{30 + plot_h}" font-size="11" text-anchor="end">0</text>',
-        f'<text x="8" y="{30 + plot_h / 2}" font-size="11" '
-        f'transform="rotate(-90 8 {30 + plot_h / 2})">{escape(unit)}</text>',
-    ]
-    label_every = max(1, len(periods) // 8)
-    for i, period in enumerate(periods):
-        x = left + i * slot + (slot - bar_w) / 2
-        y = 30 + plot_h
-        for j, name in enumerate(names):
-            value = series[name].get(period, 0.0)
-            if value <= 0:
-                continue
-            h = plot_h * value / top
-            y -= h
-            parts.append(
-                f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar_w:.1f}" height="{h:.1f}" '
-                f'fill="{PALETTE[j % len(PALETTE)]}" data-series="{escape(name)}" '
-                f'data-period="{escape(period)}"><title>{escape(name)} {escape(period)}: '
-                f"{value:,.4g}</title></rect>"
-            )
-        if i % label_every == 0:
-            parts.append(
-                f'<text x="{x + bar_w / 2:.1f}" y="{30 + plot_h + 16}" font-size="10" '
-                f'text-anchor="middle">{escape(period)}</text>'
-            )
-    for j, name in enumerate(names[:12]):
-        ly = 34 + j * 18
-        lx = width - legend_w
-        parts.append(
-            f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" '
-            f'fill="{PALETTE[j % len(PALETTE)]}"/>'
-            f'<text x="{lx + 18}" y="{ly}" font-size="11">{escape(name or "-")}</text>'
-        )
-    if len(names) > 12:
-        parts.append(
-            f'<text x="{width - legend_w}" y="{34 + 12 * 18}" font-size="11">'
-            f"and {len(names) - 12} more</text>"
-        )
-    parts.append("</svg>")
-    return Markup("".join(parts))
+    spec = stacked_bars_spec(series, title=title, unit=unit, legend=legend)
+    head = "".join(f'<th scope="col" class="num">{escape(n or "-")}</th>' for n in names)
+    body = "".join(
+        f'<tr><th scope="row">{escape(p)}</th>'
+        + "".join(f'<td class="num">{_fmt(series[n].get(p, 0.0))}</td>' for n in names)
+        + f'<td class="num">{_fmt(sum(series[n].get(p, 0.0) for n in names))}</td></tr>'
+        for p in periods
+    )
+    return Markup(
+        f'<figure class="chart-figure"><div class="vega-chart" role="img" '
+        f'aria-label="{escape(title)}" data-spec="{escape(json.dumps(spec))}"></div>'
+        f'<details class="chart-data" open><summary>{escape(title)}: data ({escape(unit)})</summary>'
+        f'<table class="table table-sm chart-table"><caption>{escape(title)}, {escape(unit)}'
+        f'</caption><thead><tr><th scope="col">period</th>{head}'
+        f'<th scope="col" class="num">total</th></tr></thead><tbody>{body}</tbody></table>'
+        "</details></figure>"
+    )

@@ -1,4 +1,5 @@
-"""Usage: per group by class, model and user over time (page with SVG charts, JSON, CSV).
+"""Usage: per group by class, model and user over time, in money and accelerator-hours
+(page with charts, JSON, CSV).
 
 What a caller sees: admins (and leaders of every group) anything; a group's leader every
 member's use of that group (``?group=<g>``); everyone else only their own use.
@@ -62,6 +63,7 @@ class UsageHandler(PortalHandler):
             "amount": sum(r.amount for r in rows),
             "accelerator_hours": sum(r.accelerator_hours for r in rows),
             "entries": sum(r.entries for r in rows),
+            "cost": sum(r.cost for r in rows),
         }
         if self.wants_json():
             self.write_json({
@@ -71,10 +73,13 @@ class UsageHandler(PortalHandler):
                 "totals": totals,
             })
             return
-        charts = [stacked_bars(totals_by(rows, key), title=f"Use by {label}",
-                               unit="amount (budget units)")
-                  for key, label in (("resource_class", "class"), ("model", "model"),
-                                     ("username", "user"), ("group", "group"))]
+        charts = [stacked_bars(totals_by(rows, key, value), title=f"{what} by {label}",
+                               unit=unit, legend=label)
+                  for value, what, unit in (("cost", "Spend", "cost ($)"),
+                                            ("accelerator_hours", "Accelerator-hours",
+                                             "accelerator-hours"))
+                  for key, label in (("resource_class", "class"), ("group", "group"),
+                                     ("username", "user"))]
         self.render_page(
             "usage.html", rows=rows[:PAGE_ROWS], more=max(0, len(rows) - PAGE_ROWS),
             totals=totals, charts=charts, where=where, buckets=BUCKETS,
@@ -116,6 +121,8 @@ _ROW = {
         "resource_class": {"type": "string"}, "model": {"type": "string"},
         "username": {"type": "string"}, "amount": {"type": "number"},
         "accelerator_hours": {"type": "number"}, "entries": {"type": "integer"},
+        "cost": {"type": "number", "description": "money: accelerator-hours at the price "
+                 "in force when each launch was admitted"},
     },
 }
 

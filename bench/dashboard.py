@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,13 +31,12 @@ from markupsafe import Markup  # noqa: E402
 
 from portal.accounting import month_start  # noqa: E402
 from portal.dashboard import Scope, dashboard  # noqa: E402
-from portal.db import Database  # noqa: E402
 from portal.reports import refresh_rollup, totals_by  # noqa: E402
 from portal.web.base import Viewer, _jinja_env  # noqa: E402
 from portal.web.charts import stacked_bars  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from usage_report import _bulk_loader, _ms, in_fresh_database  # noqa: E402  (not copied)
+from usage_report import _ms, in_fresh_database, loaded_ledger  # noqa: E402  (not copied)
 
 RAW = [
     ("SELECT e.resource_class, sum(e.accelerator_hours * r.price_per_hour),"
@@ -56,15 +55,7 @@ TICK = 10_000
 
 
 def run(url: str, rows: int, samples: int) -> bool:
-    import psycopg
-
-    db = Database(url)
-    db.upgrade()
-    now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-    _bulk_loader()(db, rows, now)
-    raw = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1),
-                          autocommit=True)
-    top = raw.execute("SELECT max(id) FROM usage_entries").fetchone()[0]
+    db, raw, now, top = loaded_ledger(url, rows)
     refresh_rollup(db, upto=top - TICK)
     raw.execute("VACUUM ANALYZE usage_rollup")
     env = _jinja_env()

@@ -78,16 +78,21 @@ def _ms(fn) -> float:
     return (time.perf_counter() - t0) * 1000
 
 
-def run(url: str, rows: int, samples: int) -> bool:
+def loaded_ledger(url: str, rows: int):
+    """``(db, raw connection, now, top id)`` of a fresh database holding ``rows`` ledger entries."""
     import psycopg
 
     db = Database(url)
     db.upgrade()
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     _bulk_loader()(db, rows, now)
-    raw = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1),
-                          autocommit=True)
+    raw = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1), autocommit=True)
     top = raw.execute("SELECT max(id) FROM usage_entries").fetchone()[0]
+    return db, raw, now, top
+
+
+def run(url: str, rows: int, samples: int) -> bool:
+    db, raw, now, top = loaded_ledger(url, rows)
     # The first roll-up (once, e.g. after upgrading): all but the newest tick's entries,
     # which stay in the tail as they would between two of the portal's refreshes.
     t0 = time.perf_counter()

@@ -254,6 +254,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             request, offering = validate_options(
                 user_options, self.resource_catalog, groups, default_group=default_group,
                 min_hours=self.min_launch_hours, hours_step=self.hours_resolution,
+                scheduled=self.course is not None,  # the session's own length, to its end
             )
         except OptionError as e:
             self.log.warning("refused options of %s for %s: %s", self.user.name,

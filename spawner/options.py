@@ -118,10 +118,15 @@ def _as_float(value: Any, field: str) -> float:
         raise OptionError(field, f"must be a finite number, got {quote(value)}") from None
 
 
-def _check_hours(hours: float, offering: Offering, min_hours: float, step: float) -> None:
-    """Hours within ``[min_hours, max_hours]`` and a whole number of ``step``."""
+def _check_hours(hours: float, offering: Offering, min_hours: float, step: float, scheduled: bool = False) -> None:
+    """Hours within ``[min_hours, max_hours]`` and a whole number of ``step``.
+
+    ``scheduled`` hours come from a schedule (a course session lasts to its end): no minimum, no step.
+    """
     low = offering.min_hours if offering.min_hours is not None else min_hours
     step = offering.hours_step if offering.hours_step is not None else step
+    if scheduled:
+        low, step = 0.0, 0.0
     allowed = f"at least {low:g} and at most {offering.max_hours:g}"
     if not low <= hours <= offering.max_hours or hours <= 0:
         raise OptionError("hours", f"{quote(hours)} is out of range; allowed: {allowed}")
@@ -143,10 +148,12 @@ def validate_options(
     default_group: str | None = None,
     min_hours: float = DEFAULT_MIN_HOURS,
     hours_step: float = DEFAULT_HOURS_STEP,
+    scheduled: bool = False,
 ) -> tuple[LaunchRequest, Offering]:
     """Check ``options`` and return the request and its offering, or raise :class:`OptionError`.
 
-    ``min_hours`` and ``hours_step`` apply to offerings that do not set their own.
+    ``min_hours`` and ``hours_step`` apply to offerings that do not set their own; ``scheduled``
+    hours (a course session's, to its end) need neither.
     """
     if not isinstance(options, (dict, type(None))):
         raise OptionError("user_options", f"must be a JSON object, got {quote(options)}")
@@ -176,7 +183,7 @@ def validate_options(
     if "hours" not in options:
         raise OptionError("hours", f"is required; allowed: more than 0 and at most {offering.max_hours:g}")
     hours = _as_float(options["hours"], "hours")
-    _check_hours(hours, offering, min_hours, hours_step)
+    _check_hours(hours, offering, min_hours, hours_step, scheduled)
 
     group = options.get("group") or default_group
     if not group:

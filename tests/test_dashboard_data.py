@@ -15,6 +15,7 @@ from portal.dashboard import Scope, dashboard
 from portal.demand import demand_csv, demand_report, record_refusal, refusals_by_reason
 from portal.forecast import WINDOW_DAYS, forecasts
 from portal.mail import NoticeMail, ThresholdMailer
+from portal.models import SCALE
 from portal.reports import UsageFilter, refresh_rollup, usage_csv, usage_report
 from portal.web.budgets import groups_view
 
@@ -140,7 +141,8 @@ def test_dashboard_figures_match_the_ledger(acct, db, clock):
     refresh_rollup(db)
     everyone = dashboard(db, Scope(None, None), NOW, None)
     with db.engine.connect() as conn:  # the same figures straight from the ledger
-        raw = dict(((rc, (cost, hours)) for rc, cost, hours in conn.execute(text(
+        raw = dict(((rc, (float(cost) / SCALE, float(hours) / SCALE))  # stored as integer units
+                    for rc, cost, hours in conn.execute(text(
             "SELECT e.resource_class, SUM(e.accelerator_hours * r.price_per_hour),"
             " SUM(e.accelerator_hours) FROM usage_entries e"
             " JOIN reservations r ON r.id = e.reservation_id"

@@ -32,6 +32,11 @@ fi
 (
     cd labextension
     export YARN_GLOBAL_FOLDER="$PWD/.yarn/berry" PATH="$PWD/../.venv/bin:$PATH"
+    # Node trusts only its own CA list; let it trust the system's too (as npm's cafile does),
+    # so a bare shell (env -i) reaches a registry behind a site's TLS proxy.
+    if [ -z "${NODE_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+        export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+    fi
     jlpm install >/dev/null
     jlpm build:prod >/dev/null
 )

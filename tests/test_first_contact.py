@@ -72,11 +72,12 @@ def readme_hub(tmp_path_factory) -> Iterator[dict]:
         print(f"README demo command to login page: {info['seconds_to_login']:.1f} s")
         yield info
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
         for p in Path("/proc").iterdir():  # servers outlive the hub (cleanup_servers=False)
             try:
                 if p.name.isdigit() and str(clone).encode() in (p / "environ").read_bytes():

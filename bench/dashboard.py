@@ -18,7 +18,6 @@ Target: the page under 200 ms (median); the ratio to raw SQL is printed.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from datetime import timedelta
@@ -36,7 +35,7 @@ from portal.web.base import Viewer, _jinja_env  # noqa: E402
 from portal.web.charts import stacked_bars  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from usage_report import _ms, in_fresh_database, loaded_ledger  # noqa: E402  (not copied)
+from usage_report import _ms, ledger_bench_main, loaded_ledger  # noqa: E402  (not copied)
 
 RAW = [
     ("SELECT e.resource_class, sum(e.accelerator_hours * r.price_per_hour),"
@@ -99,11 +98,7 @@ def run(url: str, rows: int, samples: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="ledger rows")
-    parser.add_argument("--samples", type=int, default=15, help="timed runs of each case")
-    args = parser.parse_args(argv)
-    return 0 if in_fresh_database(run, args.rows, args.samples) else 1
+    return ledger_bench_main(run, __doc__, argv)
 
 
 if __name__ == "__main__":

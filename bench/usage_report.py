@@ -145,12 +145,17 @@ def run(url: str, rows: int, samples: int) -> bool:
     return ok and whole < 200
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def ledger_bench_main(bench, doc: str, argv: list[str] | None = None) -> int:
+    """Parse ``--rows``/``--samples`` and run ``bench`` in a fresh database; the exit status."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000, help="ledger rows")
     parser.add_argument("--samples", type=int, default=15, help="timed runs of each case")
     args = parser.parse_args(argv)
-    return 0 if in_fresh_database(run, args.rows, args.samples) else 1
+    return 0 if in_fresh_database(bench, args.rows, args.samples) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    return ledger_bench_main(run, __doc__, argv)
 
 
 def in_fresh_database(bench, rows: int, samples: int) -> bool:

@@ -114,6 +114,12 @@ def test_spawn_on_a_node_then_stop(slurm_hub, slurm_cluster):
     # the proxy reaches the server, which only listens inside node hhn1's namespace
     assert through_proxy(hub, user, token).status_code == 200
     assert reservations(hub, user) == [("running", None)]
+    # the job's environment is the one the hub built: no login shell (`su -`, whose profile
+    # can stall a launch past BatchStartTimeout) and nothing of the hub's own environment
+    env = slurm_cluster.server_env("hhn1", user)
+    assert not {"SLURM_GET_USER_ENV", "LOGNAME", "MAIL", "SHELL"} & env.keys(), sorted(env)
+    assert "HYBRIDHUB_DEMO_INVENTORY" not in env and "CONFIGPROXY_AUTH_TOKEN" not in env
+    assert env["HOME"].endswith(f"/homes/{user}") and env["JUPYTERHUB_API_TOKEN"]
 
     hub.stop_server(user)
     done = slurm_cluster.wait_job(f"hybridhub-{hub.hub_id}-{user}", {"CANCELLED", "COMPLETED"}, timeout=30)

@@ -53,7 +53,12 @@ def test_script_has_gres_time_tags_and_no_requeue():
     assert "--no-requeue" in d
     assert "--partition=h100" in d
     assert "--chdir=/home/alice" in d
-    assert "--export=JUPYTERHUB_API_TOKEN,PATH" in d
+    assert "--export=ALL" in d and "--get-user-env" not in d  # sbatch's clean env, no login shell
+
+
+def test_login_environment_names_the_variables_and_asks_for_the_login_env():
+    d = directives(sbatch_script(spec(login_environment=True)))
+    assert "--export=JUPYTERHUB_API_TOKEN,PATH" in d and "--get-user-env" in d
 
 
 def test_script_runs_the_command_and_carries_no_environment_values():

@@ -6,8 +6,11 @@ function, tested without Slurm) builds the job script: ``#SBATCH`` directives (j
 and comment tagged with the hub id and user, ``--time`` from the reserved hours,
 ``--no-requeue``) and an ``exec`` of the hub's own ``jupyterhub-singleuser`` on a port
 chosen before submitting.  Values of the server's environment (its API token among them)
-never appear in the script: ``--export`` names them and ``sbatch`` takes them from its own
-environment.
+never appear in the script: ``sbatch`` runs with exactly that environment (nothing of the
+hub's own) and exports all of it.  Naming variables in ``--export`` instead would make
+slurmd run the user's login shell first (``su - user``, implied by ``--export=<names>`` in
+Slurm 22.05), whose profile can stall the launch past ``BatchStartTimeout`` (NODE_FAIL);
+``login_environment`` opts into it.
 
 Every Slurm command runs as an asyncio subprocess with a timeout, never blocking the hub's
 loop.  Job states come from one ``squeue --json`` call shared by all servers of the hub
@@ -75,6 +78,7 @@ class JobSpec:
     cpus: int | None = None
     mem: str | None = None
     extra_directives: tuple[str, ...] = field(default_factory=tuple)
+    login_environment: bool = False
 
 
 def slurm_time(hours: float) -> str:
@@ -106,8 +110,11 @@ def sbatch_script(spec: JobSpec) -> str:
         "--no-requeue",
         f"--chdir={spec.workdir}",
         f"--output={spec.output}",
-        f"--export={','.join(spec.env_names) or 'NONE'}",
     ]
+    if spec.login_environment:  # slurmd loads the login env, then sbatch's named variables
+        directives += [f"--export={','.join(spec.env_names) or 'NONE'}", "--get-user-env"]
+    else:  # sbatch's own (clean) environment is the job's, exactly
+        directives.append("--export=ALL")
     if spec.partition:
         directives.append(f"--partition={spec.partition}")
     if spec.cpus:
@@ -212,9 +219,19 @@ class SlurmCommands(LoggingConfigurable):
         "per server).",
     ).tag(config=True)
 
-    async def run(self, argv: list[str], *, stdin: str = "", env: Mapping[str, str] | None = None) -> str:
-        """Run ``argv``; its stdout, or :class:`SlurmCommandError` (failure or timeout)."""
-        full_env = {**os.environ, **self.env, **(env or {})}
+    async def run(
+        self, argv: list[str], *, stdin: str = "", env: Mapping[str, str] | None = None, clean: bool = False
+    ) -> str:
+        """Run ``argv``; its stdout, or :class:`SlurmCommandError` (failure or timeout).
+
+        ``clean``: the command gets ``env`` and :attr:`env` only, plus the hub's ``PATH`` and
+        ``SLURM_CONF`` to find Slurm, none of the hub's other variables (its secrets).
+        """
+        base = os.environ
+        if clean:
+            base = {k: v for k, v in os.environ.items() if k == "SLURM_CONF"}
+            base["PATH"] = os.environ.get("PATH", os.defpath)
+        full_env = {**base, **self.env, **(env or {})}
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -272,8 +289,8 @@ class SlurmCommands(LoggingConfigurable):
         return list((await self.cached_json(list(self.sinfo))).get("nodes", []))
 
     async def submit(self, script: str, env: Mapping[str, str]) -> int:
-        """``sbatch --parsable`` the script (on stdin); the new job id."""
-        out = await self.run([*self.sbatch, "--parsable"], stdin=script, env=env)
+        """``sbatch --parsable`` the script (on stdin) with exactly ``env``; the new job id."""
+        out = await self.run([*self.sbatch, "--parsable"], stdin=script, env=env, clean=True)
         try:
             return int(out.strip().split(";")[0])
         except ValueError:
@@ -327,6 +344,13 @@ class SlurmBackend(BackendMixin, Spawner):
     extra_directives = List(
         Unicode(),
         help="More #SBATCH options for every job, e.g. ['--account=hpc-jupyter', '--qos=interactive'].",
+    ).tag(config=True)
+
+    login_environment = Bool(
+        False,
+        help="Load the user's login environment on the node before the server's (sbatch "
+        "--get-user-env: slurmd runs `su - <user>`). Off: the job's environment is exactly the "
+        "one the hub builds, as on every other class.",
     ).tag(config=True)
 
     fail_fast = Bool(
@@ -401,7 +425,7 @@ class SlurmBackend(BackendMixin, Spawner):
         return self.home_dir_template.format(username=self.user.name)
 
     def job_env(self) -> dict[str, str]:
-        """The server's environment (handed to sbatch, exported by name only)."""
+        """The server's environment: sbatch's whole environment, and so the job's."""
         env = self.get_env()
         env.update(self.accelerator_env())
         env["HOME"] = self.home
@@ -432,6 +456,7 @@ class SlurmBackend(BackendMixin, Spawner):
             cpus=cpus,
             mem=mem,
             extra_directives=tuple(self.extra_directives),
+            login_environment=self.login_environment,
         )
 
     async def _job(self) -> dict | None:

@@ -30,7 +30,7 @@ DEMO_GROUPS = {
     "project-llm": {"users": ["dave"], "properties": {"kind": "project"}},
 }
 DEMO_ADMINS = {"admin"}
-#: Threshold mail settings passed on to the meter service (portal.mail; off without a host).
+#: Threshold mail settings passed on to the meter service (portal.accounting.mail; off without a host).
 MAIL_SETTINGS = ("HYBRIDHUB_SMTP_HOST", "HYBRIDHUB_SMTP_PORT", "HYBRIDHUB_MAIL_FROM",
                  "HYBRIDHUB_LEADER_ADDRESSES", "HYBRIDHUB_PORTAL_URL")
 #: Demo group leaders (portal scope ``custom:quota:lead!group=<group>``): carol leads her
@@ -96,7 +96,7 @@ def configure_services(
 ) -> None:
     """Register hybridhub's managed services with the smallest scopes they need.
 
-    The portal (:mod:`portal.service`) listens on ``portal_bind_url`` (default: a free
+    The portal (:mod:`portal.web.app`) listens on ``portal_bind_url`` (default: a free
     loopback port) behind the hub's proxy at ``/services/hybridhub-portal/``, linked from
     the hub's navigation bar; ``quota_admins`` get ``custom:quota:admin`` and each group's
     ``quota_leaders`` get ``custom:quota:lead!group=<group>``.
@@ -109,7 +109,7 @@ def configure_services(
         *[s for s in c.JupyterHub.get("services", []) if s.get("name") != "hybridhub-meter"],
         {
             "name": "hybridhub-meter",
-            "command": [sys.executable, "-m", "portal.meter"],
+            "command": [sys.executable, "-m", "portal.services.meter"],
             "environment": {
                 "HYBRIDHUB_DB_URL": db_url,
                 "HYBRIDHUB_METER_INTERVAL": str(meter_interval),
@@ -129,7 +129,7 @@ def configure_portal(
     leaders: Mapping[str, Iterable[str]],
 ) -> None:
     """Run the quota portal as a managed service, with its custom scopes and roles."""
-    from portal import service
+    from portal.web import app as service
 
     bind_url = bind_url or f"http://127.0.0.1:{random_port()}"
     c.JupyterHub.custom_scopes = {**c.JupyterHub.get("custom_scopes", {}), **service.CUSTOM_SCOPES}
@@ -154,8 +154,8 @@ def configure_courses(
     instructors: Mapping[str, Iterable[str]], env: Mapping[str, str],
 ) -> None:
     """Course sessions: the scheduler service, instructor roles, home-page vars and banners."""
-    from portal import courses
-    from portal.course_scheduler import course_service
+    from portal.accounting import courses
+    from portal.services.course_scheduler import course_service
     from spawner.hybrid import accounting_for
 
     service, role = course_service(
@@ -194,7 +194,7 @@ def configure_courses(
 
 def configure_production(c: Config, *, db_url: str, env: Mapping[str, str]) -> None:
     """Real backends: GPU hosts from an inventory file, AWS from HYBRIDHUB_AWS_* (docs/docker.md, docs/aws.md)."""
-    from spawner.ec2_reconcile import reconciler_service
+    from portal.services.ec2_reconcile import reconciler_service
 
     c.Spawner.start_timeout = 900  # an EC2 instance boots, installs and answers within this
     if env.get("HYBRIDHUB_DOCKER_HOSTS"):
@@ -267,7 +267,7 @@ def add_hybridhub(
         "HYBRIDHUB_PORTAL_URL": os.environ.get("HYBRIDHUB_PORTAL_URL")
         or f"{hub_url.rstrip('/')}/services/hybridhub-portal/",
     }
-    from portal.verifier import configure_verification
+    from portal.services.verification import configure_verification
 
     configure_verification(c, proxy_url=hub_url)
     configure_courses(

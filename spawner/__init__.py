@@ -1,6 +1,6 @@
 """hybridhub's JupyterHub spawner: a resource picker over three hardware classes."""
 
-from .catalog import Catalog, CatalogError, Offering, load_catalog
-from .hybrid import HybridSpawner
+from spawner.catalog import Catalog, CatalogError, Offering, load_catalog
+from spawner.hybrid import HybridSpawner
 
 __all__ = ["Catalog", "CatalogError", "HybridSpawner", "Offering", "load_catalog"]

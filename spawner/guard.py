@@ -10,7 +10,7 @@ around a launch:
    server token, filters the environment and hides the folders (:mod:`spawner.trust`);
 3. once it runs, :meth:`~TrustAndProvenanceMixin.record_start` writes the provenance
    record, and :meth:`~TrustAndProvenanceMixin.record_end` closes it on stop or when
-   ``poll`` finds the server gone (:mod:`portal.provenance`).
+   ``poll`` finds the server gone (:mod:`portal.accounting.sessions`).
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from typing import Any
 
 from traitlets import Dict, HasTraits, List, Unicode, default
 
-from portal.provenance import END_FAILED_START, SessionLog
-from portal.trust import TrustPolicy
-
-from .errors import first_line, user_error
-from .provenance import describe, end_reason
-from .trust import (
+from portal.accounting.sessions import END_FAILED_START, SessionLog
+from portal.accounting.trust import TrustPolicy
+from spawner.errors import first_line, user_error
+from spawner.provenance import describe, end_reason
+from spawner.trust import (
     DEFAULT_ENV_ALLOW,
     DEFAULT_ENV_DENY,
     DEFAULT_TRUST_WORDS,
@@ -37,7 +36,7 @@ from .trust import (
     confine_backend,
     offering_trust,
 )
-from .trust import plan_confinement as plan
+from spawner.trust import plan_confinement as plan
 
 
 class TrustAndProvenanceMixin(HasTraits):

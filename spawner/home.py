@@ -10,10 +10,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from portal.accounting import Accounting
-from portal.provenance import SessionLog
-
-from .catalog import Catalog
+from portal.accounting.ledger import Accounting
+from portal.accounting.sessions import SessionLog
+from spawner.catalog import Catalog
 
 
 def _aware(t: datetime) -> datetime:

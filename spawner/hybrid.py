@@ -24,16 +24,15 @@ from tornado import web
 from traitlets import Dict, Float, Integer, Unicode, default, observe
 from traitlets.utils.importstring import import_item
 
-from portal import courses
-from portal.accounting import Accounting, AdmissionError
-from portal.db import Database
-from portal.forecast import remaining_forecasts
-from portal.models import GROUP_KINDS
-
-from .catalog import Catalog, CatalogError, Offering, load_catalog
-from .errors import start_failed, user_error
-from .guard import TrustAndProvenanceMixin
-from .options import (
+from portal.accounting import courses
+from portal.accounting.db import Database
+from portal.accounting.forecast import remaining_forecasts
+from portal.accounting.ledger import Accounting, AdmissionError
+from portal.accounting.models import GROUP_KINDS
+from spawner.catalog import Catalog, CatalogError, Offering, load_catalog
+from spawner.errors import start_failed, user_error
+from spawner.guard import TrustAndProvenanceMixin
+from spawner.options import (
     DEFAULT_HOURS_STEP,
     DEFAULT_MIN_HOURS,
     LaunchRequest,
@@ -43,7 +42,7 @@ from .options import (
     reservation_summary,
     validate_options,
 )
-from .refusals import RefusalLogMixin, admission_reason, error_text
+from spawner.refusals import RefusalLogMixin, admission_reason, error_text
 
 TEMPLATE_DIRS = [
     Path(__file__).resolve().parent.parent / "templates",  # source checkout / editable install

@@ -29,7 +29,7 @@ from traitlets import List, Unicode
 from traitlets.config import Configurable
 
 if TYPE_CHECKING:
-    from .catalog import Offering
+    from spawner.catalog import Offering
 
 HOST_CLASSES = ("community", "enterprise")
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from decimal import Decimal
 from typing import Any
 
-from .catalog import Catalog, Offering
+from spawner.catalog import Catalog, Offering
 
 FIELDS = ("class", "model", "count", "hours", "group")
 #: The most characters of a user's own value quoted back in an error (or a log line).

@@ -1,7 +1,7 @@
 """What the spawner writes to a session's provenance record, gathered from its backend.
 
 :func:`describe` turns a started backend's :meth:`BackendMixin.provenance` into the
-columns of :class:`portal.provenance.SessionRecord`, adding the image's id and digest
+columns of :class:`portal.accounting.sessions.SessionRecord`, adding the image's id and digest
 where the engine gives them.  :func:`end_reason` says how a server that ``poll`` found
 gone ended.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from portal.provenance import END_EXITED, END_HOST_LOST, END_STOPPED_BY_USER
+from portal.accounting.sessions import END_EXITED, END_HOST_LOST, END_STOPPED_BY_USER
 
 #: Backends whose ``poll`` watches a whole machine: any status there means it is gone.
 MACHINE_BACKENDS = ("ec2",)

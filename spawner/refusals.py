@@ -1,4 +1,4 @@
-"""Unmet demand from the spawner: each refused launch is written to :mod:`portal.demand`.
+"""Unmet demand from the spawner: each refused launch is written to :mod:`portal.accounting.demand`.
 
 HybridSpawner calls :meth:`RefusalLogMixin.note_refusal` at its refusal points (budget,
 capacity 429, barred group, course lock).  Recording never turns a refusal into a
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from portal.accounting import QuotaExceeded
-from portal.demand import record_refusal
+from portal.accounting.demand import record_refusal
+from portal.accounting.ledger import QuotaExceeded
 
 
 def admission_reason(exc: Exception) -> str:

@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .catalog import TRUST_LEVELS
+from spawner.catalog import TRUST_LEVELS
 
 if TYPE_CHECKING:
-    from .catalog import Offering
+    from spawner.catalog import Offering
 
 TRUSTED, UNTRUSTED = TRUST_LEVELS
 
@@ -82,7 +82,7 @@ def offering_trust(offering: Offering, config: Any = None) -> str:
     """The trust of ``offering``: its catalog level, lowered by any host it may land on."""
     level = offering.trust
     if offering.backend in ("docker", "swarm") and config is not None:
-        from .inventory import GpuInventory
+        from spawner.inventory import GpuInventory
 
         for host, _gpus in GpuInventory(config=config).candidates(offering):
             level = least_trusted(level, host_trust(host.labels))
@@ -225,7 +225,7 @@ def _hider_for(child: Any):
     if isinstance(child, LocalProcessSpawner) and hasattr(child, "home_dir"):
         return _hide_locally
     try:
-        from .backends.docker import DockerBackend
+        from spawner.backends.docker import DockerBackend
     except ImportError:  # pragma: no cover (docker SDK missing)
         return None
     if isinstance(child, DockerBackend) and hasattr(child, "home_path"):

@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
-from portal.accounting import (
+from portal.accounting.ledger import (
     Accounting,
     BudgetUnavailable,
     NoBudget,
     NotMember,
     QuotaExceeded,
 )
-from portal.models import Budget, UsageEntry
+from portal.accounting.models import Budget, UsageEntry
 
 G = "course-ml101"
 #: Amounts are exact millionths and each charge is rounded up: one unit per entry.

@@ -9,8 +9,8 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from portal.accounting import Accounting
-from portal.meter import HubStopper, Meter, from_env, stop_url
+from portal.accounting.ledger import Accounting
+from portal.services.meter import HubStopper, Meter, from_env, stop_url
 
 G = "course-ml101"
 TOKEN = "secret-service-token-123"

@@ -10,9 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from portal.accounting import Accounting, to_datetime
-from portal.course_scheduler import CourseScheduler, HubError, same_hardware
-from portal.courses import (
+from portal.accounting.courses import (
     END_REASON,
     ClassDoesNotFit,
     CourseSchedule,
@@ -26,7 +24,9 @@ from portal.courses import (
     session_launch,
     sessions_for_user,
 )
-from portal.models import Budget, Reservation
+from portal.accounting.ledger import Accounting, to_datetime
+from portal.accounting.models import Budget, Reservation
+from portal.services.course_scheduler import CourseScheduler, HubError, same_hardware
 from spawner.catalog import load_catalog
 
 COURSE = "course-ml101"

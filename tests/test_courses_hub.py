@@ -15,12 +15,12 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from portal.accounting import Accounting
-from portal.course_scheduler import SERVICE_SCOPES, CourseScheduler, HubClient
-from portal.courses import END_REASON, CourseSchedule
-from portal.db import Database
+from portal.accounting.courses import END_REASON, CourseSchedule
+from portal.accounting.db import Database
+from portal.accounting.ledger import Accounting
+from portal.accounting.models import Reservation
 from portal.hubconfig import DEMO_USER_PASSWORD
-from portal.models import Reservation
+from portal.services.course_scheduler import SERVICE_SCOPES, CourseScheduler, HubClient
 from spawner.catalog import load_catalog
 from tests.fixtures.courses import make_course, servers, stop_all_servers
 from tests.fixtures.db import FakeClock

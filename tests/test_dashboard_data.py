@@ -10,13 +10,13 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from portal.accounting import Accounting
-from portal.dashboard import Scope, dashboard
-from portal.demand import demand_csv, demand_report, record_refusal, refusals_by_reason
-from portal.forecast import WINDOW_DAYS, forecasts
-from portal.mail import NoticeMail, ThresholdMailer
-from portal.models import SCALE
-from portal.reports import UsageFilter, refresh_rollup, usage_csv, usage_report
+from portal.accounting.dashboard import Scope, dashboard
+from portal.accounting.demand import demand_csv, demand_report, record_refusal, refusals_by_reason
+from portal.accounting.forecast import WINDOW_DAYS, forecasts
+from portal.accounting.ledger import Accounting
+from portal.accounting.mail import NoticeMail, ThresholdMailer
+from portal.accounting.models import SCALE
+from portal.accounting.reports import UsageFilter, refresh_rollup, usage_csv, usage_report
 from portal.web.budgets import groups_view
 
 NOW = datetime(2026, 11, 10, 12, 0)  # the clock fixture's time

@@ -15,14 +15,14 @@ from datetime import timedelta
 import pytest
 import requests
 
-from portal.accounting import Accounting, month_start
-from portal.courses import CourseSchedule
-from portal.db import Database
-from portal.demand import record_refusal
+from portal.accounting.courses import CourseSchedule
+from portal.accounting.db import Database
+from portal.accounting.demand import record_refusal
+from portal.accounting.ledger import Accounting, month_start
+from portal.accounting.models import utcnow
+from portal.accounting.trust import TrustPolicy
 from portal.hubconfig import DEMO_ADMIN_PASSWORD, DEMO_USER_PASSWORD
-from portal.models import utcnow
-from portal.service import SERVICE_NAME
-from portal.trust import TrustPolicy
+from portal.web.app import SERVICE_NAME
 from spawner.catalog import load_catalog
 from tests.fixtures.browser import login
 from tests.fixtures.env import docs_artifact

@@ -5,7 +5,7 @@ import re
 import pytest
 import requests
 
-from portal.allocations import allocator_for
+from portal.accounting.allocations import allocator_for
 from portal.hubconfig import DEMO_INVENTORY, DEMO_USER_PASSWORD
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")

@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from tornado import web
 
-from portal.allocations import Allocator, GpuAllocation
-from portal.db import Database
-from portal.models import utcnow
+from portal.accounting.allocations import Allocator, GpuAllocation
+from portal.accounting.db import Database
+from portal.accounting.models import utcnow
 from spawner.backends.docker import DockerBackend, Reconciler, known_owners_from_hub_db
 from spawner.inventory import GpuInventory
 from tests.fixtures.docker import DATA, TEST_IMAGE, fake_gpus

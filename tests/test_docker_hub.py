@@ -6,9 +6,9 @@ import uuid
 
 import pytest
 
-from portal.allocations import Allocator
-from portal.db import Database
-from portal.demand import demand_report
+from portal.accounting.allocations import Allocator
+from portal.accounting.db import Database
+from portal.accounting.demand import demand_report
 from tests.fixtures.docker import h100_host, hub_docker_config, remove_labelled
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from spawner.ec2_userdata import (
+from spawner.backends.ec2.userdata import (
     BootstrapSpec,
     env_file_text,
     extract_script,

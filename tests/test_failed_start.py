@@ -2,10 +2,10 @@
 
 import pytest
 
-from portal.accounting import Accounting
-from portal.db import Database
+from portal.accounting.db import Database
+from portal.accounting.ledger import Accounting
+from portal.accounting.sessions import END_FAILED_START, SessionLog
 from portal.hubconfig import DEMO_USER_PASSWORD
-from portal.provenance import END_FAILED_START, SessionLog
 from tests.fixtures.browser import login
 
 MISSING = "/nonexistent/bin/jupyterhub-singleuser"

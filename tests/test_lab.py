@@ -21,13 +21,13 @@ import requests
 from sqlalchemy import update
 
 from hybridhub_lab.upstream import PortalUnavailable, SessionSource, session_url
-from portal.accounting import Accounting, to_datetime
-from portal.courses import CourseSchedule, reservation_key
-from portal.db import Database
+from portal.accounting.courses import CourseSchedule, reservation_key
+from portal.accounting.db import Database
+from portal.accounting.lab_session import session_state
+from portal.accounting.ledger import Accounting, to_datetime
+from portal.accounting.models import Budget
 from portal.hubconfig import DEMO_USER_PASSWORD
-from portal.lab_session import session_state
-from portal.models import Budget
-from portal.service import SERVICE_NAME
+from portal.web.app import SERVICE_NAME
 from portal.web.lab import may_read_session
 from spawner.catalog import load_catalog
 
@@ -277,7 +277,7 @@ def test_lab_shows_the_session_and_warns_before_the_stop(lab_hub, page, tmp_path
 
 
 def test_user_data_installs_the_lab_extension_only_when_asked():
-    from spawner.ec2_userdata import BootstrapSpec, render_script
+    from spawner.backends.ec2.userdata import BootstrapSpec, render_script
 
     with_lab = render_script(BootstrapSpec(env={}, home_storage="none",
                                            lab_spec="/opt/wheels/hybridhub-0.1.0-py3-none-any.whl"))

@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from portal.db import Database, SchemaTooNew, head_revision
-from portal.schema import metadata
+from portal.accounting.db import Database, SchemaTooNew, head_revision
+from portal.accounting.schema import metadata
 
 TABLES = {
     "groups", "group_members", "budgets", "user_usage", "reservations", "usage_entries",

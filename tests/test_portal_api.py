@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from portal.accounting import Accounting
-from portal.db import Database
+from portal.accounting.db import Database
+from portal.accounting.ledger import Accounting
 from portal.hubconfig import DEMO_USER_PASSWORD
-from portal.service import SERVICE_NAME
+from portal.web.app import SERVICE_NAME
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")
 CLI = Path(sys.executable).parent / "hybridhub-quota"

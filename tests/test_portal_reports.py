@@ -12,10 +12,10 @@ from html import unescape
 
 import pytest
 
-from portal import audit
-from portal.accounting import Accounting, BudgetError
-from portal.budget_csv import CsvImportError, import_budgets, parse_budgets
-from portal.reports import (
+from portal.accounting import audit
+from portal.accounting.budget_csv import CsvImportError, import_budgets, parse_budgets
+from portal.accounting.ledger import Accounting, BudgetError
+from portal.accounting.reports import (
     CSV_COLUMNS,
     UsageFilter,
     refresh_rollup,

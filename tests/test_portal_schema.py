@@ -8,7 +8,7 @@ import importlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from portal.service import HANDLER_MODULES
+from portal.web.app import HANDLER_MODULES
 from tests.fixtures.env import require
 from tests.fixtures.hub import Hub
 from tests.test_portal_api import wait_for_portal

@@ -1,4 +1,4 @@
-"""portal.provenance and portal.trust on SQLite and PostgreSQL: records, end reasons, policies."""
+"""portal.accounting.sessions and portal.accounting.trust on SQLite and PostgreSQL: records, end reasons, policies."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import inspect
 
-from portal.accounting import Accounting
-from portal.provenance import (
+from portal.accounting.ledger import Accounting
+from portal.accounting.sessions import (
     CSV_COLUMNS,
     END_COURSE,
     END_HOST_LOST,
@@ -19,7 +19,7 @@ from portal.provenance import (
     SessionLog,
     sessions_csv,
 )
-from portal.trust import PolicyError, TrustPolicy, normalize_confidential_dirs
+from portal.accounting.trust import PolicyError, TrustPolicy, normalize_confidential_dirs
 
 T0 = datetime(2026, 11, 10, 12, 0, 0)
 

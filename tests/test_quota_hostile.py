@@ -12,8 +12,8 @@ import re
 import pytest
 import requests
 
-from portal.accounting import Accounting
-from portal.db import Database
+from portal.accounting.db import Database
+from portal.accounting.ledger import Accounting
 from portal.hubconfig import DEMO_USER_PASSWORD
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from portal.accounting import Accounting
-from portal.db import Database
+from portal.accounting.db import Database
+from portal.accounting.ledger import Accounting
 from portal.hubconfig import DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
 

@@ -12,8 +12,8 @@ import pytest
 import requests
 import yaml
 
-from portal.db import Database
-from portal.models import Reservation
+from portal.accounting.db import Database
+from portal.accounting.models import Reservation
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 from tests.fixtures.slurm import HOST_IP
 from tests.test_trust_hub import login

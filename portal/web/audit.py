@@ -10,7 +10,7 @@ from typing import Any
 
 from tornado import web
 
-from portal import audit
+from portal.accounting import audit
 from portal.web.base import PortalHandler, forbidden, responses
 
 

@@ -31,7 +31,7 @@ from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from markupsafe import Markup
 from tornado import web
 
-from portal.accounting import Accounting
+from portal.accounting.ledger import Accounting
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 ADMIN_SCOPE = "custom:quota:admin"

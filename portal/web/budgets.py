@@ -2,8 +2,8 @@
 
 Each operation is one handler serving two paths: the form path (``/budgets/7/top-up``,
 answered with a redirect to the page) and the API path (``/api/budgets/7/top-up``,
-answered with JSON).  Every change goes through :mod:`portal.accounting` with
-:func:`portal.audit.record` as its audit hook, so it is audited in its own transaction.
+answered with JSON).  Every change goes through :mod:`portal.accounting.ledger` with
+:func:`portal.accounting.audit.record` as its audit hook, so it is audited in its own transaction.
 
 Who may do what: admins everything; a group's leader tops up that group's budgets;
 members see their groups' budgets.
@@ -19,8 +19,11 @@ from urllib.parse import quote
 from sqlalchemy import select
 from tornado import web
 
-from portal import audit
-from portal.accounting import (
+from portal.accounting import audit
+from portal.accounting.budget_csv import CsvImportError, import_budgets
+from portal.accounting.db import Database
+from portal.accounting.forecast import forecasts
+from portal.accounting.ledger import (
     GROUP_KINDS,
     PERIODS,
     UNITS,
@@ -30,10 +33,7 @@ from portal.accounting import (
     month_start,
     resets_at_for,
 )
-from portal.budget_csv import CsvImportError, import_budgets
-from portal.db import Database
-from portal.forecast import forecasts
-from portal.models import Budget, Group, from_units, to_units
+from portal.accounting.models import Budget, Group, from_units, to_units
 from portal.web.base import (
     ApiError,
     PortalHandler,

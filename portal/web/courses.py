@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from tornado import web
 
-from portal.courses import MANAGE_SCOPE, CourseError, CourseSchedule, SessionInfo
+from portal.accounting.courses import MANAGE_SCOPE, CourseError, CourseSchedule, SessionInfo
 from portal.web.base import ApiError, PortalHandler, forbidden, path_id, responses, string_field
 
 #: How long "start now" waits for the scheduler's answer before replying 202.

@@ -12,8 +12,8 @@ from typing import Any
 
 from tornado import web
 
-from portal.dashboard import Dashboard, Scope, dashboard
-from portal.reports import totals_by
+from portal.accounting.dashboard import Dashboard, Scope, dashboard
+from portal.accounting.reports import totals_by
 from portal.web.base import PortalHandler, Viewer, responses
 from portal.web.charts import stacked_bars
 

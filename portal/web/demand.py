@@ -11,7 +11,7 @@ from typing import Any
 
 from tornado import web
 
-from portal.demand import CSV_COLUMNS, demand_csv, demand_report
+from portal.accounting.demand import CSV_COLUMNS, demand_csv, demand_report
 from portal.web.base import ApiError, PortalHandler, date_arg, responses
 from portal.web.charts import stacked_bars
 

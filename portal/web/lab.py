@@ -15,7 +15,7 @@ from __future__ import annotations
 from asyncio import to_thread
 from typing import Any
 
-from portal.lab_session import session_state
+from portal.accounting.lab_session import session_state
 from portal.web.base import ApiError, PortalHandler, forbidden, responses
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from tornado import web
 
-from portal.reports import RunningServer, running_servers
+from portal.accounting.reports import RunningServer, running_servers
 from portal.web.base import PortalHandler, responses
 
 

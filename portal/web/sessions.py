@@ -2,8 +2,8 @@
 
 Everyone sees their own sessions; quota admins see everyone's (``?user=`` narrows it).
 From a session a user asks to *verify* a notebook of their home: the portal runs it
-again on a trusted offering (:mod:`portal.verifier`, charged to the chosen group like any
-launch) and shows the cell-by-cell comparison (:mod:`portal.verify`).
+again on a trusted offering (:mod:`portal.services.verification`, charged to the chosen group like any
+launch) and shows the cell-by-cell comparison (:mod:`portal.services.notebook_compare`).
 
 The verification runs in this service with its hub token, which needs the scopes
 ``servers``, ``access:servers`` and ``read:users`` (see ``portal.hubconfig``); the
@@ -20,7 +20,7 @@ from typing import Any
 
 from tornado import web
 
-from portal.provenance import (
+from portal.accounting.sessions import (
     CSV_COLUMNS,
     END_REASONS,
     SessionInfo,
@@ -28,8 +28,8 @@ from portal.provenance import (
     VerificationInfo,
     sessions_csv,
 )
-from portal.verifier import VerificationRunner, normalize_notebook_path
-from portal.verify import Tolerance
+from portal.services.notebook_compare import Tolerance
+from portal.services.verification import VerificationRunner, normalize_notebook_path
 from portal.web.base import ApiError, PortalHandler, forbidden, path_id, responses, string_field
 from spawner.catalog import load_catalog
 

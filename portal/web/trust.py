@@ -13,8 +13,8 @@ from typing import Any
 
 from tornado import web
 
-from portal import audit
-from portal.trust import PolicyError, TrustPolicy
+from portal.accounting import audit
+from portal.accounting.trust import PolicyError, TrustPolicy
 from portal.web.base import ApiError, PortalHandler, bool_field, responses, string_field
 
 
@@ -24,7 +24,7 @@ def _as_dict(p) -> dict[str, Any]:
 
 
 class TrustBase(PortalHandler):
-    """Admin-only access to :class:`portal.trust.TrustPolicy`."""
+    """Admin-only access to :class:`portal.accounting.trust.TrustPolicy`."""
 
     @property
     def policy(self) -> TrustPolicy:

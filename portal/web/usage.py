@@ -13,7 +13,7 @@ from typing import Any
 
 from tornado import web
 
-from portal.reports import BUCKETS, CSV_COLUMNS, UsageFilter, totals_by, usage_csv, usage_report
+from portal.accounting.reports import BUCKETS, CSV_COLUMNS, UsageFilter, totals_by, usage_csv, usage_report
 from portal.web.base import ApiError, PortalHandler, date_arg, forbidden, responses
 from portal.web.budgets import groups_view
 from portal.web.charts import stacked_bars

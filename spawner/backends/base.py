@@ -19,7 +19,7 @@ from traitlets import Any, HasTraits
 from traitlets.config import Config
 
 if TYPE_CHECKING:
-    from ..catalog import Offering
+    from spawner.catalog import Offering
 
 
 DEFAULT_DB_URL = "sqlite:///hybridhub.sqlite"

@@ -2,7 +2,7 @@
 
 For each launch it picks a host from :class:`spawner.inventory.GpuInventory`
 with ``count`` free GPUs of the offering's model (best fit, see
-:mod:`portal.allocations`), records one allocation row per GPU, and creates the
+:mod:`portal.accounting.allocations`), records one allocation row per GPU, and creates the
 container on that host's engine with those GPUs as device requests (and their
 UUIDs in ``NVIDIA_VISIBLE_DEVICES``).  The container config is built by the
 pure function :func:`container_config`, so its security properties are unit
@@ -34,12 +34,11 @@ from jupyterhub.utils import random_port
 from traitlets import Bool, Dict, Float, Int, Unicode, default
 from traitlets.config import Config
 
-from portal.allocations import Allocator, Candidate, NoCapacity, Placement, allocator_for
-from portal.models import utcnow
-
-from ..errors import no_capacity_error
-from ..inventory import GpuInventory, Host
-from .base import BackendMixin, db_url_from_config
+from portal.accounting.allocations import Allocator, Candidate, NoCapacity, Placement, allocator_for
+from portal.accounting.models import utcnow
+from spawner.backends.base import BackendMixin, db_url_from_config
+from spawner.errors import no_capacity_error
+from spawner.inventory import GpuInventory, Host
 
 log = logging.getLogger("hybridhub.docker")
 

@@ -18,10 +18,9 @@ from jupyterhub.utils import random_port
 from traitlets import Dict, Float, Unicode, default
 from traitlets.config import Config
 
-from portal.allocations import Candidate, NoCapacity, allocator_for
-
-from ..errors import no_capacity_error
-from .base import BackendMixin, db_url_from_config
+from portal.accounting.allocations import Candidate, NoCapacity, allocator_for
+from spawner.backends.base import BackendMixin, db_url_from_config
+from spawner.errors import no_capacity_error
 
 
 def simulated_candidates(inventory: dict, offering) -> list[Candidate] | None:

@@ -40,8 +40,8 @@ from jupyterhub.utils import random_port
 from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from traitlets.config import Config, LoggingConfigurable
 
-from ..errors import no_capacity_error, user_error
-from .base import BackendMixin
+from spawner.backends.base import BackendMixin
+from spawner.errors import no_capacity_error, user_error
 
 #: Job states in which the job still holds (or waits for) its node.
 LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "RESIZING", "REQUEUED"}

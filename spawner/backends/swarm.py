@@ -34,9 +34,8 @@ from jupyterhub.utils import random_port
 from traitlets import Dict, Float, List, Unicode
 from traitlets.config import Config
 
-from portal.allocations import Placement as GpuPlacement
-
-from .docker import (
+from portal.accounting.allocations import Placement as GpuPlacement
+from spawner.backends.docker import (
     LABEL_HUB,
     LABEL_OFFERING,
     LABEL_OWNER,

@@ -1,0 +1,1488 @@
+"""Per-group quota accounting: admit-if-fits, metering, warnings, stop at zero, release.
+
+A launch of N accelerators for H hours reserves its whole cost up front, as Slurm's
+``AccountingStorageEnforce=safe`` does.  Every change to a budget is one conditional
+``UPDATE`` (``... WHERE amount - used - reserved >= :x``), never a read followed by a
+write, so concurrent launches on separate connections cannot overspend, on SQLite and
+PostgreSQL alike.  The usage ledger (:class:`~portal.accounting.models.UsageEntry`) is append-only
+and every entry carries an idempotency key, so a restarted hub that meters again never
+charges a span twice.
+
+Time comes from an injectable ``clock`` (seconds since the epoch), so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from portal.accounting.db import Database
+from portal.accounting.models import (
+    GROUP_KINDS,
+    PERIODS,
+    SCALE,
+    UNITS,
+    Budget,
+    Group,
+    GroupMember,
+    Notice,
+    Reservation,
+    UsageEntry,
+    UserUsage,
+    from_units,
+    to_units,
+)
+
+log = logging.getLogger("hybridhub.accounting")
+
+#: Warning thresholds in percent of the budget, highest first.
+WARN_LEVELS = ((95, "95"), (80, "80"))
+
+_GT, _BT, _MT, _RT = (
+    Group.__table__, Budget.__table__, GroupMember.__table__, Reservation.__table__
+)
+#: Admission's one lookup: the group, its budgets for the class, membership, the retry key.
+_ADMIT_LOOKUP = (
+    select(
+        _GT.c.id.label("g_id"),
+        _GT.c.frozen.label("g_frozen"),
+        *_BT.c,
+        exists()
+        .where(_MT.c.group_id == _GT.c.id, _MT.c.username == bindparam("user"))
+        .label("is_member"),
+        select(_RT.c.id)
+        .where(_RT.c.idempotency_key == bindparam("key"))
+        .scalar_subquery()
+        .label("existing"),
+    )
+    .select_from(
+        _GT.outerjoin(
+            _BT, and_(_BT.c.group_id == _GT.c.id, _BT.c.resource_class == bindparam("rc"))
+        )
+    )
+    .where(_GT.c.name == bindparam("group"))
+    .order_by(_BT.c.id)
+)
+#: The conditional update at the heart of admission: reserve only if it still fits.
+_RESERVE = (
+    update(_BT)
+    .where(
+        _BT.c.id == bindparam("b_id"),
+        _BT.c.frozen.is_(False),
+        _BT.c.amount - _BT.c.used - _BT.c.reserved >= bindparam("b_need"),
+    )
+    .values(reserved=_BT.c.reserved + bindparam("b_asked"))
+)
+_INSERT_RESERVATION = insert(_RT).returning(_RT.c.id)
+
+
+# ---------------------------------------------------------------- errors
+
+
+class AdmissionError(Exception):
+    """A launch was refused.  ``user_message`` is the text for the person launching."""
+
+    def __init__(self, message: str):
+        self.user_message = message
+        super().__init__(message)
+
+
+class NoBudget(AdmissionError):
+    """The group has no budget for this class (or model): paid offerings cannot launch."""
+
+    def __init__(self, group: str, resource_class: str, model: str | None = None):
+        self.group = group
+        self.resource_class = resource_class
+        self.model = model
+        what = f"{resource_class} ({model})" if model else resource_class
+        super().__init__(f"group {group!r} has no budget for {what}; ask its owner for one")
+
+
+class NotMember(AdmissionError):
+    """The user is not a member of the group the launch would be charged to."""
+
+    def __init__(self, username: str, group: str):
+        self.username = username
+        self.group = group
+        super().__init__(f"{username} is not a member of group {group!r}")
+
+
+class QuotaExceeded(AdmissionError):
+    """The request does not fit what is left; says what was asked, what is left, when it resets.
+
+    ``scope`` is ``"group"`` (the group's budget) or ``"user"`` (the per-user cap).
+    """
+
+    def __init__(
+        self,
+        *,
+        asked: float,
+        left: float,
+        unit: str,
+        resets_at: datetime | None,
+        group: str,
+        resource_class: str,
+        breakdown: str,
+        scope: str = "group",
+        reason: str | None = None,
+    ):
+        self.asked = asked
+        self.left = left
+        self.unit = unit
+        self.resets_at = resets_at
+        self.group = group
+        self.resource_class = resource_class
+        self.scope = scope
+        self.reason = reason
+        where = f"{group}'s {resource_class} budget"
+        if scope == "user":
+            where = f"your per-user cap in {where}"
+        resets = f"resets {resets_at:%Y-%m-%d}" if resets_at else "does not reset"
+        msg = (
+            f"asked {fmt_amount(asked, unit)} ({breakdown}), "
+            f"{fmt_amount(left, unit)} left in {where}, {resets}"
+        )
+        if reason:
+            msg = f"{reason}: {msg}"
+        super().__init__(msg)
+
+
+class BudgetUnavailable(QuotaExceeded):
+    """The budget exists but cannot be drawn on now (frozen, or outside its dates)."""
+
+
+def fmt_amount(value: float, unit: str) -> str:
+    """``3.5 h`` or ``12.25 credits``: two decimals at most, never ``-0``."""
+    text = f"{round(value, 2) + 0.0:g}"  # + 0.0 turns -0.0 into 0.0
+    if text == "0" and value > 0:
+        text = "< 0.01"
+    elif text == "-0":
+        text = "0"
+    return f"{text} h" if unit == "hours" else f"{text} credits"
+
+
+# ---------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Remaining:
+    """What is left of the budget that applies to a launch."""
+
+    amount_left: float
+    unit: str
+    resets_at: datetime | None
+    budget_id: int
+    amount: float
+    used: float
+    reserved: float
+    user_left: float | None = None
+    active: bool = True
+    frozen: bool = False
+    #: How far use went past the amount (time served after reservations ran out).
+    overdrawn: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReservationInfo:
+    """A read-only snapshot of a reservation, safe to hand to other threads."""
+
+    id: int
+    username: str
+    server_name: str
+    group: str
+    resource_class: str
+    model: str | None
+    count: int
+    hours: float
+    state: str
+    amount_reserved: float
+    amount_charged: float
+    started_at: datetime | None
+    charged_until: datetime | None
+
+
+class StopOrder(NamedTuple):
+    """A server that must be stopped: its reservation, why, and when the grace ended."""
+
+    reservation: ReservationInfo
+    reason: str
+    stop_at: datetime
+
+
+@dataclass(frozen=True)
+class NoticeInfo:
+    """A warning recorded by a metering tick (threshold, exhaustion or pending stop)."""
+
+    group: str
+    budget_id: int
+    level: str
+    message: str
+    reservation_id: int | None = None
+    username: str | None = None
+    stop_at: datetime | None = None
+
+
+@dataclass
+class MeterReport:
+    """The outcome of one metering tick."""
+
+    now: datetime
+    charged: int = 0
+    amount: float = 0.0
+    warnings: list[NoticeInfo] = field(default_factory=list)
+    to_stop: list[StopOrder] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Released:
+    """What :meth:`Accounting.release` did: the final charge and the amount given back."""
+
+    reservation_id: int
+    charged: float
+    released: float
+    already_closed: bool = False
+
+
+class _Unset:
+    """Marker: a keyword argument that was not given (``None`` is a real value)."""
+
+
+class BudgetError(ValueError):
+    """A budget change was refused because of ``field`` (crossing ``limit``, if any).
+
+    ``index`` is the position of the offending spec in :meth:`Accounting.upsert_budgets`.
+    """
+
+    def __init__(self, field: str, message: str, limit: float | None = None,
+                 index: int | None = None):
+        self.field = field
+        self.limit = limit
+        self.index = index
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """One budget as configured: what :meth:`Accounting.upsert_budgets` creates or updates."""
+
+    group: str
+    resource_class: str
+    amount: float
+    unit: str = "hours"
+    period: str = "monthly"
+    model: str | None = None
+    per_user_cap: float | None = None
+    starts_at: datetime | None = None
+    ends_at: datetime | None = None
+    kind: str | None = None
+    frozen: bool = False
+
+    def check(self) -> None:
+        """Raise :class:`BudgetError` (a ``ValueError``) naming the bad field."""
+        if self.unit not in UNITS:
+            raise BudgetError("unit", f"unit {self.unit!r} is not one of {UNITS}")
+        if self.period not in PERIODS:
+            raise BudgetError("period", f"period {self.period!r} is not one of {PERIODS}")
+        if self.kind is not None and self.kind not in GROUP_KINDS:
+            raise BudgetError("kind", f"kind {self.kind!r} is not one of {GROUP_KINDS}")
+        if self.period != "monthly" and (self.starts_at is None or self.ends_at is None):
+            field = "starts_at" if self.starts_at is None else "ends_at"
+            raise BudgetError(field, f"a {self.period} budget needs starts_at and ends_at")
+        if self.amount < 0 or (self.per_user_cap is not None and self.per_user_cap < 0):
+            field = "amount" if self.amount < 0 else "per_user_cap"
+            raise BudgetError(field, "amount and per_user_cap must not be negative", 0.0)
+
+
+def budget_snapshot(budget: Budget) -> dict[str, Any]:
+    """The audited fields of a budget, as JSON-ready values."""
+    return {
+        "resource_class": budget.resource_class,
+        "model": budget.model,
+        "unit": budget.unit,
+        "period": budget.period,
+        "amount": budget.amount,
+        "per_user_cap": budget.per_user_cap,
+        "frozen": budget.frozen,
+    }
+
+
+@dataclass(frozen=True)
+class BudgetChange:
+    """One audited change: which budget (None for a group-wide change), by whom, before/after."""
+
+    budget_id: int | None
+    group: str
+    action: str
+    actor: str
+    before: dict[str, Any] | None
+    after: dict[str, Any]
+
+
+#: Called inside the transaction of a budget change (the session, the change), so an
+#: audit record commits or rolls back with the change itself.
+AuditHook = Callable[[Session, "BudgetChange"], None]
+
+
+# ---------------------------------------------------------------- time helpers
+
+
+def to_datetime(value: float | datetime) -> datetime:
+    """A naive UTC datetime from epoch seconds or a (naive UTC or aware) datetime."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value
+    return datetime.fromtimestamp(value, UTC).replace(tzinfo=None)
+
+
+def month_start(dt: datetime) -> datetime:
+    """Midnight UTC on the first of ``dt``'s month."""
+    return dt.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month(dt: datetime) -> datetime:
+    """Midnight UTC on the first of the month after ``dt``'s."""
+    first = month_start(dt)
+    return first.replace(year=first.year + 1, month=1) if first.month == 12 else first.replace(
+        month=first.month + 1
+    )
+
+
+def period_start_for(budget: Budget, now: datetime) -> datetime:
+    """The start of the budget period that contains ``now``."""
+    if budget.period == "monthly":
+        return month_start(now)
+    return budget.starts_at or budget.period_start
+
+
+def resets_at_for(budget: Budget, now: datetime) -> datetime | None:
+    """When the budget next refills: the next month, the end of the term, or never."""
+    if budget.period == "monthly":
+        return next_month(now)
+    if budget.period == "term":
+        return budget.ends_at
+    return None
+
+
+def is_active(budget: Budget, now: datetime) -> bool:
+    """Whether ``now`` lies inside the budget's dates (monthly budgets always do)."""
+    if budget.period == "monthly":
+        return True
+    if budget.starts_at is not None and now < budget.starts_at:
+        return False
+    return not (budget.ends_at is not None and now >= budget.ends_at)
+
+
+def cost(
+    unit: str, count: int, hours: float, billing_weight: float, price_per_hour: float
+) -> float:
+    """The amount a launch costs in ``unit``: weighted accelerator-hours or credits."""
+    if unit == "hours":
+        return count * hours * billing_weight
+    return count * hours * price_per_hour
+
+
+def ceil_units(amount: float) -> int:
+    """``amount`` in stored units, rounded up (a reservation never holds less than it costs)."""
+    units = math.ceil(round(amount * SCALE, 3))  # 3 decimals absorb float noise in the product
+    return max(units, 1) if amount > 0 else units  # nothing that costs anything is free
+
+
+def _breakdown(unit: str, count: int, hours: float, weight: float, price: float) -> str:
+    if unit == "hours":
+        return f"{count} x {hours:g} h x weight {weight:g}"
+    return f"{count} x {hours:g} h x {price:g} credits/h"
+
+
+# ---------------------------------------------------------------- accounting
+
+
+class Accounting:
+    """Admission, metering and release of accelerator time against group budgets.
+
+    ``clock`` returns seconds since the epoch (``time.time`` by default, injectable for
+    tests); ``meter_interval`` is the metering granularity in seconds; ``grace_seconds``
+    is how long a server may go on after its reservation or budget ran out, with a
+    warning, before it is put on the stop list; that time is charged too (the budget
+    may go below zero by it, shown as ``overdrawn``).  ``min_charge_seconds`` (default
+    one ``meter_interval``) is the least any launch that ran is charged for.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        clock: Callable[[], float] = time.time,
+        meter_interval: float = 60,
+        grace_seconds: float = 300,
+        check_membership: bool = True,
+        min_charge_seconds: float | None = None,
+    ):
+        if meter_interval <= 0:
+            raise ValueError("meter_interval must be positive")
+        self.min_charge_seconds = float(
+            meter_interval if min_charge_seconds is None else min_charge_seconds
+        )
+        self.db = db
+        self.clock = clock
+        self.meter_interval = float(meter_interval)
+        self.grace_seconds = float(grace_seconds)
+        self.check_membership = check_membership
+
+    # ------------------------------------------------------------ helpers
+
+    def _now(self, now: float | datetime | None = None) -> datetime:
+        return to_datetime(self.clock() if now is None else now)
+
+    def _insert_ignore(self, session: Session, model: Any, values: list[dict] | dict) -> None:
+        """INSERT ... ON CONFLICT DO NOTHING on either dialect."""
+        ins = pg_insert if self.db.dialect == "postgresql" else sqlite_insert
+        session.execute(ins(model).on_conflict_do_nothing(), values)
+
+    @staticmethod
+    def _group(session: Session, name: str) -> Group | None:
+        return session.scalar(select(Group).where(Group.name == name))
+
+    def _pick_budget(
+        self, session: Session, group: Group, resource_class: str, model: str | None, now
+    ) -> tuple[Budget, bool]:
+        """The budget that applies: a model-specific one wins over the class-wide one.
+
+        Returns ``(budget, active)``; raises :class:`NoBudget` when there is none.
+        """
+        rows = session.scalars(
+            select(Budget)
+            .where(Budget.group_id == group.id, Budget.resource_class == resource_class)
+            .order_by(Budget.id)
+        ).all()
+        return self._choose_budget(rows, group.name, resource_class, model, now)
+
+    @staticmethod
+    def _choose_budget(
+        rows: Iterable[Budget], group: str, resource_class: str, model: str | None, now
+    ) -> tuple[Budget, bool]:
+        rows = list(rows)
+        specific = [b for b in rows if model is not None and b.model == model]
+        general = [b for b in rows if b.model is None]
+        for tier in (specific, general):
+            for budget in tier:
+                if is_active(budget, now):
+                    return budget, True
+        for tier in (specific, general):
+            if tier:
+                return tier[0], False
+        raise NoBudget(group, resource_class, model)
+
+    def _roll_period(self, session: Session, budget: Budget, now: datetime) -> datetime:
+        """Start a new monthly period if the stored one is over; return the current start."""
+        current = period_start_for(budget, now)
+        if budget.period == "monthly" and budget.period_start < current:
+            session.execute(
+                update(Budget)
+                .where(Budget.id == budget.id, Budget.period_start < current)
+                .values(period_start=current, used=0.0)
+                .execution_options(synchronize_session=False)
+            )
+        return current
+
+    @staticmethod
+    def _info(r: Any, group: str) -> ReservationInfo:
+        return ReservationInfo(
+            id=r.id,
+            username=r.username,
+            server_name=r.server_name,
+            group=group,
+            resource_class=r.resource_class,
+            model=r.model,
+            count=r.count,
+            hours=r.hours,
+            state=r.state,
+            amount_reserved=r.amount_reserved,
+            amount_charged=r.amount_charged,
+            started_at=r.started_at,
+            charged_until=r.charged_until,
+        )
+
+    # ------------------------------------------------------------ groups and budgets
+
+    def sync_groups(
+        self,
+        groups: Mapping[str, Iterable[str]],
+        kinds: Mapping[str, str] | None = None,
+    ) -> None:
+        """Create or refresh groups and their members from the hub's groups.
+
+        Groups absent from ``groups`` are left alone (their ledger history stays).
+        """
+        kinds = dict(kinds or {})
+        for name, kind in kinds.items():
+            if kind not in GROUP_KINDS:
+                raise ValueError(f"group {name!r}: kind {kind!r} is not one of {GROUP_KINDS}")
+        with self.db.session() as s:
+            for name, members in groups.items():
+                self._insert_ignore(
+                    s,
+                    Group,
+                    {
+                        "name": name,
+                        "kind": kinds.get(name, "project"),
+                        "frozen": False,
+                        "barred_untrusted": False,
+                        "confidential_dirs": [],
+                        "created_at": self._now(),
+                    },
+                )
+                group = self._group(s, name)
+                assert group is not None
+                if name in kinds and group.kind != kinds[name]:
+                    group.kind = kinds[name]
+                wanted = set(members)
+                have = set(
+                    s.scalars(
+                        select(GroupMember.username).where(GroupMember.group_id == group.id)
+                    )
+                )
+                if have - wanted:
+                    s.execute(
+                        delete(GroupMember).where(
+                            GroupMember.group_id == group.id,
+                            GroupMember.username.in_(sorted(have - wanted)),
+                        )
+                    )
+                if wanted - have:
+                    self._insert_ignore(
+                        s,
+                        GroupMember,
+                        [{"group_id": group.id, "username": u} for u in sorted(wanted - have)],
+                    )
+
+    def set_frozen(self, group: str, frozen: bool = True) -> None:
+        """Freeze (or thaw) a group: a frozen group admits nothing and its servers stop."""
+        with self.db.session() as s:
+            s.execute(update(Group).where(Group.name == group).values(frozen=frozen))
+
+    def ensure_budget(
+        self,
+        group: str,
+        resource_class: str,
+        amount: float,
+        unit: str = "hours",
+        period: str = "monthly",
+        model: str | None = None,
+        per_user_cap: float | None = None,
+        starts_at: datetime | None = None,
+        ends_at: datetime | None = None,
+        kind: str | None = None,
+        frozen: bool = False,
+    ) -> int:
+        """Create the budget, or update its amount and cap if it exists; return its id.
+
+        A budget is identified by group, class, model, period and start date.  The group
+        is created (as ``kind``, default ``project``) if the hub has not synced it yet.
+        """
+        spec = BudgetSpec(
+            group=group, resource_class=resource_class, amount=amount, unit=unit,
+            period=period, model=model, per_user_cap=per_user_cap, starts_at=starts_at,
+            ends_at=ends_at, kind=kind, frozen=frozen,
+        )
+        spec.check()
+        with self.db.session() as s:
+            return self._upsert_budget(s, spec)[0].id
+
+    def upsert_budgets(
+        self, specs: Iterable[BudgetSpec], actor: str = "", audit: AuditHook | None = None
+    ) -> list[BudgetChange]:
+        """Create or update many budgets in ONE transaction: all of them, or none.
+
+        Each spec is checked first (``ValueError`` naming the bad field); ``audit`` is
+        called inside the transaction for every change, so the audit log and the
+        budgets commit or roll back together.
+        """
+        specs = list(specs)
+        for i, spec in enumerate(specs):
+            try:
+                spec.check()
+            except BudgetError as e:
+                e.index = i
+                raise
+        changes: list[BudgetChange] = []
+        with self.db.session() as s:
+            for i, spec in enumerate(specs):
+                budget, before = self._upsert_budget(s, spec)
+                floor = from_units(to_units(budget.used) + to_units(budget.reserved))
+                if before is not None and to_units(budget.amount) < to_units(floor):
+                    raise BudgetError(
+                        "amount", f"amount must be at least {floor:g} (already used and "
+                        f"reserved this period), got {budget.amount:g}", floor, index=i,
+                    )
+                change = BudgetChange(
+                    budget.id, spec.group, "create" if before is None else "set", actor,
+                    before, budget_snapshot(budget),
+                )
+                changes.append(change)
+                if audit is not None:
+                    audit(s, change)
+        return changes
+
+    def _upsert_budget(self, s: Session, spec: BudgetSpec) -> tuple[Budget, dict | None]:
+        """Create or update one budget (and its group) in ``s``; return it and its old state."""
+        starts_at = to_datetime(spec.starts_at) if spec.starts_at is not None else None
+        ends_at = to_datetime(spec.ends_at) if spec.ends_at is not None else None
+        now = self._now()
+        g = self._group(s, spec.group)
+        if g is None:
+            self._insert_ignore(s, Group, {
+                "name": spec.group, "kind": spec.kind or "project", "frozen": False,
+                "barred_untrusted": False, "confidential_dirs": [], "created_at": now,
+            })
+            g = self._group(s, spec.group)
+            assert g is not None
+        if spec.kind and g.kind != spec.kind:
+            g.kind = spec.kind
+        model = spec.model
+        query = select(Budget).where(
+            Budget.group_id == g.id,
+            Budget.resource_class == spec.resource_class,
+            Budget.period == spec.period,
+            Budget.model.is_(None) if model is None else Budget.model == model,
+            Budget.starts_at.is_(None) if starts_at is None else Budget.starts_at == starts_at,
+        )
+        budget = s.scalars(query.order_by(Budget.id).with_for_update()).first()
+        before = None
+        if budget is None:
+            budget = Budget(
+                group_id=g.id,
+                resource_class=spec.resource_class,
+                model=model,
+                unit=spec.unit,
+                amount=spec.amount,
+                period=spec.period,
+                starts_at=starts_at,
+                ends_at=ends_at,
+                period_start=month_start(now) if spec.period == "monthly" else starts_at,
+                used=0.0,
+                reserved=0.0,
+                per_user_cap=spec.per_user_cap,
+                frozen=spec.frozen,
+                created_at=now,
+            )
+            s.add(budget)
+        else:
+            before = budget_snapshot(budget)
+            budget.amount = spec.amount
+            budget.unit = spec.unit
+            budget.ends_at = ends_at
+            budget.per_user_cap = spec.per_user_cap
+            budget.frozen = spec.frozen
+        s.flush()
+        return budget, before
+
+    def set_budget(
+        self,
+        budget_id: int,
+        *,
+        amount: float | None = None,
+        per_user_cap: float | None | type[_Unset] = _Unset,
+        frozen: bool | None = None,
+        actor: str = "",
+        audit: AuditHook | None = None,
+    ) -> BudgetChange:
+        """Change a budget's amount, per-user cap or frozen flag, under a row lock.
+
+        The amount may not drop below what is already used and reserved this period
+        (:class:`BudgetError` naming ``amount`` and that limit), so a budget never
+        goes negative by accident.
+        """
+        if amount is not None and amount < 0:
+            raise BudgetError("amount", f"amount must be at least 0, got {amount:g}", 0.0)
+        if per_user_cap not in (None, _Unset) and per_user_cap < 0:  # type: ignore[operator]
+            raise BudgetError(
+                "per_user_cap", f"per_user_cap must be at least 0, got {per_user_cap:g}", 0.0
+            )
+        with self.db.session() as s:
+            budget, gname = self._locked_budget(s, budget_id)
+            before = budget_snapshot(budget)
+            if amount is not None:
+                floor = from_units(to_units(budget.used) + to_units(budget.reserved))
+                if to_units(amount) < to_units(floor):
+                    raise BudgetError(
+                        "amount",
+                        f"amount must be at least {floor:g} (already used and reserved this "
+                        f"period), got {amount:g}",
+                        floor,
+                    )
+                budget.amount = amount
+            if per_user_cap is not _Unset:
+                budget.per_user_cap = per_user_cap  # type: ignore[assignment]
+            if frozen is not None:
+                budget.frozen = frozen
+            s.flush()
+            change = BudgetChange(budget.id, gname, "set", actor, before, budget_snapshot(budget))
+            if audit is not None:
+                audit(s, change)
+            return change
+
+    def top_up(
+        self, budget_id: int, delta: float, *, actor: str = "", audit: AuditHook | None = None,
+        max_delta: float = 1e6,
+    ) -> BudgetChange:
+        """Add ``delta`` (> 0, at most ``max_delta``) to a budget's amount, atomically."""
+        if not (0 < delta <= max_delta) or math.isnan(delta):
+            limit = 0.0 if not delta > 0 else max_delta
+            raise BudgetError(
+                "amount",
+                f"amount must be more than 0 and at most {max_delta:g}, got {delta:g}",
+                limit,
+            )
+        with self.db.session() as s:
+            budget, gname = self._locked_budget(s, budget_id)
+            before = budget_snapshot(budget)
+            s.execute(
+                update(Budget)
+                .where(Budget.id == budget_id)
+                .values(amount=Budget.amount + delta)
+                .execution_options(synchronize_session=False)
+            )
+            s.refresh(budget)
+            change = BudgetChange(
+                budget.id, gname, "top_up", actor, before, budget_snapshot(budget)
+            )
+            if audit is not None:
+                audit(s, change)
+            return change
+
+    def freeze_group(
+        self, group: str, frozen: bool = True, *, actor: str = "",
+        audit: AuditHook | None = None,
+    ) -> BudgetChange:
+        """Freeze (or thaw) a group, audited; ``KeyError`` if there is no such group."""
+        with self.db.session() as s:
+            g = s.scalar(select(Group).where(Group.name == group).with_for_update())
+            if g is None:
+                raise KeyError(f"no group {group!r}")
+            before = {"frozen": g.frozen}
+            g.frozen = frozen
+            s.flush()
+            change = BudgetChange(
+                None, group, "freeze" if frozen else "thaw", actor, before, {"frozen": frozen}
+            )
+            if audit is not None:
+                audit(s, change)
+            return change
+
+    def _locked_budget(self, s: Session, budget_id: int) -> tuple[Budget, str]:
+        """The budget (row-locked, current period rolled) and its group's name."""
+        row = s.execute(
+            select(Budget, Group.name)
+            .join(Group, Group.id == Budget.group_id)
+            .where(Budget.id == budget_id)
+            .with_for_update(of=Budget)
+        ).first()
+        if row is None:
+            raise KeyError(f"no budget {budget_id}")
+        budget, gname = row
+        if self._roll_period(s, budget, self._now()) != budget.period_start:
+            s.refresh(budget)
+        return budget, gname
+
+    def _group_id(self, name: str) -> int | None:
+        with self.db.session() as s:
+            return s.scalar(select(Group.id).where(Group.name == name))
+
+    # ------------------------------------------------------------ admission
+
+    def remaining(
+        self,
+        group: str,
+        resource_class: str,
+        model: str | None = None,
+        username: str | None = None,
+    ) -> Remaining | None:
+        """What is left of the budget a launch would draw on; None when none applies."""
+        now = self._now()
+        with self.db.session() as s:
+            g = self._group(s, group)
+            if g is None:
+                return None
+            try:
+                budget, active = self._pick_budget(s, g, resource_class, model, now)
+            except NoBudget:
+                return None
+            current = period_start_for(budget, now)
+            used = budget.used if budget.period_start >= current else 0.0
+            left_units = to_units(budget.amount) - to_units(used) - to_units(budget.reserved)
+            overdrawn = from_units(max(0, to_units(used) - to_units(budget.amount)))
+            left = from_units(max(0, left_units))
+            user_left = None
+            if username is not None and budget.per_user_cap is not None:
+                row = s.execute(
+                    select(UserUsage.used, UserUsage.reserved).where(
+                        UserUsage.budget_id == budget.id,
+                        UserUsage.username == username,
+                        UserUsage.period_start == current,
+                    )
+                ).first()
+                spent = (to_units(row.used) + to_units(row.reserved)) if row else 0
+                user_left = from_units(max(0, to_units(budget.per_user_cap) - spent))
+                left = min(left, user_left)
+            frozen = budget.frozen or g.frozen
+            if not active or frozen:
+                left = 0.0
+            return Remaining(
+                amount_left=left,
+                unit=budget.unit,
+                resets_at=resets_at_for(budget, now),
+                budget_id=budget.id,
+                amount=budget.amount,
+                used=used,
+                reserved=budget.reserved,
+                user_left=user_left,
+                active=active,
+                frozen=frozen,
+                overdrawn=overdrawn,
+            )
+
+    def admit(
+        self,
+        *,
+        username: str,
+        group: str,
+        resource_class: str,
+        model: str | None,
+        count: int,
+        hours: float,
+        billing_weight: float = 1.0,
+        price_per_hour: float = 0.0,
+        server_name: str = "",
+        idempotency_key: str | None = None,
+    ) -> int:
+        """Reserve the whole cost of a launch, or raise; return the reservation id.
+
+        Raises :class:`NoBudget`, :class:`NotMember`, :class:`BudgetUnavailable` (frozen
+        or outside its dates) or :class:`QuotaExceeded`.  A retry with the same
+        ``idempotency_key`` returns the first reservation and reserves nothing more.
+        """
+        if count <= 0 or hours <= 0:
+            raise ValueError("count and hours must be positive")
+        key = idempotency_key or f"admit:{uuid.uuid4()}"
+        now = self._now()
+        try:
+            with self.db.session() as s:
+                return self._admit(
+                    s, now, key, username, group, resource_class, model, count, hours,
+                    billing_weight, price_per_hour, server_name,
+                )
+        except IntegrityError:
+            # A concurrent admit with the same key won; ours was rolled back entirely.
+            with self.db.session() as s:
+                existing = self._by_key(s, key)
+            if existing is None:
+                raise
+            return existing
+
+    def admit_all(self, launches: Iterable[Mapping[str, Any]]) -> list[int]:
+        """Admit every launch or none, in ONE transaction; return the reservation ids.
+
+        Each launch takes :meth:`admit`'s keyword arguments, ``idempotency_key``
+        included (so a retry finds the same reservations).  The first refusal raises
+        its :class:`AdmissionError` and rolls every reservation of the batch back:
+        a course is admitted whole, or not at all.
+        """
+        launches = list(launches)
+        if any(launch["count"] <= 0 or launch["hours"] <= 0 for launch in launches):
+            raise ValueError("count and hours must be positive")
+        now = self._now()
+        with self.db.session() as s:
+            return [
+                self._admit(
+                    s, now, launch["idempotency_key"], launch["username"], launch["group"],
+                    launch["resource_class"], launch["model"], launch["count"], launch["hours"],
+                    launch.get("billing_weight", 1.0), launch.get("price_per_hour", 0.0),
+                    launch.get("server_name", ""),
+                )
+                for launch in launches
+            ]
+
+    @staticmethod
+    def _by_key(s: Session, key: str) -> int | None:
+        return s.scalar(select(Reservation.id).where(Reservation.idempotency_key == key))
+
+    def _admit(
+        self, s: Session, now: datetime, key: str, username: str, group: str,
+        resource_class: str, model: str | None, count: int, hours: float,
+        weight: float, price: float, server_name: str,
+    ) -> int:
+        conn = s.connection()
+        rows = conn.execute(
+            _ADMIT_LOOKUP, {"group": group, "rc": resource_class, "user": username, "key": key}
+        ).all()
+        if not rows:
+            existing_id = self._by_key(s, key)
+            if existing_id is not None:
+                return existing_id
+            raise NoBudget(group, resource_class, model)
+        if rows[0].existing is not None:
+            return rows[0].existing
+        first = rows[0]
+        budget, active = self._choose_budget(
+            (r for r in rows if r.id is not None), group, resource_class, model, now
+        )
+        if self.check_membership and not first.is_member:
+            raise NotMember(username, group)
+        asked = from_units(ceil_units(cost(budget.unit, count, hours, weight, price)))
+        breakdown = _breakdown(budget.unit, count, hours, weight, price)
+        resets = resets_at_for(budget, now)
+
+        def refuse(left: float, scope: str = "group", reason: str | None = None,
+                   cls: type[QuotaExceeded] = QuotaExceeded) -> QuotaExceeded:
+            return cls(asked=asked, left=from_units(max(0, to_units(left))), unit=budget.unit,
+                       resets_at=resets,
+                       group=group, resource_class=resource_class, breakdown=breakdown,
+                       scope=scope, reason=reason)
+
+        if not active:
+            span = f"{budget.starts_at:%Y-%m-%d} to {budget.ends_at:%Y-%m-%d}"
+            raise refuse(0.0, reason=f"the budget is only valid from {span}",
+                         cls=BudgetUnavailable)
+        if first.g_frozen or budget.frozen:
+            raise refuse(0.0, reason="the budget is frozen", cls=BudgetUnavailable)
+        current = self._roll_period(s, budget, now)
+        result = conn.execute(
+            _RESERVE, {"b_id": budget.id, "b_need": asked, "b_asked": asked}
+        )
+        if result.rowcount != 1:
+            fresh = conn.execute(
+                select(Budget.amount, Budget.used, Budget.reserved).where(Budget.id == budget.id)
+            ).one()
+            raise refuse(fresh.amount - fresh.used - fresh.reserved)
+        user_period = None
+        if budget.per_user_cap is not None:
+            user_period = current
+            self._insert_ignore(
+                s,
+                UserUsage,
+                {"budget_id": budget.id, "username": username, "period_start": current,
+                 "used": 0.0, "reserved": 0.0},
+            )
+            cap = budget.per_user_cap
+            result = s.execute(
+                update(UserUsage)
+                .where(
+                    UserUsage.budget_id == budget.id,
+                    UserUsage.username == username,
+                    UserUsage.period_start == current,
+                    cap - UserUsage.used - UserUsage.reserved >= asked,
+                )
+                .values(reserved=UserUsage.reserved + asked)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                row = s.execute(
+                    select(UserUsage.used, UserUsage.reserved).where(
+                        UserUsage.budget_id == budget.id,
+                        UserUsage.username == username,
+                        UserUsage.period_start == current,
+                    )
+                ).one()
+                raise refuse(cap - row.used - row.reserved, scope="user")
+        reservation_id = conn.execute(
+            _INSERT_RESERVATION,
+            {
+                "budget_id": budget.id,
+                "group_id": first.g_id,
+                "username": username,
+                "server_name": server_name,
+                "resource_class": resource_class,
+                "model": model,
+                "count": count,
+                "hours": hours,
+                "billing_weight": weight,
+                "price_per_hour": price,
+                "amount_reserved": asked,
+                "amount_charged": 0.0,
+                "user_period_start": user_period,
+                "state": "admitted",
+                "created_at": now,
+                "idempotency_key": key,
+            },
+        ).scalar_one()
+        log.info(
+            "admitted reservation %s: %s in %s, %s on %s", reservation_id, username, group,
+            fmt_amount(asked, budget.unit), resource_class,
+        )
+        return reservation_id
+
+    # ------------------------------------------------------------ running and release
+
+    def mark_running(self, reservation_id: int, started_at: float | datetime | None = None) -> bool:
+        """The server started: metering runs from ``started_at`` (default now).
+
+        Returns False if the reservation was already running or closed (idempotent).
+        """
+        start = self._now(started_at)
+        with self.db.session() as s:
+            result = s.execute(
+                update(Reservation)
+                .where(Reservation.id == reservation_id, Reservation.state == "admitted")
+                .values(state="running", started_at=start, charged_until=start)
+                .execution_options(synchronize_session=False)
+            )
+            return result.rowcount == 1
+
+    def release(
+        self, reservation_id: int, reason: str, now: float | datetime | None = None
+    ) -> Released:
+        """Charge the time used since the last tick, give back the rest, close.  Idempotent."""
+        now_dt = self._now(now)
+        with self.db.session() as s:
+            r = s.scalar(
+                select(Reservation).where(Reservation.id == reservation_id).with_for_update()
+            )
+            if r is None:
+                raise KeyError(f"no reservation {reservation_id}")
+            if r.state == "closed":
+                return Released(reservation_id, 0.0, 0.0, already_closed=True)
+            charge_u = 0
+            upto = r.charged_until
+            if r.state == "running" and r.started_at and r.charged_until:
+                # every second served is charged, past the reservation's end too (grace, lag)
+                upto = max(r.charged_until, now_dt)
+                charge_u = self._charge_units(r, (upto - r.charged_until).total_seconds())
+                # every launch pays at least min_charge_seconds, however short it ran
+                shortfall = (self._charge_units(r, self.min_charge_seconds)
+                             - to_units(r.amount_charged) - charge_u)
+                charge_u += max(0, shortfall)
+                if charge_u > 0 or upto > r.charged_until:
+                    s.execute(insert(UsageEntry), [self._entry(
+                        r, r.charged_until, upto, from_units(charge_u), f"res:{r.id}:final",
+                        now_dt)])
+            charge = from_units(charge_u)
+            hold_u = max(0, to_units(r.amount_reserved) - to_units(r.amount_charged))
+            rest = from_units(max(0, hold_u - charge_u))
+            hold = from_units(hold_u)
+            s.execute(
+                update(Budget)
+                .where(Budget.id == r.budget_id)
+                .values(used=Budget.used + charge, reserved=Budget.reserved - hold)
+                .execution_options(synchronize_session=False)
+            )
+            if r.user_period_start is not None:
+                s.execute(
+                    update(UserUsage)
+                    .where(
+                        UserUsage.budget_id == r.budget_id,
+                        UserUsage.username == r.username,
+                        UserUsage.period_start == r.user_period_start,
+                    )
+                    .values(used=UserUsage.used + charge, reserved=UserUsage.reserved - hold)
+                    .execution_options(synchronize_session=False)
+                )
+            r.amount_charged = from_units(to_units(r.amount_charged) + charge_u)
+            r.charged_until = upto
+            r.state = "closed"
+            r.closed_at = now_dt
+            r.close_reason = reason[:255]
+            log.info("released reservation %s (%s): charged %.4g, returned %.4g",
+                     reservation_id, reason, charge, rest)
+            return Released(reservation_id, charge, rest)
+
+    @staticmethod
+    def _charge_units(r: Any, seconds: float) -> int:
+        """The cost of ``seconds`` at the reservation's rate, in stored units (rounded up)."""
+        if seconds <= 0:
+            return 0
+        return ceil_units(r.amount_reserved * seconds / (r.hours * 3600.0))
+
+    @staticmethod
+    def _entry(r: Any, ts_from: datetime, ts_to: datetime, amount: float, key: str,
+               now: datetime) -> dict:
+        return {
+            "reservation_id": r.id,
+            "budget_id": r.budget_id,
+            "group_id": r.group_id,
+            "username": r.username,
+            "resource_class": r.resource_class,
+            "model": r.model,
+            "amount": amount,
+            "accelerator_hours": r.count * (ts_to - ts_from).total_seconds() / 3600.0,
+            "ts_from": ts_from,
+            "ts_to": ts_to,
+            "created_at": now,
+            "idempotency_key": key,
+        }
+
+    # ------------------------------------------------------------ metering
+
+    def meter(self, now: float | datetime | None = None) -> MeterReport:
+        """One metering tick over every running reservation.
+
+        Charges whole elapsed intervals since each reservation's ``charged_until`` (and
+        the tail up to its end), records 80%/95%/exhausted notices once per period, and
+        lists servers to stop once their grace period after running out has passed.
+        """
+        now_dt = self._now(now)
+        report = MeterReport(now=now_dt)
+        interval = timedelta(seconds=self.meter_interval)
+        with self.db.session() as s:
+            s.execute(
+                update(Budget)
+                .where(Budget.period == "monthly", Budget.period_start < month_start(now_dt))
+                .values(period_start=month_start(now_dt), used=0.0)
+                .execution_options(synchronize_session=False)
+            )
+            rt = Reservation.__table__
+            rows = s.execute(
+                select(rt).where(rt.c.state == "running").order_by(rt.c.id).with_for_update()
+            ).all()
+            entries: list[dict] = []
+            res_updates: list[dict] = []
+            # stored units per budget (and user): [charged, taken off the reservations' hold]
+            budget_delta: dict[int, list[int]] = defaultdict(lambda: [0, 0])
+            user_delta: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+            charged_after: dict[int, float] = {}
+            for r in rows:
+                end = r.started_at + timedelta(hours=r.hours)
+                whole = math.floor((now_dt - r.charged_until) / interval)
+                new_until = r.charged_until + whole * interval
+                if r.charged_until < end <= now_dt:
+                    new_until = max(new_until, end)  # the reservation's own tail, whole
+                charged_after[r.id] = r.amount_charged
+                if new_until <= r.charged_until:
+                    continue
+                # time served past the end (grace, metering lag) is charged as well
+                units = self._charge_units(r, (new_until - r.charged_until).total_seconds())
+                held = max(0, to_units(r.amount_reserved) - to_units(r.amount_charged))
+                amount = from_units(units)
+                offset_ms = round((r.charged_until - r.started_at).total_seconds() * 1000)
+                entries.append(self._entry(r, r.charged_until, new_until, amount,
+                                           f"res:{r.id}:{offset_ms}ms", now_dt))
+                res_updates.append({"b_id": r.id, "b_old": r.charged_until,
+                                    "b_new": new_until, "b_amount": amount})
+                for delta in (budget_delta[r.budget_id],
+                              *([user_delta[(r.budget_id, r.username, r.user_period_start)]]
+                                if r.user_period_start is not None else [])):
+                    delta[0] += units
+                    delta[1] += min(units, held)
+                charged_after[r.id] = from_units(to_units(r.amount_charged) + units)
+            if entries:
+                apply = self._apply_pg if self.db.dialect == "postgresql" else self._apply_generic
+                apply(s, entries, res_updates, budget_delta, user_delta)
+                report.charged = len(entries)
+                report.amount = from_units(sum(d[0] for d in budget_delta.values()))
+            self._record_thresholds(s, now_dt, report)
+            self._find_stops(s, rows, charged_after, now_dt, report)
+        for notice in report.warnings:
+            log.warning("quota %s for %s: %s", notice.level, notice.group, notice.message)
+        return report
+
+    @staticmethod
+    def _apply_generic(s: Session, entries: list[dict], res_updates: list[dict],
+                       budget_delta: dict, user_delta: dict) -> None:
+        """Write a tick's charges with executemany (SQLite: in-process, already fast)."""
+        rt, bt, ut = Reservation.__table__, Budget.__table__, UserUsage.__table__
+        s.execute(insert(UsageEntry.__table__), entries)
+        result = s.execute(
+            update(rt)
+            .where(rt.c.id == bindparam("b_id"), rt.c.charged_until == bindparam("b_old"),
+                   rt.c.state == "running")
+            .values(charged_until=bindparam("b_new"),
+                    amount_charged=rt.c.amount_charged + bindparam("b_amount")),
+            res_updates,
+        )
+        if result.rowcount not in (-1, len(res_updates)):
+            raise RuntimeError("reservations changed under a metering tick; rolled back")
+        s.execute(
+            update(bt)
+            .where(bt.c.id == bindparam("b_id"))
+            .values(used=bt.c.used + bindparam("b_amount"),
+                    reserved=bt.c.reserved - bindparam("b_held")),
+            [{"b_id": k, "b_amount": from_units(v[0]), "b_held": from_units(v[1])}
+             for k, v in sorted(budget_delta.items())],
+        )
+        if user_delta:
+            s.execute(
+                update(ut)
+                .where(ut.c.budget_id == bindparam("b_id"),
+                       ut.c.username == bindparam("b_user"),
+                       ut.c.period_start == bindparam("b_period"))
+                .values(used=ut.c.used + bindparam("b_amount"),
+                        reserved=ut.c.reserved - bindparam("b_held")),
+                [{"b_id": b, "b_user": u, "b_period": p, "b_amount": from_units(v[0]),
+                  "b_held": from_units(v[1])}
+                 for (b, u, p), v in sorted(user_delta.items())],
+            )
+
+    @staticmethod
+    def _apply_pg(s: Session, entries: list[dict], res_updates: list[dict],
+                  budget_delta: dict, user_delta: dict) -> None:
+        """Write a tick's charges on PostgreSQL in four statements, rows passed as arrays."""
+        cols = (
+            "reservation_id", "budget_id", "group_id", "username", "resource_class", "model",
+            "amount", "accelerator_hours", "ts_from", "ts_to", "created_at", "idempotency_key",
+        )
+        # COPY is PostgreSQL's fastest way in; it runs inside the tick's transaction.
+        exact = ("amount", "accelerator_hours")  # COPY bypasses the Amount type: store units
+        cursor = s.connection().connection.cursor()
+        try:
+            with cursor.copy(f"COPY usage_entries ({', '.join(cols)}) FROM STDIN") as copy:
+                for e in entries:
+                    copy.write_row(tuple(to_units(e[c]) if c in exact else e[c] for c in cols))
+        finally:
+            cursor.close()
+        result = s.execute(
+            text(
+                "UPDATE reservations AS r SET charged_until = v.new,"
+                " amount_charged = r.amount_charged + v.amount"
+                " FROM unnest(CAST(:ids AS integer[]), CAST(:olds AS timestamp[]),"
+                " CAST(:news AS timestamp[]), CAST(:amounts AS bigint[]))"
+                " AS v(id, old, new, amount)"
+                " WHERE r.id = v.id AND r.charged_until = v.old AND r.state = 'running'"
+            ),
+            {
+                "ids": [u["b_id"] for u in res_updates],
+                "olds": [u["b_old"] for u in res_updates],
+                "news": [u["b_new"] for u in res_updates],
+                "amounts": [to_units(u["b_amount"]) for u in res_updates],
+            },
+        )
+        if result.rowcount != len(res_updates):
+            raise RuntimeError("reservations changed under a metering tick; rolled back")
+        ordered = sorted(budget_delta.items())
+        s.execute(
+            text(
+                "UPDATE budgets AS b SET used = b.used + v.amount,"
+                " reserved = b.reserved - v.held"
+                " FROM unnest(CAST(:ids AS integer[]), CAST(:amounts AS bigint[]),"
+                " CAST(:held AS bigint[])) AS v(id, amount, held) WHERE b.id = v.id"
+            ),
+            {"ids": [k for k, _ in ordered], "amounts": [v[0] for _, v in ordered],
+             "held": [v[1] for _, v in ordered]},
+        )
+        if user_delta:
+            users = sorted(user_delta.items())
+            s.execute(
+                text(
+                    "UPDATE user_usage AS u SET used = u.used + v.amount,"
+                    " reserved = u.reserved - v.held"
+                    " FROM unnest(CAST(:ids AS integer[]), CAST(:users AS text[]),"
+                    " CAST(:periods AS timestamp[]), CAST(:amounts AS bigint[]),"
+                    " CAST(:held AS bigint[])) AS v(id, username, period_start, amount, held)"
+                    " WHERE u.budget_id = v.id AND u.username = v.username"
+                    " AND u.period_start = v.period_start"
+                ),
+                {
+                    "ids": [k[0] for k, _ in users],
+                    "users": [k[1] for k, _ in users],
+                    "periods": [k[2] for k, _ in users],
+                    "amounts": [v[0] for _, v in users],
+                    "held": [v[1] for _, v in users],
+                },
+            )
+
+    def _record_thresholds(self, s: Session, now: datetime, report: MeterReport) -> None:
+        budgets = s.execute(
+            select(Budget, Group.name)
+            .join(Group, Group.id == Budget.group_id)
+            .where(Budget.amount > 0, Budget.used * 100 >= Budget.amount * WARN_LEVELS[-1][0])
+        ).all()
+        if not budgets:
+            return
+        wanted: dict[str, dict] = {}
+        for budget, gname in budgets:
+            used_u, amount_u = to_units(budget.used), to_units(budget.amount)
+            # every threshold crossed is recorded, even several in one tick (highest first)
+            levels = [name for pct, name in WARN_LEVELS if used_u * 100 >= amount_u * pct]
+            if used_u >= amount_u:
+                levels.insert(0, "exhausted")
+            scope = budget.resource_class + (f" ({budget.model})" if budget.model else "")
+            resets = resets_at_for(budget, now)
+            resets_text = f", resets {resets:%Y-%m-%d}" if resets else ""
+            for level in levels:
+                state = "used up" if level == "exhausted" else f"{level}% used"
+                key = f"budget:{budget.id}:{budget.period_start.isoformat()}:{level}"
+                wanted[key] = {
+                    "group_id": budget.group_id,
+                    "budget_id": budget.id,
+                    "reservation_id": None,
+                    "level": level,
+                    "period_start": budget.period_start,
+                    "message": (
+                        f"{gname}'s {scope} budget is {state} "
+                        f"({fmt_amount(budget.used, budget.unit)} of "
+                        f"{fmt_amount(budget.amount, budget.unit)}){resets_text}"
+                    ),
+                    "stop_at": None,
+                    "created_at": now,
+                    "dedup_key": key,
+                    "_group": gname,
+                }
+        have = set(s.scalars(select(Notice.dedup_key).where(Notice.dedup_key.in_(list(wanted)))))
+        new = [v for k, v in wanted.items() if k not in have]
+        if new:
+            self._insert_ignore(
+                s, Notice, [{k: v for k, v in n.items() if k != "_group"} for n in new]
+            )
+            for n in new:
+                report.warnings.append(
+                    NoticeInfo(group=n["_group"], budget_id=n["budget_id"], level=n["level"],
+                               message=n["message"])
+                )
+
+    def _find_stops(
+        self, s: Session, rows: list, charged_after: dict[int, float], now: datetime,
+        report: MeterReport,
+    ) -> None:
+        if not rows:
+            return
+        budget_ids = {r.budget_id for r in rows}
+        state = {
+            b.id: (b, gname, gfrozen)
+            for b, gname, gfrozen in s.execute(
+                select(Budget, Group.name, Group.frozen)
+                .join(Group, Group.id == Budget.group_id)
+                .where(Budget.id.in_(budget_ids))
+            ).all()
+        }
+        reasons: dict[int, str] = {}
+        for r in rows:
+            budget, _gname, gfrozen = state[r.budget_id]
+            end = r.started_at + timedelta(hours=r.hours)
+            if now >= end or to_units(charged_after[r.id]) >= to_units(r.amount_reserved):
+                reasons[r.id] = f"its reservation of {r.hours:g} h ran out"
+            elif gfrozen or budget.frozen:
+                reasons[r.id] = "the group's budget was frozen"
+            elif to_units(budget.used) >= to_units(budget.amount):
+                reasons[r.id] = "the group's budget is used up"
+        if not reasons:
+            return
+        existing = {
+            n.reservation_id: n
+            for n in s.scalars(
+                select(Notice).where(
+                    Notice.reservation_id.in_(list(reasons)), Notice.level == "stop_pending"
+                )
+            )
+        }
+        by_id = {r.id: r for r in rows}
+        for rid, reason in reasons.items():
+            r = by_id[rid]
+            budget, gname, _ = state[r.budget_id]
+            notice = existing.get(rid)
+            if notice is None:
+                # The grace period runs from the warning, so nobody is stopped unwarned.
+                stop_at = now + timedelta(seconds=self.grace_seconds)
+                server = f"{r.username}/{r.server_name}" if r.server_name else r.username
+                message = (
+                    f"server {server} will be stopped at {stop_at:%Y-%m-%d %H:%M} UTC: {reason}"
+                )
+                self._insert_ignore(s, Notice, {
+                    "group_id": r.group_id, "budget_id": r.budget_id, "reservation_id": rid,
+                    "level": "stop_pending", "period_start": budget.period_start,
+                    "message": message, "stop_at": stop_at, "created_at": now,
+                    "dedup_key": f"reservation:{rid}:stop_pending",
+                })
+                report.warnings.append(NoticeInfo(
+                    group=gname, budget_id=r.budget_id, level="stop_pending", message=message,
+                    reservation_id=rid, username=r.username, stop_at=stop_at,
+                ))
+            else:
+                stop_at = notice.stop_at or now
+            if now >= stop_at:
+                report.to_stop.append(StopOrder(self._info(r, gname), reason, stop_at))
+
+    # ------------------------------------------------------------ reading
+
+    def banners_for(self, username: str, now: float | datetime | None = None) -> list[str]:
+        """Banner lines for a user: threshold notices of their groups, their pending stops."""
+        now_dt = self._now(now)
+        lines: list[str] = []
+        with self.db.session() as s:
+            group_ids = select(GroupMember.group_id).where(GroupMember.username == username)
+            notices = s.execute(
+                select(Notice, Budget)
+                .join(Budget, Budget.id == Notice.budget_id)
+                .where(
+                    Notice.group_id.in_(group_ids),
+                    Notice.reservation_id.is_(None),
+                    Notice.period_start == Budget.period_start,
+                )
+                .order_by(Notice.budget_id, Notice.id)
+            ).all()
+            rank = {"exhausted": 0, "95": 1, "80": 2}
+            current = [
+                notice for notice, budget in notices
+                # a new month began: the old period's warnings no longer apply
+                if not (budget.period == "monthly" and budget.period_start < month_start(now_dt))
+            ]
+            # every threshold crossed is told, the highest first, budget by budget
+            current.sort(key=lambda n: (n.budget_id, rank.get(n.level, 9), n.id))
+            lines.extend(n.message for n in current)
+            stops = s.scalars(
+                select(Notice)
+                .join(Reservation, Reservation.id == Notice.reservation_id)
+                .where(Reservation.username == username, Reservation.state != "closed",
+                       Notice.level == "stop_pending")
+                .order_by(Notice.id)
+            ).all()
+            lines.extend(n.message for n in stops)
+        return lines
+
+    def open_reservations(self, username: str | None = None) -> list[ReservationInfo]:
+        """Reservations not yet closed (admitted or running), optionally for one user."""
+        with self.db.session() as s:
+            query = (
+                select(Reservation, Group.name)
+                .join(Group, Group.id == Reservation.group_id)
+                .where(Reservation.state != "closed")
+                .order_by(Reservation.id)
+            )
+            if username is not None:
+                query = query.where(Reservation.username == username)
+            return [self._info(r, gname) for r, gname in s.execute(query).all()]
+
+    def reservation(self, reservation_id: int) -> ReservationInfo | None:
+        """One reservation by id."""
+        with self.db.session() as s:
+            row = s.execute(
+                select(Reservation, Group.name)
+                .join(Group, Group.id == Reservation.group_id)
+                .where(Reservation.id == reservation_id)
+            ).first()
+            return self._info(row[0], row[1]) if row else None
+
+    def usage(
+        self,
+        group: str | None = None,
+        username: str | None = None,
+        since: float | datetime | None = None,
+        until: float | datetime | None = None,
+    ) -> dict[str, float]:
+        """Ledger totals: ``amount`` (budget units) and ``accelerator_hours``, filtered."""
+        query = select(
+            func.coalesce(func.sum(UsageEntry.amount), 0.0),
+            func.coalesce(func.sum(UsageEntry.accelerator_hours), 0.0),
+            func.count(UsageEntry.id),
+        )
+        if group is not None:
+            query = query.join(Group, Group.id == UsageEntry.group_id).where(Group.name == group)
+        if username is not None:
+            query = query.where(UsageEntry.username == username)
+        if since is not None:
+            query = query.where(UsageEntry.ts_from >= to_datetime(since))
+        if until is not None:
+            query = query.where(UsageEntry.ts_from < to_datetime(until))
+        with self.db.session() as s:
+            amount, hours, entries = s.execute(query).one()
+        return {"amount": float(amount), "accelerator_hours": float(hours), "entries": entries}

@@ -41,3 +41,7 @@ def start_failed(what: str, backend: str, error: BaseException) -> web.HTTPError
         "Nothing was charged: the reservation was released. Try again in a minute or pick another "
         "offering; if it keeps failing, tell your hub's administrators (the hub log has the details).",
     )
+
+
+class ConfinementError(RuntimeError):
+    """The backend cannot run this server with the confidential folders left out."""

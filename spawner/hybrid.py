@@ -25,10 +25,11 @@ from traitlets import Dict, Float, Integer, Unicode, default, observe
 from traitlets.utils.importstring import import_item
 
 from portal.accounting import courses
-from portal.accounting.db import Database
+from portal.accounting.db import DEFAULT_URL, Database
 from portal.accounting.forecast import remaining_forecasts
 from portal.accounting.ledger import Accounting, AdmissionError
 from portal.accounting.models import GROUP_KINDS
+from spawner.backends.base import LaunchContext
 from spawner.catalog import Catalog, CatalogError, Offering, load_catalog
 from spawner.errors import start_failed, user_error
 from spawner.guard import TrustAndProvenanceMixin
@@ -110,7 +111,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
     ).tag(config=True)
 
     db_url = Unicode(
-        "sqlite:///hybridhub.sqlite",
+        DEFAULT_URL,
         help="SQLAlchemy URL of the accounting database (SQLite or postgresql+psycopg://).",
     ).tag(config=True)
 
@@ -339,7 +340,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             internal_certs_location=self.internal_certs_location,
             offering=self.offering,
             request=self.launch,
-            hybrid=self,
+            context=LaunchContext(self.reservation_id, self.db_url, self.db),
             log=self.log,
         )
         for name in self._SHARED_TRAITS:

@@ -18,40 +18,10 @@ MACHINE_BACKENDS = ("ec2",)
 _COLUMNS = ("host", "instance_id", "instance_type", "image")
 
 
-async def image_identity(backend: Any) -> dict[str, str]:
-    """``image_id`` (and ``image_digest``, the repository digest) of a container's image.
-
-    Asked of the Docker Engine for container backends (a Swarm service carries the
-    digest in its spec); empty for anything else, or when the engine does not answer.
-    """
-    container = getattr(backend, "object_id", "") or ""
-    docker_call = getattr(backend, "docker", None)
-    kind = getattr(backend, "object_type", "")
-    if not container or docker_call is None or kind not in ("container", "service"):
-        return {}
-    try:
-        if kind == "service":  # Swarm pins the image by digest in the service spec
-            spec = (await docker_call("inspect_service", container))["Spec"]["TaskTemplate"]
-            image = spec["ContainerSpec"]["Image"]
-            return {"image_digest": image} if "@sha256:" in image else {}
-        info = await docker_call("inspect_container", container)
-        image_id = info.get("Image") or ""
-        out = {"image_id": image_id} if image_id else {}
-        if image_id:
-            image = await docker_call("inspect_image", image_id)
-            digests = image.get("RepoDigests") or []
-            if digests:
-                out["image_digest"] = digests[0]
-        return out
-    except Exception as e:  # the record is still written, without the digest
-        backend.log.warning("Could not inspect the image of %s: %s", container, e)
-        return {}
-
-
 async def describe(backend: Any) -> dict[str, Any]:
     """Record columns for a started ``backend``: host or instance, GPUs, image, details."""
     raw = dict(backend.provenance() or {})
-    raw.update(await image_identity(backend))
+    raw.update(await backend.image_identity())
     out: dict[str, Any] = {k: raw.get(k) for k in _COLUMNS}
     gpus = raw.get("gpus") or raw.get("gpu_uuids") or []
     out["gpu_uuids"] = [str(g) for g in gpus]

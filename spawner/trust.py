@@ -23,14 +23,13 @@ A server on untrusted hardware gets (:func:`confine_backend`):
 from __future__ import annotations
 
 import fnmatch
-import posixpath
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spawner.backends.base import BackendMixin
 from spawner.catalog import TRUST_LEVELS
+from spawner.errors import ConfinementError
 
 if TYPE_CHECKING:
     from spawner.catalog import Offering
@@ -53,10 +52,6 @@ DEFAULT_TRUST_WORDS = {
     TRUSTED: "Trusted: run by the university or its cloud account",
     UNTRUSTED: "Untrusted: run by volunteers outside the university",
 }
-
-
-class ConfinementError(RuntimeError):
-    """The backend cannot run this server with the confidential folders left out."""
 
 
 def least_trusted(*levels: str | None) -> str:
@@ -197,42 +192,6 @@ def clamp_server_token(spawner: Any) -> list[str] | None:
     return scopes
 
 
-def _hide_locally(child: Any, paths: list[str]) -> None:
-    home = Path(child.home_dir)
-    hide = [a for p in paths for a in ("--hide", str(home / p))]
-    child.cmd = [sys.executable, "-m", "spawner.confine", *hide, "--", *child.cmd]
-
-
-def _hide_in_container(child: Any, paths: list[str]) -> None:
-    from docker.types import Mount
-
-    extra = child.extra_host_config or {}
-    if callable(extra):
-        raise ConfinementError("extra_host_config is callable; cannot add the hiding mounts")
-    mounts = list(extra.get("mounts") or [])
-    for p in paths:
-        mounts.append(
-            Mount(posixpath.join(child.home_path, p), None, type="tmpfs", read_only=True,
-                  tmpfs_size=16384, tmpfs_mode=0o555)
-        )
-    child.extra_host_config = {**extra, "mounts": mounts}
-
-
-def _hider_for(child: Any):
-    """How ``child`` leaves folders out, or None if this backend cannot."""
-    from jupyterhub.spawner import LocalProcessSpawner
-
-    if isinstance(child, LocalProcessSpawner) and hasattr(child, "home_dir"):
-        return _hide_locally
-    try:
-        from spawner.backends.docker import DockerBackend
-    except ImportError:  # pragma: no cover (docker SDK missing)
-        return None
-    if isinstance(child, DockerBackend) and hasattr(child, "home_path"):
-        return _hide_in_container
-    return None
-
-
 def confine_backend(
     child: Any,
     confinement: Confinement,
@@ -249,12 +208,11 @@ def confine_backend(
     if not confinement.untrusted:
         return
     if confinement.hidden:
-        hider = _hider_for(child)
-        if hider is None:
+        if not isinstance(child, BackendMixin):
             raise ConfinementError(
                 f"the {type(child).__name__} backend cannot leave confidential folders out"
             )
-        hider(child, confinement.hidden_paths)
+        child.hide_paths(confinement.hidden_paths)
     base_get_env = child.get_env
     deny, allow = tuple(env_deny), tuple(env_allow)
 

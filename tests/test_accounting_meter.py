@@ -10,17 +10,20 @@ from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
 from portal.accounting.ledger import Accounting
-from portal.services.meter import HubStopper, Meter, from_env, stop_url
+from portal.hubapi import HubApi, server_path
+from portal.services.meter import Meter, from_env, hub_stopper
 
 G = "course-ml101"
 TOKEN = "secret-service-token-123"
 
 
 def test_stop_url_for_named_and_default_servers():
-    assert stop_url("http://hub/hub/api/", "alice", "gpu 1") == (
+    hub = HubApi("http://hub/hub/api/", TOKEN)
+    assert hub.base_url + server_path("alice", "gpu 1") == (
         "http://hub/hub/api/users/alice/servers/gpu%201"
     )
-    assert stop_url("http://hub/hub/api", "bob@x", "") == "http://hub/hub/api/users/bob%40x/server"
+    assert hub.base_url + server_path("bob@x", "") == "http://hub/hub/api/users/bob%40x/server"
+    assert TOKEN not in repr(hub)
 
 
 def test_from_env_needs_hub_url_and_token(tmp_path):
@@ -56,7 +59,7 @@ async def test_meter_warns_then_stops_the_server_through_the_hub(db, clock, hub_
                          count=1, hours=2)
     acct.mark_running(named)
     acct.mark_running(default)
-    meter = Meter(acct, HubStopper(hub_api, TOKEN))
+    meter = Meter(acct, hub_stopper(HubApi(hub_api, TOKEN)))
     clock.advance(3600)
     report = await meter.tick()
     assert report.to_stop == [] and FakeHubAPI.calls == []

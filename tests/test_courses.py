@@ -26,7 +26,8 @@ from portal.accounting.courses import (
 )
 from portal.accounting.ledger import Accounting, to_datetime
 from portal.accounting.models import Budget, Reservation
-from portal.services.course_scheduler import CourseScheduler, HubError, same_hardware
+from portal.hubapi import HubApiError
+from portal.services.course_scheduler import CourseScheduler, same_hardware
 from spawner.catalog import load_catalog
 
 COURSE = "course-ml101"
@@ -262,9 +263,9 @@ class FakeHub:
     async def server(self, user, server_name=""):
         return self.servers.get(user)
 
-    async def spawn(self, user, server_name, options, timeout):
+    async def start_server(self, user, server_name, options, timeout):
         if user in self.servers:
-            raise HubError(400, f"{user}'s server is already running")
+            raise HubApiError(400, f"{user}'s server is already running")
         self.spawned.append(user)
         self.servers[user] = {"ready": False, "pending": "spawn", "user_options": dict(options)}
         self.in_flight += 1
@@ -275,9 +276,9 @@ class FakeHub:
             self.in_flight -= 1
         if user in self.fail:
             del self.servers[user]
-            raise HubError(500, "Spawn failed: no luck")
+            raise HubApiError(500, "Spawn failed: no luck")
         self.servers[user].update(ready=True, pending=None)
-        return True
+        return 201
 
     async def wait_ready(self, user, server_name, timeout):
         while self.servers.get(user, {}).get("pending"):

@@ -19,8 +19,9 @@ from portal.accounting.courses import END_REASON, CourseSchedule
 from portal.accounting.db import Database
 from portal.accounting.ledger import Accounting
 from portal.accounting.models import Reservation
+from portal.hubapi import HubApi
 from portal.hubconfig import DEMO_USER_PASSWORD
-from portal.services.course_scheduler import SERVICE_SCOPES, CourseScheduler, HubClient
+from portal.services.course_scheduler import SERVICE_SCOPES, CourseScheduler
 from spawner.catalog import load_catalog
 from tests.fixtures.courses import make_course, servers, stop_all_servers
 from tests.fixtures.db import FakeClock
@@ -43,7 +44,7 @@ def scheduler_config(token: str) -> str:
 
 def make_scheduler(hub: Hub, token: str, acct: Accounting, clock, concurrency=5, **kw):
     schedule = CourseSchedule(acct, load_catalog(backend_override="local"), clock=clock)
-    return CourseScheduler(schedule, HubClient(hub.api_url, token), concurrency=concurrency,
+    return CourseScheduler(schedule, HubApi(hub.api_url, token), concurrency=concurrency,
                            start_timeout=180, **kw)
 
 

@@ -10,7 +10,6 @@ import pytest
 from tornado import web
 from traitlets import TraitError
 
-from spawner.backends import ec2 as ec2mod
 from spawner.backends.ec2 import (
     NEURON_DLAMI_PARAMETER,
     TAG_HUB,
@@ -22,7 +21,9 @@ from spawner.backends.ec2 import (
     root_volume_size,
     run_instances_params,
     spot_banners_for,
+    spot_request_notice,
 )
+from spawner.backends.ec2 import backend as ec2mod
 
 
 def user_data_of(moto, instance_id: str) -> str:
@@ -367,7 +368,7 @@ async def test_spot_notice_from_eventbridge_queue(moto, ec2_factory):
 async def test_default_spot_source_ignores_on_demand(moto, ec2_factory):
     b = ec2_factory()
     await b.start()
-    assert await ec2mod.spot_request_notice(b, moto.instances()[0]) is None
+    assert await spot_request_notice(b, moto.instances()[0]) is None
     await b.stop()
 
 

@@ -25,7 +25,7 @@ from sqlalchemy import DateTime, Index, Integer, String, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from portal.accounting.db import Database
+from portal.accounting.db import DEFAULT_URL, Database  # noqa: F401  (DEFAULT_URL: for backends)
 from portal.accounting.models import Base, utcnow
 
 log = logging.getLogger("hybridhub.allocations")

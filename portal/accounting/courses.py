@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from sqlalchemy import (
     JSON,
@@ -49,8 +49,35 @@ from portal.accounting.db import Database
 from portal.accounting.ledger import Accounting, AdmissionError, ceil_units, cost, fmt_amount, to_datetime
 from portal.accounting.models import Base, Group, Reservation, to_units, utcnow
 
-if TYPE_CHECKING:
-    from spawner.catalog import Catalog, Offering
+
+class Offering(Protocol):
+    """What course rules read of an offering (plain data; ``spawner.catalog.Offering`` fits)."""
+
+    name: str
+    key: str
+    image: str
+    counts: Sequence[int]
+    max_hours: float
+    billing_weight: float
+    price_per_hour: float
+
+
+class OfferingClass(Protocol):
+    """A resource class: its name and offerings."""
+
+    name: str
+    offerings: Sequence[Offering]
+
+
+class Catalog(Protocol):
+    """The resource catalog as course rules see it (``spawner.catalog.Catalog`` fits)."""
+
+    classes: Sequence[OfferingClass]
+
+    def get_class(self, name: str) -> OfferingClass | None: ...
+
+    def offering(self, class_name: str, model: str) -> Offering | None: ...
+
 
 log = logging.getLogger("hybridhub.courses")
 

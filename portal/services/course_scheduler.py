@@ -27,16 +27,13 @@ shipped catalog), ``HYBRIDHUB_BACKEND_OVERRIDE``, ``HYBRIDHUB_COURSE_CONCURRENCY
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import quote
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Float, Integer, List
 from traitlets.config import LoggingConfigurable
 
@@ -54,129 +51,14 @@ from portal.accounting.courses import (
 from portal.accounting.db import DEFAULT_URL, Database
 from portal.accounting.ledger import Accounting
 from portal.accounting.sessions import END_COURSE, SessionLog
-from portal.services.meter import HubStopper, stop_url, tick_every
+from portal.hubapi import HubApi, HubApiError
+from portal.services.meter import tick_every
 
 log = logging.getLogger("hybridhub.courses")
 
 #: What the scheduler's token may do: start/stop/read servers, read group members.
 SERVICE_SCOPES = ("servers", "read:groups")
 SERVICE_NAME = "hybridhub-courses"
-
-
-class HubError(Exception):
-    """The hub answered an error: ``code`` and the hub's own ``message``."""
-
-    def __init__(self, code: int, message: str):
-        self.code = code
-        self.message = message
-        super().__init__(f"HTTP {code}: {message}")
-
-
-def _hub_message(exc: HTTPClientError) -> str:
-    body = exc.response.body if exc.response is not None else b""
-    try:
-        return str(json.loads(body or b"{}").get("message") or exc.message)
-    except ValueError:
-        return str(exc.message)
-
-
-class HubClient(HubStopper):
-    """The hub REST API with the scheduler's token: groups, spawns, progress and stops.
-
-    It has its own connection pool of ``max_clients`` (tornado's shared client holds 10,
-    and every start in flight keeps one open on the hub's progress stream).
-    """
-
-    def __init__(self, hub_api_url: str, api_token: str, timeout: float = 30.0,
-                 max_clients: int = 10):
-        super().__init__(hub_api_url, api_token, timeout)
-        self.max_clients = max_clients
-        self._http: AsyncHTTPClient | None = None
-
-    def __repr__(self) -> str:  # never show the token
-        return f"HubClient({self.hub_api_url!r})"
-
-    def http(self) -> AsyncHTTPClient:
-        """This client's own pool (made on first use, inside the running loop)."""
-        if self._http is None:
-            self._http = AsyncHTTPClient(force_instance=True, max_clients=self.max_clients)
-        return self._http
-
-    async def _call(self, method: str, url: str, body: Any = None,
-                    timeout: float | None = None) -> tuple[int, Any]:
-        request = HTTPRequest(
-            url, method=method, headers={"Authorization": f"token {self._token}",
-                                         "Content-Type": "application/json"},
-            body=None if body is None else json.dumps(body),
-            request_timeout=timeout or self.timeout,
-            allow_nonstandard_methods=True,
-        )
-        try:
-            response = await self.http().fetch(request)
-        except HTTPClientError as exc:
-            raise HubError(exc.code, _hub_message(exc)) from None
-        except OSError as exc:
-            raise HubError(599, str(exc)) from None
-        return response.code, json.loads(response.body) if response.body else None
-
-    async def group(self, name: str) -> dict[str, Any]:
-        """The hub's model of group ``name`` (``users``, ``properties``)."""
-        url = f"{self.hub_api_url.rstrip('/')}/groups/{quote(name, safe='')}"
-        return (await self._call("GET", url))[1]
-
-    async def server(self, username: str, server_name: str = SESSION_SERVER) -> dict | None:
-        """The hub's model of the server (``ready``, ``pending``, ``user_options``), or None."""
-        url = f"{self.hub_api_url.rstrip('/')}/users/{quote(username, safe='')}"
-        try:
-            model = (await self._call("GET", url))[1]
-        except HubError as exc:
-            if exc.code == 404:
-                return None
-            raise
-        return (model.get("servers") or {}).get(server_name)
-
-    async def spawn(self, username: str, server_name: str, options: Mapping[str, Any],
-                    timeout: float) -> bool:
-        """Ask the hub to start the server; True if it is ready, False while pending."""
-        url = stop_url(self.hub_api_url, username, server_name)
-        code, _ = await self._call("POST", url, dict(options), timeout=timeout)
-        return code == 201
-
-    async def wait_ready(self, username: str, server_name: str, timeout: float) -> str | None:
-        """Follow the hub's progress stream; None once ready, else why the start failed."""
-        events: list[dict] = []
-        buffer = b""
-
-        def collect(chunk: bytes) -> None:
-            nonlocal buffer
-            buffer += chunk
-            *whole, buffer = buffer.split(b"\n\n")
-            for block in whole:
-                for line in block.splitlines():
-                    if line.startswith(b"data:"):
-                        events.append(json.loads(line[5:]))
-
-        request = HTTPRequest(
-            stop_url(self.hub_api_url, username, server_name) + "/progress",
-            headers={"Authorization": f"token {self._token}"},
-            request_timeout=timeout, streaming_callback=collect,
-        )
-        try:
-            await self.http().fetch(request)
-        except HTTPClientError as exc:
-            if exc.code == 599:
-                return f"not ready after {timeout:g} s"
-            if exc.code != 400:  # 400: not starting any more (ready or gone): look below
-                return f"HTTP {exc.code}: {_hub_message(exc)}"
-        except OSError as exc:
-            return str(exc)
-        for event in reversed(events):
-            if event.get("ready"):
-                return None
-            if event.get("failed"):
-                return str(event.get("message") or "spawn failed")
-        model = await self.server(username, server_name)
-        return None if model and model.get("ready") else "the server is gone"
 
 
 def same_hardware(options: Mapping[str, Any] | None, session: Mapping[str, Any]) -> bool:
@@ -208,12 +90,12 @@ class CourseScheduler(LoggingConfigurable):
         help="Minutes before a session's end at which students are warned (banner and log).",
     ).tag(config=True)
 
-    def __init__(self, schedule: CourseSchedule, hub: HubClient, **kwargs: Any):
+    def __init__(self, schedule: CourseSchedule, hub: HubApi, **kwargs: Any):
         super().__init__(**kwargs)
         self.schedule = schedule
         self.hub = hub
-        if isinstance(hub, HubClient):  # a start holds one connection, its stream another
-            hub.max_clients = max(hub.max_clients, 2 * self.concurrency + 4)
+        if isinstance(hub, HubApi):  # a start holds one connection, its stream another
+            hub.max_clients = max(hub.max_clients or 0, 2 * self.concurrency + 4)
         self._slots = asyncio.Semaphore(self.concurrency)
         self._tasks: dict[tuple[int, str], asyncio.Task] = {}
         self._roster_checked: dict[int, float] = {}
@@ -245,7 +127,7 @@ class CourseScheduler(LoggingConfigurable):
                            group.get("properties") or {})
         except ClassDoesNotFit:
             pass  # recorded on the session (message and numbers) and logged
-        except (HubError, CourseError) as exc:
+        except (HubApiError, CourseError) as exc:
             log.error("course session %s could not begin: %s", info.label, exc)
         self._roster_checked[info.id] = self.schedule.clock()
 
@@ -256,7 +138,7 @@ class CourseScheduler(LoggingConfigurable):
         self._roster_checked[info.id] = self.schedule.clock()
         try:
             group = await self.hub.group(info.group)
-        except HubError as exc:
+        except HubApiError as exc:
             log.error("course session %s: reading group %s failed: %s", info.label, info.group, exc)
             return
         await self._db(self.schedule.add_students, info.id, group.get("users") or [],
@@ -278,7 +160,7 @@ class CourseScheduler(LoggingConfigurable):
         async with self._slots:
             try:
                 error = await self._start_seat(info, seat)
-            except HubError as exc:
+            except HubApiError as exc:
                 error = exc.message
             except Exception as exc:  # a seat must never take the scheduler down
                 log.exception("course session %s: seat of %s failed", info.label, seat.username)
@@ -294,18 +176,18 @@ class CourseScheduler(LoggingConfigurable):
         user = seat.username
         options = info.user_options(self.schedule.now())
         if seat.state == "starting":  # a previous scheduler's start: look before starting again
-            existing = await self.hub.server(user)
+            existing = await self.hub.server(user, SESSION_SERVER)
             if existing is not None:
                 return await self._take_over(info, seat, existing, options)
         await self._db(self.schedule.mark_seat, info.id, user, "starting")
         try:
-            ready = await self.hub.spawn(user, SESSION_SERVER, options, timeout=self.start_timeout)
-        except HubError as exc:  # a 400: the student has a server already
-            existing = await self.hub.server(user) if exc.code == 400 else None
+            code = await self.hub.start_server(user, SESSION_SERVER, options, timeout=self.start_timeout)
+        except HubApiError as exc:  # a 400: the student has a server already
+            existing = await self.hub.server(user, SESSION_SERVER) if exc.code == 400 else None
             if existing is None:
                 raise
             return await self._take_over(info, seat, existing, options)
-        if ready:
+        if code == 201:  # ready at once
             return None
         return await self.hub.wait_ready(user, SESSION_SERVER, self.start_timeout)
 
@@ -319,7 +201,7 @@ class CourseScheduler(LoggingConfigurable):
         if not await self._stop_and_wait(user):
             return "an earlier server of the student's could not be stopped"
         await self._db(self.schedule.mark_seat, info.id, user, "starting")
-        if await self.hub.spawn(user, SESSION_SERVER, options, timeout=self.start_timeout):
+        if await self.hub.start_server(user, SESSION_SERVER, options, timeout=self.start_timeout) == 201:
             return None
         return await self.hub.wait_ready(user, SESSION_SERVER, self.start_timeout)
 
@@ -340,7 +222,7 @@ class CourseScheduler(LoggingConfigurable):
         if not await self.hub.stop_server(user, SESSION_SERVER):
             return False
         deadline = self.schedule.clock() + self.start_timeout
-        while await self.hub.server(user) is not None:
+        while await self.hub.server(user, SESSION_SERVER) is not None:
             if self.schedule.clock() > deadline:
                 return False
             await asyncio.sleep(0.2)
@@ -428,7 +310,7 @@ def from_env(env: Mapping[str, str] | None = None) -> CourseScheduler:
                            backend_override=env.get("HYBRIDHUB_BACKEND_OVERRIDE") or None)
     schedule = CourseSchedule(Accounting(db), catalog)
     return CourseScheduler(
-        schedule, HubClient(api_url, token),
+        schedule, HubApi(api_url, token),
         concurrency=int(env.get("HYBRIDHUB_COURSE_CONCURRENCY", "5")),
         interval=float(env.get("HYBRIDHUB_COURSE_INTERVAL", "1")),
     )

@@ -34,13 +34,12 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
-from urllib.parse import quote
 
 import boto3
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
+from portal.hubapi import HubApi, HubApiError
 from spawner.tags import TAG_HUB, TAG_SERVER, TAG_USER
 
 log = logging.getLogger("hybridhub.ec2_reconcile")
@@ -116,55 +115,22 @@ def server_from_model(user: str, name: str, model: dict) -> HubServer:
 class HubApiState:
     """:class:`HubState` through the hub's REST API (a service token with SERVICE_SCOPES)."""
 
-    def __init__(self, api_url: str, token: str, *, page_size: int = 200):
-        self.api_url = api_url.rstrip("/")
-        self.token = token
+    def __init__(self, hub: HubApi, *, page_size: int = 200):
+        self.hub = hub
         self.page_size = page_size
-        self.http = AsyncHTTPClient()
-
-    async def _request(self, method: str, path: str) -> dict | list | None:
-        req = HTTPRequest(
-            self.api_url + path,
-            method=method,
-            headers={
-                "Authorization": f"token {self.token}",
-                "Accept": "application/jupyterhub-pagination+json",
-            },
-            request_timeout=30,
-            allow_nonstandard_methods=True,
-        )
-        resp = await self.http.fetch(req)
-        return json.loads(resp.body) if resp.body else None
 
     async def servers(self) -> list[HubServer]:
         """Every active server (ready or pending) with its state."""
-        found: list[HubServer] = []
-        offset = 0
-        while True:
-            page = await self._request(
-                "GET", f"/users?state=active&offset={offset}&limit={self.page_size}"
-            )
-            items = page["items"] if isinstance(page, dict) else page or []
-            for user in items:
-                for name, model in (user.get("servers") or {}).items():
-                    found.append(server_from_model(user["name"], name, model))
-            nxt = page.get("_pagination", {}).get("next") if isinstance(page, dict) else None
-            if not nxt or not items:
-                return found
-            offset = nxt["offset"]
+        return [
+            server_from_model(user["name"], name, model)
+            for user in await self.hub.active_users(self.page_size)
+            for name, model in (user.get("servers") or {}).items()
+        ]
 
     async def stop_server(self, user: str, server: str) -> None:
         """Ask the hub to stop the server (it then polls, stops and releases it)."""
-        path = (
-            f"/users/{quote(user)}/servers/{quote(server)}"
-            if server
-            else f"/users/{quote(user)}/server"
-        )
-        try:
-            await self._request("DELETE", path)
-        except HTTPClientError as e:
-            if e.code not in (400, 404):  # already stopping / gone
-                raise
+        if not await self.hub.stop_server(user, server):
+            raise HubApiError(500, f"the hub did not stop {user}'s server {server!r}")
 
 
 class Ec2Reconciler:
@@ -290,7 +256,7 @@ class Ec2Reconciler:
                 report = await self.reconcile_once()
                 if report.terminated or report.stopped_servers or report.released:
                     log.info("Reconciled: %s", report)
-            except (ClientError, BotoCoreError, HTTPClientError, OSError) as e:
+            except (ClientError, BotoCoreError, HubApiError, OSError) as e:
                 log.error("Reconciliation pass failed: %s", e)
             await asyncio.sleep(interval)
             if stop_when_orphaned and os.getppid() != parent:
@@ -367,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
         accounting = Accounting(Database(args.db_url))
     reconciler = Ec2Reconciler(
         hub_id=args.hub_id,
-        hub_state=HubApiState(api_url, token),
+        hub_state=HubApiState(HubApi(api_url, token)),
         region=args.region,
         endpoint_url=args.endpoint_url,
         shutdown_action=args.shutdown_action,

@@ -26,66 +26,24 @@ import os
 import signal
 import smtplib
 from collections.abc import Awaitable, Callable
-from urllib.parse import quote
-
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from portal import loghygiene
 from portal.accounting.db import DEFAULT_URL, Database
 from portal.accounting.ledger import Accounting, MeterReport, StopOrder
 from portal.accounting.mail import ThresholdMailer
 from portal.accounting.sessions import END_QUOTA, SessionLog
+from portal.hubapi import HubApi
 
 log = logging.getLogger("hybridhub.meter")
 
 
-def stop_url(hub_api_url: str, username: str, server_name: str) -> str:
-    """The hub REST API URL that stops ``username``'s server (``""`` = the default one)."""
-    base = hub_api_url.rstrip("/")
-    user = quote(username, safe="")
-    if server_name:
-        return f"{base}/users/{user}/servers/{quote(server_name, safe='')}"
-    return f"{base}/users/{user}/server"
+def hub_stopper(hub: HubApi) -> Callable[[StopOrder], Awaitable[bool]]:
+    """Stop an order's server through the hub's REST API; True if stopping or gone."""
 
+    async def stop(order: StopOrder) -> bool:
+        return await hub.stop_server(order.reservation.username, order.reservation.server_name)
 
-class HubStopper:
-    """Stops servers through the hub's REST API with the service's token."""
-
-    def __init__(self, hub_api_url: str, api_token: str, timeout: float = 30.0):
-        self.hub_api_url = hub_api_url
-        self._token = api_token
-        self.timeout = timeout
-
-    def __repr__(self) -> str:  # never show the token
-        return f"HubStopper({self.hub_api_url!r})"
-
-    def http(self) -> AsyncHTTPClient:
-        """The HTTP client requests go through (tornado's shared one)."""
-        return AsyncHTTPClient()
-
-    async def __call__(self, order: StopOrder) -> bool:
-        """Ask the hub to stop the server; True if it is stopping or already gone."""
-        return await self.stop_server(order.reservation.username, order.reservation.server_name)
-
-    async def stop_server(self, username: str, server_name: str) -> bool:
-        """Ask the hub to stop ``username``'s server; True if it is stopping or already gone."""
-        request = HTTPRequest(
-            stop_url(self.hub_api_url, username, server_name),
-            method="DELETE",
-            headers={"Authorization": f"token {self._token}"},
-            request_timeout=self.timeout,
-        )
-        try:
-            await self.http().fetch(request)
-        except HTTPClientError as exc:
-            if exc.code in (400, 404):  # server not running, or user gone: nothing to stop
-                return True
-            log.error("stopping %s's server %r failed: HTTP %s", username, server_name, exc.code)
-            return False
-        except OSError as exc:
-            log.error("stopping %s's server %r failed: %s", username, server_name, exc)
-            return False
-        return True
+    return stop
 
 
 async def tick_every(
@@ -165,7 +123,7 @@ def from_env(env: dict[str, str] | None = None) -> Meter:
         meter_interval=float(env.get("HYBRIDHUB_METER_INTERVAL", "60")),
         grace_seconds=float(env.get("HYBRIDHUB_GRACE_SECONDS", "300")),
     )
-    return Meter(accounting, HubStopper(api_url, token),
+    return Meter(accounting, hub_stopper(HubApi(api_url, token)),
                  mailer=ThresholdMailer.from_env(db, env))
 
 

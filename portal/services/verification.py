@@ -33,10 +33,11 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from portal.accounting.sessions import SessionLog, VerificationInfo
+from portal.hubapi import HubApi, HubApiError, JsonApi
 from portal.services.notebook_compare import Tolerance, compare_notebooks
 
 log = logging.getLogger("hybridhub.verifier")
@@ -83,106 +84,59 @@ def result_path(verification_id: int, notebook: str) -> str:
     return f"{RESULT_DIR}/{verification_id}/{posixpath.basename(notebook)}"
 
 
-def _message(exc: HTTPClientError) -> str:
+async def start_and_wait(hub: HubApi, user: str, server: str, options: dict, timeout: float) -> dict:
+    """Start the named server and wait until it is ready; its model."""
     try:
-        return json.loads(exc.response.body)["message"]
-    except Exception:
-        return str(exc)
+        await hub.start_server(user, server, options)
+    except HubApiError as e:
+        raise VerificationError(f"the hub refused to start {server}: {e.message}") from None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        model = await hub.server(user, server)
+        if model is None:
+            raise VerificationError(f"{server} failed to start (see the hub's log)")
+        if model.get("ready"):
+            return model
+        await asyncio.sleep(0.5)
+    raise VerificationError(f"{server} was not ready within {timeout:g} s")
 
 
-class JsonApi:
-    """JSON requests under one base URL with one token (never shown in reprs or logs)."""
-
-    def __init__(self, base_url: str, token: str, timeout: float = 60):
-        self.base_url = base_url
-        self._token = token
-        self.timeout = timeout
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.base_url!r})"
-
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        """One request to ``base_url + path``; the decoded JSON answer (None when empty)."""
-        req = HTTPRequest(
-            self.base_url + path, method=method,
-            headers={"Authorization": f"token {self._token}", "Content-Type": "application/json"},
-            body=None if body is None and method in ("GET", "DELETE") else json.dumps(body or {}),
-            request_timeout=self.timeout, allow_nonstandard_methods=True,
-        )
-        resp = await AsyncHTTPClient().fetch(req)
-        return json.loads(resp.body) if resp.body else None
-
-
-class HubApi(JsonApi):
-    """The few hub REST calls a verification needs (``base_url``: the hub's API URL)."""
-
-    def __init__(self, api_url: str, token: str, timeout: float = 60):
-        super().__init__(api_url.rstrip("/"), token, timeout)
-
-    def server_path(self, user: str, server: str) -> str:
-        """``/users/<user>/servers/<server>``, escaped."""
-        return f"/users/{quote(user, safe='')}/servers/{quote(server, safe='')}"
-
-    async def server_model(self, user: str, server: str) -> dict | None:
-        """The hub's model of the server, or None once it is gone."""
-        model = await self.call("GET", f"/users/{quote(user, safe='')}")
-        return (model.get("servers") or {}).get(server)
-
-    async def start(self, user: str, server: str, options: dict, timeout: float) -> dict:
-        """Start the named server and wait until it is ready; its model."""
-        try:
-            await self.call("POST", self.server_path(user, server), options)
-        except HTTPClientError as e:
-            raise VerificationError(f"the hub refused to start {server}: {_message(e)}") from None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            model = await self.server_model(user, server)
-            if model is None:
-                raise VerificationError(f"{server} failed to start (see the hub's log)")
-            if model.get("ready"):
-                return model
-            await asyncio.sleep(0.5)
-        raise VerificationError(f"{server} was not ready within {timeout:g} s")
-
-    async def stop(self, user: str, server: str, timeout: float = 60) -> None:
-        """Stop the named server and wait until the hub has no record of it running."""
-        try:
-            await self.call("DELETE", self.server_path(user, server))
-        except HTTPClientError as e:
-            if e.code not in (400, 404):
-                raise
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and await self.server_model(user, server) is not None:
-            await asyncio.sleep(0.2)
+async def stop_and_wait(hub: HubApi, user: str, server: str, timeout: float = 60) -> None:
+    """Stop the named server and wait until the hub has no record of it running."""
+    if not await hub.stop_server(user, server):
+        raise VerificationError(f"the hub did not stop {server}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and await hub.server(user, server) is not None:
+        await asyncio.sleep(0.2)
 
 
 class ServerApi(JsonApi):
     """A single-user server's contents and kernels APIs, reached through the proxy."""
 
     def __init__(self, server_url: str, token: str, timeout: float = 60):
-        super().__init__(server_url.rstrip("/") + "/api/", token, timeout)
+        super().__init__(server_url.rstrip("/") + "/api", token, timeout=timeout)
 
     async def notebook(self, path: str) -> dict:
         """The notebook at ``path`` (relative to the server's root) as nbformat JSON."""
         try:
-            model = await self.call("GET", "contents/" + quote(path) + "?type=notebook&content=1")
-        except HTTPClientError as e:
-            raise VerificationError(f"cannot read {path}: {_message(e)}") from None
+            model = await self.call("GET", "/contents/" + quote(path) + "?type=notebook&content=1")
+        except HubApiError as e:
+            raise VerificationError(f"cannot read {path}: {e.message}") from None
         return model["content"]
 
     async def execute(self, code: str, timeout: float) -> dict[str, Any]:
         """Run ``code`` in a new kernel; ``{"stdout", "stderr", "error"}``; the kernel is removed."""
-        kernel = await self.call("POST", "kernels", {"name": "python3", "path": ""})
+        kernel = await self.call("POST", "/kernels", {"name": "python3", "path": ""})
         try:
             return await self._run(kernel["id"], code, timeout)
         finally:
             try:
-                await self.call("DELETE", f"kernels/{kernel['id']}")
+                await self.call("DELETE", f"/kernels/{kernel['id']}")
             except Exception as e:  # the server may already be stopping
                 log.info("could not delete kernel %s: %s", kernel["id"], e)
 
     async def _run(self, kernel_id: str, code: str, timeout: float) -> dict[str, Any]:
-        url = self.base_url.replace("http", "ws", 1) + f"kernels/{kernel_id}/channels"
+        url = self.base_url.replace("http", "ws", 1) + f"/kernels/{kernel_id}/channels"
         ws = await websocket_connect(
             HTTPRequest(url, headers={"Authorization": f"token {self._token}"},
                         request_timeout=self.timeout),
@@ -288,7 +242,7 @@ class VerificationRunner:
             message = f"{type(e).__name__}: {e}"
         finally:
             try:
-                await self.hub.stop(v.username, v.server_name)
+                await stop_and_wait(self.hub, v.username, v.server_name)
             except Exception as e:
                 log.warning("could not stop %s/%s: %s", v.username, v.server_name, e)
         if report is not None:
@@ -301,7 +255,7 @@ class VerificationRunner:
 
     async def _check(self, v: VerificationInfo, tolerance: Tolerance, count: int) -> dict:
         """Start the server, run the notebook there, compare: the report."""
-        model = await self.hub.start(v.username, v.server_name, self.options(v, count),
+        model = await start_and_wait(self.hub, v.username, v.server_name, self.options(v, count),
                                      self.start_timeout)
         server = ServerApi(self.proxy_url + model["url"], self._token)
         original = await server.notebook(v.notebook)

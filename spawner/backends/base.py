@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError
@@ -18,11 +19,11 @@ from tornado.iostream import StreamClosedError
 from traitlets import Any, HasTraits
 from traitlets.config import Config
 
+from portal.accounting.allocations import DEFAULT_URL as DEFAULT_DB_URL
+from spawner.errors import ConfinementError
+
 if TYPE_CHECKING:
     from spawner.catalog import Offering
-
-
-DEFAULT_DB_URL = "sqlite:///hybridhub.sqlite"
 
 
 def db_url_from_config(config: Config, section: str = "DockerBackend") -> str:
@@ -31,6 +32,15 @@ def db_url_from_config(config: Config, section: str = "DockerBackend") -> str:
         if name in config and config[name].get(key):
             return str(config[name][key])
     return DEFAULT_DB_URL
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    """What a backend may know of its launch besides the offering and the request."""
+
+    reservation_id: int | None = None
+    db_url: str = ""  #: the portal database (GPU allocations)
+    hub_db: object = None  #: the hub's own database session (who owns which server)
 
 
 class BackendMixin(HasTraits):
@@ -43,7 +53,7 @@ class BackendMixin(HasTraits):
 
     offering = Any(help="The catalog Offering being launched (set by HybridSpawner).")
     request = Any(help="The validated LaunchRequest (set by HybridSpawner).")
-    hybrid = Any(help="The HybridSpawner that owns this backend (accounting, catalog).")
+    context = Any(help="The LaunchContext: reservation id and databases (set by HybridSpawner).")
 
     @classmethod
     async def free_now(cls, offering: Offering, config: Config) -> int | None:
@@ -90,3 +100,15 @@ class BackendMixin(HasTraits):
     def provenance(self) -> dict[str, object]:
         """Where this server runs (host, device ids, image), for provenance records."""
         return {}
+
+    async def image_identity(self) -> dict[str, str]:
+        """``image_id`` / ``image_digest`` of the running server's image, where known."""
+        return {}
+
+    def hide_paths(self, paths: list[str]) -> None:
+        """Start the server without these folders of the home (untrusted hardware).
+
+        Backends that can (local: a private mount namespace; containers: tmpfs mounts)
+        override this; the rest refuse, and the launch with them.
+        """
+        raise ConfinementError(f"the {type(self).__name__} backend cannot leave confidential folders out")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import posixpath
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -34,10 +35,9 @@ from jupyterhub.utils import random_port
 from traitlets import Bool, Dict, Float, Int, Unicode, default
 from traitlets.config import Config
 
-from portal.accounting.allocations import Allocator, Candidate, NoCapacity, Placement, allocator_for
-from portal.accounting.models import utcnow
+from portal.accounting.allocations import Allocator, Candidate, NoCapacity, Placement, allocator_for, utcnow
 from spawner.backends.base import BackendMixin, db_url_from_config
-from spawner.errors import no_capacity_error
+from spawner.errors import ConfinementError, no_capacity_error
 from spawner.inventory import GpuInventory, Host
 
 log = logging.getLogger("hybridhub.docker")
@@ -245,8 +245,8 @@ class ContainerBackendMixin(BackendMixin):
         """The allocation database URL."""
         if self.allocation_db_url:
             return self.allocation_db_url
-        if self.hybrid is not None and getattr(self.hybrid, "db_url", None):
-            return self.hybrid.db_url
+        if self.context is not None and self.context.db_url:
+            return self.context.db_url
         return db_url_from_config(self.config)
 
     @property
@@ -340,6 +340,45 @@ class ContainerBackendMixin(BackendMixin):
         """Forget the GPUs once the server is gone."""
         super().clear_state()
         self._gpus = ()
+
+    def hide_paths(self, paths: list[str]) -> None:
+        """Mount an empty read-only tmpfs over each folder of the home."""
+        from docker.types import Mount
+
+        extra = self.extra_host_config or {}
+        if callable(extra):
+            raise ConfinementError("extra_host_config is callable; cannot add the hiding mounts")
+        mounts = list(extra.get("mounts") or [])
+        for p in paths:
+            mounts.append(
+                Mount(posixpath.join(self.home_path, p), None, type="tmpfs", read_only=True,
+                      tmpfs_size=16384, tmpfs_mode=0o555)
+            )
+        self.extra_host_config = {**extra, "mounts": mounts}
+
+    async def image_identity(self) -> dict[str, str]:
+        """``image_id`` and ``image_digest`` (the repository digest) from the Docker Engine.
+
+        A Swarm service carries the digest in its spec; empty when the engine does not answer.
+        """
+        if not self.object_id or self.object_type not in ("container", "service"):
+            return {}
+        try:
+            if self.object_type == "service":  # Swarm pins the image by digest in the service spec
+                spec = (await self.docker("inspect_service", self.object_id))["Spec"]["TaskTemplate"]
+                image = spec["ContainerSpec"]["Image"]
+                return {"image_digest": image} if "@sha256:" in image else {}
+            info = await self.docker("inspect_container", self.object_id)
+            image_id = info.get("Image") or ""
+            out = {"image_id": image_id} if image_id else {}
+            if image_id:
+                digests = (await self.docker("inspect_image", image_id)).get("RepoDigests") or []
+                if digests:
+                    out["image_digest"] = digests[0]
+            return out
+        except Exception as e:  # the record is still written, without the digest
+            self.log.warning("Could not inspect the image of %s: %s", self.object_id, e)
+            return {}
 
     def provenance(self) -> dict[str, object]:
         """Host, GPU UUIDs, image and container (or service) id."""
@@ -485,7 +524,7 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
         DockerBackend._reconciler_task = asyncio.ensure_future(self._reconcile_loop())
 
     async def _reconcile_loop(self) -> None:
-        hub_db = self.db if self.db is not None else getattr(self.hybrid, "db", None)
+        hub_db = self.db if self.db is not None else getattr(self.context, "hub_db", None)
         reconciler = Reconciler(
             self.inventory,
             self.allocator,
@@ -533,7 +572,7 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
                 username=self.user.name,
                 server_name=self.name,
                 offering=offering.key,
-                reservation_id=getattr(self.hybrid, "reservation_id", None),
+                reservation_id=getattr(self.context, "reservation_id", None),
             )
         except NoCapacity as e:
             self.log.info("No capacity for %s: %s", self._log_name, e.free_by_host)

@@ -171,6 +171,13 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
         await super().stop(now=now)
         await self._release("stopped")
 
+    def hide_paths(self, paths: list[str]) -> None:
+        """Start the server through :mod:`spawner.confine`: a private mount namespace with an
+        empty read-only tmpfs over each folder."""
+        home = Path(self.home_dir)
+        hide = [a for p in paths for a in ("--hide", str(home / p))]
+        self.cmd = [sys.executable, "-m", "spawner.confine", *hide, "--", *self.cmd]
+
     def provenance(self) -> dict[str, object]:
         """A local process: the host is this machine (or its simulated host and devices)."""
         facts: dict[str, object] = {"host": self.host_name or os.uname().nodename, "pid": self.pid,

@@ -6,10 +6,15 @@ import asyncio
 import json
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from spawner.backends.ec2.backend import Ec2Backend
+
+class Ec2Backend(Protocol):
+    """What a notice source uses of the backend: its AWS calls and its log."""
+
+    log: Any
+
+    async def aws(self, service: str, method: str, **kwargs: Any) -> dict: ...
 
 SPOT_MARKED = {"marked-for-termination", "marked-for-stop", "marked-for-hibernation"}
 

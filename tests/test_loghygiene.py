@@ -1,6 +1,6 @@
 """portal.loghygiene: secrets scrubbed from every record, user errors without tracebacks.
 
-The hub test (tests/test_quota_hostile.py) checks a real hub's log; these check the rules.
+The hub test (tests/spawner/test_quota_hostile.py) checks a real hub's log; these check the rules.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ the budget's unit, weighted accelerator-hours (``hours``) or ``credits``, stored
 as integer millionths of that unit (:class:`Amount`), so sums and the admission check
 are integer arithmetic in the database, on SQLite and PostgreSQL alike.
 The schema itself is created by the alembic migrations in ``portal/migrations``;
-these classes must stay in step with them (``tests/test_models.py`` checks that).
+these classes must stay in step with them (``tests/accounting/test_models.py`` checks that).
 """
 
 from __future__ import annotations

@@ -416,5 +416,5 @@ def test_every_ec2_setting_has_help():
     assert len(own) > 40
     missing = [n for n in own if not Ec2Backend.class_traits()[n].help]
     assert missing == []
-    doc = (__import__("pathlib").Path(__file__).parents[1] / "docs" / "aws.md").read_text()
+    doc = (__import__("pathlib").Path(__file__).parents[2] / "docs" / "aws.md").read_text()
     assert [n for n in sorted(own) if f"`{n}`" not in doc] == []

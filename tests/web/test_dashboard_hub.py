@@ -27,7 +27,7 @@ from spawner.catalog import load_catalog
 from tests.fixtures.browser import login
 from tests.fixtures.env import docs_artifact
 from tests.fixtures.hub import Hub, _stop_user_processes
-from tests.test_portal_api import CLI, Portal, wait_for_portal
+from tests.web.test_portal_api import CLI, Portal, wait_for_portal
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")
 

@@ -24,7 +24,7 @@ from jupyterhub.utils import random_port
 
 from tests.fixtures.hub import _stop_user_processes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MINIMAL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 

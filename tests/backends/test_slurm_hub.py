@@ -16,7 +16,7 @@ from portal.accounting.db import Database
 from portal.accounting.models import Reservation
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 from tests.fixtures.slurm import HOST_IP
-from tests.test_trust_hub import login
+from tests.spawner.test_trust_hub import login
 
 pytestmark = pytest.mark.slurm
 

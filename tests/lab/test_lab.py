@@ -31,8 +31,8 @@ from portal.web.app import SERVICE_NAME
 from portal.web.lab import may_read_session
 from spawner.catalog import load_catalog
 
-from .fixtures.browser import login
-from .fixtures.env import docs_artifact, require
+from tests.fixtures.browser import login
+from tests.fixtures.env import docs_artifact, require
 
 LABEXT = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "hybridhub-lab" / "package.json"
 SERVER_CONFIG = Path(sys.prefix) / "etc" / "jupyter" / "jupyter_server_config.d" / "hybridhub_lab.json"
@@ -290,7 +290,7 @@ def test_user_data_installs_the_lab_extension_only_when_asked():
 def test_the_wheel_alone_gives_a_notebook_python_the_extension(tmp_path):
     """What an image recipe does: ``pip install --no-deps hybridhub-*.whl`` into its Python."""
     require(LABEXT.exists(), f"the built Lab extension in {sys.prefix} (run scripts/setup.sh)")
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                     "-w", str(tmp_path / "dist"), str(root)], check=True, cwd=tmp_path)
     (wheel,) = (tmp_path / "dist").glob("hybridhub-*.whl")

@@ -1,0 +1,1 @@
+"""The accounting core: ledger, units, schema, reports, course rules, session records."""

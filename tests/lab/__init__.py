@@ -1,0 +1,1 @@
+"""The JupyterLab extension and its server side."""

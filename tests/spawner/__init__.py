@@ -1,0 +1,1 @@
+"""HybridSpawner through a real hub: catalog, options, admission, trust, quotas."""

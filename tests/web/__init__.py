@@ -1,0 +1,1 @@
+"""The portal web app: JSON API, pages, dashboard, API schema."""

@@ -59,7 +59,8 @@ class _EpochUs(FunctionElement):
 
 
 class _PlusUs(FunctionElement):
-    """A timestamp plus an integer number of microseconds, in the form the column stores."""
+    """``(ts, ts_us, us)``: timestamp ``ts`` (``ts_us`` since the epoch) plus ``us``
+    microseconds, in the form the column stores."""
 
     type = DateTime()
     inherit_cache = True
@@ -97,16 +98,16 @@ def _epoch_sqlite(element, compiler, **kw):
 
 @compiles(_PlusUs)
 def _plus_pg(element, compiler, **kw):
-    ts, us = _args(element, compiler, **kw)
+    ts, _ts_us, us = _args(element, compiler, **kw)
     return f"({ts} + {us} * INTERVAL '1 microsecond')"
 
 
 @compiles(_PlusUs, "sqlite")
 def _plus_sqlite(element, compiler, **kw):
-    ts, us = element.clauses
-    t = compiler.process(_EpochUs(ts) + us, **kw)
-    return (f"(strftime('%Y-%m-%d %H:%M:%S', ({t}) / 1000000, 'unixepoch')"
-            f" || printf('.%06d', ({t}) % 1000000))")
+    _ts, ts_us, us = _args(element, compiler, **kw)  # from the epoch value, parsed once
+    t = f"({ts_us} + {us})"
+    return (f"(strftime('%Y-%m-%d %H:%M:%S', {t} / 1000000, 'unixepoch')"
+            f" || printf('.%06d', {t} % 1000000))")
 
 
 def _f(x):
@@ -143,28 +144,29 @@ def _hours_us(hours):
     return whole * _US_PER_HOUR + _half_even((hours - whole) * _c(_US_PER_HOUR))
 
 
-def _span_us(r, now_us: int, interval_us: int):
-    """Microseconds the tick charges: whole intervals since ``charged_until``, or the
-    reservation's own tail when its end passed, whichever reaches further."""
-    cu = _EpochUs(r.c.charged_until)
+def _span_us(cu, st, hours, now_us: int, interval_us: int):
+    """Microseconds the tick charges: whole intervals since ``charged_until`` (``cu``), or
+    the reservation's own tail when its end passed, whichever reaches further."""
     diff = literal(now_us, BigInteger) - cu
     step = literal(interval_us, BigInteger)
     whole = case((diff >= step, _Floor(_f(diff) / _f(step)) * step), else_=0)
-    end_off = _EpochUs(r.c.started_at) - cu + _hours_us(r.c.hours)
+    end_off = st - cu + _hours_us(hours)
     tail = case((and_(end_off > 0, end_off <= diff), end_off), else_=0)
     return case((tail > whole, tail), else_=whole)
 
 
 def _running(now_us: int, interval_us: int):
-    """Running reservations (locked on PostgreSQL) with the span this tick charges."""
+    """Running reservations (locked on PostgreSQL) with the span this tick charges,
+    computed once per row (a materialized CTE: SQLite would inline it everywhere)."""
     r = _R
-    return (
-        select(*r.c, _span_us(r, now_us, interval_us).label("span"),
-               (_EpochUs(r.c.charged_until) - _EpochUs(r.c.started_at)).label("offset_us"))
-        .where(r.c.state == "running")
-        .with_for_update(of=r)
-        .subquery("running")
-    )
+    times = (select(*r.c, _EpochUs(r.c.charged_until).label("cu_us"),
+                    _EpochUs(r.c.started_at).label("st_us"))
+             .where(r.c.state == "running").with_for_update(of=r)
+             .cte("running").prefix_with("MATERIALIZED"))
+    span = _span_us(times.c.cu_us, times.c.st_us, times.c.hours, now_us, interval_us)
+    return (select(times, span.label("span"),
+                   (times.c.cu_us - times.c.st_us).label("offset_us"))
+            .cte("spans").prefix_with("MATERIALIZED"))
 
 
 def insert_charges(conn: Connection, now: datetime, now_us: int, interval_us: int) -> int:
@@ -183,7 +185,7 @@ def insert_charges(conn: Connection, now: datetime, now_us: int, interval_us: in
            + literal_column("'ms'", String))
     rows = select(
         q.c.id, q.c.budget_id, q.c.group_id, q.c.username, q.c.resource_class, q.c.model,
-        amount, hours, q.c.charged_until, _PlusUs(q.c.charged_until, q.c.span),
+        amount, hours, q.c.charged_until, _PlusUs(q.c.charged_until, q.c.cu_us, q.c.span),
         literal(now, DateTime), key,
     ).where(q.c.span > 0).order_by(q.c.id)
     cols = ("reservation_id", "budget_id", "group_id", "username", "resource_class",

@@ -262,3 +262,29 @@ def test_legacy_rule_is_the_rule_this_module_states(db, clock):
     want = legacy_tick(before, datetime.fromtimestamp(clock.now + 150, UTC).replace(
         tzinfo=None), 60)
     assert want["charged"] == 1 and from_units(want["amount"]) == pytest.approx(2 * 120 / HOUR, abs=1e-5)
+
+
+def test_two_ticks_at_once_on_separate_connections_charge_each_span_once(db, db_factory):
+    """Concurrent ticks (two hubs): the second waits for the first's locks, charges nothing."""
+    import threading
+
+    clock = FakeClock(START)
+    acct = Accounting(db, clock=clock, meter_interval=60)
+    acct.sync_groups({"g": ["a"]})
+    acct.ensure_budget("g", "aws", 1000)
+    for _ in range(20):
+        rid = acct.admit(username="a", group="g", resource_class="aws", model=None, count=1,
+                         hours=1)
+        acct.mark_running(rid)
+    others = [Accounting(db_factory(), clock=clock, meter_interval=60) for _ in range(2)]
+    reports: list = []
+    threads = [threading.Thread(target=lambda a=a: reports.append(a.meter(START + 600)))
+               for a in others]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.charged for r in reports) == [0, 20]
+    got = snapshot(db)
+    assert len(got["ledger"]) == 20
+    assert sum(v[3] for v in got["ledger"].values()) == sum(u for u, _ in got["budgets"].values())

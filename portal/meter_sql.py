@@ -5,7 +5,8 @@ one ``INSERT INTO usage_entries ... SELECT ... FROM reservations`` writes the le
 lines, then ``UPDATE ... FROM`` statements add them to budgets, per-user usage and the
 reservations.  The per-row rule is computed in SQL float for float as Python computed
 it (IEEE doubles on SQLite and PostgreSQL alike); times become integer microseconds.
-The same statements run on both databases (SQLite >= 3.33 for ``UPDATE ... FROM``);
+The same statements run on both databases (SQLite >= 3.35: ``UPDATE ... FROM`` and
+``AS MATERIALIZED``; PostgreSQL >= 14: an exact ``EXTRACT(EPOCH ...)``);
 only the few constructs below compile differently.
 """
 

@@ -8,7 +8,8 @@ Fills a fresh database with 1,000 groups (a budget each), 10,000 running servers
 - one metering tick over the 10,000 running servers;
 
 each printed beside a bare ``SELECT 1`` round trip measured in the same run, with ratios.
-Targets: admission p99 < 5 ms on PostgreSQL; a metering tick < 1 s.
+Targets: admission p99 < 5 ms on PostgreSQL; a metering tick <= 0.2 s (``bench/meter.py``
+measures it at scale beside a hand-written ``INSERT ... SELECT``).
 
     python bench/accounting.py [--rows N] [--quick] [--db sqlite|postgresql|both]
 """
@@ -23,6 +24,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -56,10 +58,16 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
-def fill(db: Database, rows: int, now: datetime) -> None:
+def fill(db: Database, rows: int, now: datetime, groups: int = GROUPS,
+         running: int = RUNNING) -> None:
     """Groups, budgets, members, running reservations and ledger rows, in bulk."""
-    acct = Accounting(db, clock=lambda: now.replace(tzinfo=UTC).timestamp())
-    acct.sync_groups({f"g{i:04d}": [f"user{i:04d}"] for i in range(GROUPS)})
+    _bulk(db, "groups", ("name", "kind", "frozen", "barred_untrusted", "confidential_dirs",
+                         "created_at"),
+          [(f"g{i:04d}", "project", False, False, "[]", now) for i in range(groups)])
+    with db.engine.connect() as conn:
+        gids = conn.execute(text("SELECT id, name FROM groups ORDER BY id")).all()
+    _bulk(db, "group_members", ("group_id", "username"),
+          [(gid, "user" + name[1:]) for gid, name in gids])
     period = month_start(now)
     with db.engine.begin() as conn:
         conn.execute(
@@ -77,7 +85,7 @@ def fill(db: Database, rows: int, now: datetime) -> None:
     started = now - timedelta(minutes=30)
     until = now - timedelta(seconds=60)
     reservations = []
-    for n in range(RUNNING):
+    for n in range(running):
         bid, gid, gname = ids[n % len(ids)]
         user = "user" + gname[1:]
         reservations.append((bid, gid, user, f"s{n}", "aws", "rtx4090", 1, 10.0, 1.0, 0.0,
@@ -200,7 +208,7 @@ def run(kind: str, url: str, rows: int, samples: int) -> None:
                              ("meter tick (+60 s)", tick2, report2)):
         print(f"  {label:<28} {secs * 1000:9.1f} ms for {rep.charged:,} charges   "
               f"ratio to SELECT 1 p50: x{secs * 1000 / b50:,.0f}  "
-              f"({'OK' if secs < 1 else 'over'} target 1 s)")
+              f"({'OK' if secs <= 0.2 else 'over'} target 0.2 s)")
     target = percentile(admit_ms, 0.99)
     if kind == "postgresql":
         print(f"  admission p99 target < 5 ms: {'OK' if target < 5 else 'MISSED'}")
@@ -216,10 +224,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = args.rows or (100_000 if args.quick else 1_000_000)
     samples = args.samples or (300 if args.quick else 1000)
-    if args.db in ("sqlite", "both"):
+    for kind, url in with_databases(args.db):
+        run(kind, url, rows, samples)
+
+
+def with_databases(which: str) -> Iterator[tuple[str, str]]:
+    """(kind, URL) of a fresh SQLite file and/or a fresh PostgreSQL database, each removed
+    after its turn."""
+    if which in ("sqlite", "both"):
         with tempfile.TemporaryDirectory() as tmp:
-            run("sqlite", f"sqlite:///{tmp}/bench.sqlite", rows, samples)
-    if args.db in ("postgresql", "both"):
+            yield "sqlite", f"sqlite:///{tmp}/bench.sqlite"
+    if which in ("postgresql", "both"):
         import psycopg
 
         admin = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://", 1)
@@ -227,11 +242,10 @@ def main(argv: list[str] | None = None) -> None:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         try:
-            run("postgresql", f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}", rows, samples)
+            yield "postgresql", f"{PG_ADMIN_URL.rpartition('/')[0]}/{name}"
         finally:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
 
 if __name__ == "__main__":
     main()

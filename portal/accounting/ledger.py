@@ -17,18 +17,18 @@ import logging
 import math
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, bindparam, delete, exists, func, insert, select, text, update
+from sqlalchemy import and_, bindparam, delete, exists, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from portal.accounting import meter_sql
 from portal.accounting.db import Database
 from portal.accounting.models import (
     GROUP_KINDS,
@@ -50,6 +50,8 @@ log = logging.getLogger("hybridhub.accounting")
 
 #: Warning thresholds in percent of the budget, highest first.
 WARN_LEVELS = ((95, "95"), (80, "80"))
+_EPOCH = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
 
 _GT, _BT, _MT, _RT = (
     Group.__table__, Budget.__table__, GroupMember.__table__, Reservation.__table__
@@ -1126,15 +1128,17 @@ class Accounting:
     # ------------------------------------------------------------ metering
 
     def meter(self, now: float | datetime | None = None) -> MeterReport:
-        """One metering tick over every running reservation.
+        """One metering tick over every running reservation, in a few set-based statements.
 
         Charges whole elapsed intervals since each reservation's ``charged_until`` (and
         the tail up to its end), records 80%/95%/exhausted notices once per period, and
         lists servers to stop once their grace period after running out has passed.
+        A repeated tick at the same ``now`` charges nothing (see :mod:`portal.accounting.meter_sql`).
         """
         now_dt = self._now(now)
         report = MeterReport(now=now_dt)
-        interval = timedelta(seconds=self.meter_interval)
+        now_us = (now_dt - _EPOCH) // _MICROSECOND
+        interval_us = timedelta(seconds=self.meter_interval) // _MICROSECOND
         with self.db.session() as s:
             s.execute(
                 update(Budget)
@@ -1142,265 +1146,70 @@ class Accounting:
                 .values(period_start=month_start(now_dt), used=0.0)
                 .execution_options(synchronize_session=False)
             )
-            rt = Reservation.__table__
-            rows = s.execute(
-                select(rt).where(rt.c.state == "running").order_by(rt.c.id).with_for_update()
-            ).all()
-            entries: list[dict] = []
-            res_updates: list[dict] = []
-            # stored units per budget (and user): [charged, taken off the reservations' hold]
-            budget_delta: dict[int, list[int]] = defaultdict(lambda: [0, 0])
-            user_delta: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
-            charged_after: dict[int, float] = {}
-            for r in rows:
-                end = r.started_at + timedelta(hours=r.hours)
-                whole = math.floor((now_dt - r.charged_until) / interval)
-                new_until = r.charged_until + whole * interval
-                if r.charged_until < end <= now_dt:
-                    new_until = max(new_until, end)  # the reservation's own tail, whole
-                charged_after[r.id] = r.amount_charged
-                if new_until <= r.charged_until:
-                    continue
-                # time served past the end (grace, metering lag) is charged as well
-                units = self._charge_units(r, (new_until - r.charged_until).total_seconds())
-                held = max(0, to_units(r.amount_reserved) - to_units(r.amount_charged))
-                amount = from_units(units)
-                offset_ms = round((r.charged_until - r.started_at).total_seconds() * 1000)
-                entries.append(self._entry(r, r.charged_until, new_until, amount,
-                                           f"res:{r.id}:{offset_ms}ms", now_dt))
-                res_updates.append({"b_id": r.id, "b_old": r.charged_until,
-                                    "b_new": new_until, "b_amount": amount})
-                for delta in (budget_delta[r.budget_id],
-                              *([user_delta[(r.budget_id, r.username, r.user_period_start)]]
-                                if r.user_period_start is not None else [])):
-                    delta[0] += units
-                    delta[1] += min(units, held)
-                charged_after[r.id] = from_units(to_units(r.amount_charged) + units)
-            if entries:
-                apply = self._apply_pg if self.db.dialect == "postgresql" else self._apply_generic
-                apply(s, entries, res_updates, budget_delta, user_delta)
-                report.charged = len(entries)
-                report.amount = from_units(sum(d[0] for d in budget_delta.values()))
+            conn = s.connection()
+            before = meter_sql.insert_charges(conn, now_dt, now_us, interval_us)
+            report.charged, units = meter_sql.apply_charges(conn, before)
+            report.amount = from_units(units)
             self._record_thresholds(s, now_dt, report)
-            self._find_stops(s, rows, charged_after, now_dt, report)
+            self._find_stops(s, now_dt, now_us, report)
         for notice in report.warnings:
             log.warning("quota %s for %s: %s", notice.level, notice.group, notice.message)
         return report
 
-    @staticmethod
-    def _apply_generic(s: Session, entries: list[dict], res_updates: list[dict],
-                       budget_delta: dict, user_delta: dict) -> None:
-        """Write a tick's charges with executemany (SQLite: in-process, already fast)."""
-        rt, bt, ut = Reservation.__table__, Budget.__table__, UserUsage.__table__
-        s.execute(insert(UsageEntry.__table__), entries)
-        result = s.execute(
-            update(rt)
-            .where(rt.c.id == bindparam("b_id"), rt.c.charged_until == bindparam("b_old"),
-                   rt.c.state == "running")
-            .values(charged_until=bindparam("b_new"),
-                    amount_charged=rt.c.amount_charged + bindparam("b_amount")),
-            res_updates,
-        )
-        if result.rowcount not in (-1, len(res_updates)):
-            raise RuntimeError("reservations changed under a metering tick; rolled back")
-        s.execute(
-            update(bt)
-            .where(bt.c.id == bindparam("b_id"))
-            .values(used=bt.c.used + bindparam("b_amount"),
-                    reserved=bt.c.reserved - bindparam("b_held")),
-            [{"b_id": k, "b_amount": from_units(v[0]), "b_held": from_units(v[1])}
-             for k, v in sorted(budget_delta.items())],
-        )
-        if user_delta:
-            s.execute(
-                update(ut)
-                .where(ut.c.budget_id == bindparam("b_id"),
-                       ut.c.username == bindparam("b_user"),
-                       ut.c.period_start == bindparam("b_period"))
-                .values(used=ut.c.used + bindparam("b_amount"),
-                        reserved=ut.c.reserved - bindparam("b_held")),
-                [{"b_id": b, "b_user": u, "b_period": p, "b_amount": from_units(v[0]),
-                  "b_held": from_units(v[1])}
-                 for (b, u, p), v in sorted(user_delta.items())],
-            )
-
-    @staticmethod
-    def _apply_pg(s: Session, entries: list[dict], res_updates: list[dict],
-                  budget_delta: dict, user_delta: dict) -> None:
-        """Write a tick's charges on PostgreSQL in four statements, rows passed as arrays."""
-        cols = (
-            "reservation_id", "budget_id", "group_id", "username", "resource_class", "model",
-            "amount", "accelerator_hours", "ts_from", "ts_to", "created_at", "idempotency_key",
-        )
-        # COPY is PostgreSQL's fastest way in; it runs inside the tick's transaction.
-        exact = ("amount", "accelerator_hours")  # COPY bypasses the Amount type: store units
-        cursor = s.connection().connection.cursor()
-        try:
-            with cursor.copy(f"COPY usage_entries ({', '.join(cols)}) FROM STDIN") as copy:
-                for e in entries:
-                    copy.write_row(tuple(to_units(e[c]) if c in exact else e[c] for c in cols))
-        finally:
-            cursor.close()
-        result = s.execute(
-            text(
-                "UPDATE reservations AS r SET charged_until = v.new,"
-                " amount_charged = r.amount_charged + v.amount"
-                " FROM unnest(CAST(:ids AS integer[]), CAST(:olds AS timestamp[]),"
-                " CAST(:news AS timestamp[]), CAST(:amounts AS bigint[]))"
-                " AS v(id, old, new, amount)"
-                " WHERE r.id = v.id AND r.charged_until = v.old AND r.state = 'running'"
-            ),
-            {
-                "ids": [u["b_id"] for u in res_updates],
-                "olds": [u["b_old"] for u in res_updates],
-                "news": [u["b_new"] for u in res_updates],
-                "amounts": [to_units(u["b_amount"]) for u in res_updates],
-            },
-        )
-        if result.rowcount != len(res_updates):
-            raise RuntimeError("reservations changed under a metering tick; rolled back")
-        ordered = sorted(budget_delta.items())
-        s.execute(
-            text(
-                "UPDATE budgets AS b SET used = b.used + v.amount,"
-                " reserved = b.reserved - v.held"
-                " FROM unnest(CAST(:ids AS integer[]), CAST(:amounts AS bigint[]),"
-                " CAST(:held AS bigint[])) AS v(id, amount, held) WHERE b.id = v.id"
-            ),
-            {"ids": [k for k, _ in ordered], "amounts": [v[0] for _, v in ordered],
-             "held": [v[1] for _, v in ordered]},
-        )
-        if user_delta:
-            users = sorted(user_delta.items())
-            s.execute(
-                text(
-                    "UPDATE user_usage AS u SET used = u.used + v.amount,"
-                    " reserved = u.reserved - v.held"
-                    " FROM unnest(CAST(:ids AS integer[]), CAST(:users AS text[]),"
-                    " CAST(:periods AS timestamp[]), CAST(:amounts AS bigint[]),"
-                    " CAST(:held AS bigint[])) AS v(id, username, period_start, amount, held)"
-                    " WHERE u.budget_id = v.id AND u.username = v.username"
-                    " AND u.period_start = v.period_start"
-                ),
-                {
-                    "ids": [k[0] for k, _ in users],
-                    "users": [k[1] for k, _ in users],
-                    "periods": [k[2] for k, _ in users],
-                    "amounts": [v[0] for _, v in users],
-                    "held": [v[1] for _, v in users],
-                },
-            )
-
     def _record_thresholds(self, s: Session, now: datetime, report: MeterReport) -> None:
-        budgets = s.execute(
-            select(Budget, Group.name)
-            .join(Group, Group.id == Budget.group_id)
-            .where(Budget.amount > 0, Budget.used * 100 >= Budget.amount * WARN_LEVELS[-1][0])
-        ).all()
-        if not budgets:
-            return
-        wanted: dict[str, dict] = {}
-        for budget, gname in budgets:
-            used_u, amount_u = to_units(budget.used), to_units(budget.amount)
-            # every threshold crossed is recorded, even several in one tick (highest first)
-            levels = [name for pct, name in WARN_LEVELS if used_u * 100 >= amount_u * pct]
-            if used_u >= amount_u:
-                levels.insert(0, "exhausted")
-            scope = budget.resource_class + (f" ({budget.model})" if budget.model else "")
-            resets = resets_at_for(budget, now)
+        """Record (once per period) every threshold a budget crossed, highest first."""
+        new = []
+        for b in meter_sql.new_thresholds(s.connection()):
+            scope = b.resource_class + (f" ({b.model})" if b.model else "")
+            resets = resets_at_for(b, now)
             resets_text = f", resets {resets:%Y-%m-%d}" if resets else ""
-            for level in levels:
-                state = "used up" if level == "exhausted" else f"{level}% used"
-                key = f"budget:{budget.id}:{budget.period_start.isoformat()}:{level}"
-                wanted[key] = {
-                    "group_id": budget.group_id,
-                    "budget_id": budget.id,
-                    "reservation_id": None,
-                    "level": level,
-                    "period_start": budget.period_start,
-                    "message": (
-                        f"{gname}'s {scope} budget is {state} "
-                        f"({fmt_amount(budget.used, budget.unit)} of "
-                        f"{fmt_amount(budget.amount, budget.unit)}){resets_text}"
-                    ),
-                    "stop_at": None,
-                    "created_at": now,
-                    "dedup_key": key,
-                    "_group": gname,
-                }
-        have = set(s.scalars(select(Notice.dedup_key).where(Notice.dedup_key.in_(list(wanted)))))
-        new = [v for k, v in wanted.items() if k not in have]
+            state = "used up" if b.level == "exhausted" else f"{b.level}% used"
+            message = (f"{b.g_name}'s {scope} budget is {state} ({fmt_amount(b.used, b.unit)}"
+                       f" of {fmt_amount(b.amount, b.unit)}){resets_text}")
+            new.append({
+                "group_id": b.group_id, "budget_id": b.id, "reservation_id": None,
+                "level": b.level, "period_start": b.period_start, "message": message,
+                "stop_at": None, "created_at": now,
+                "dedup_key": f"budget:{b.id}:{b.period_start.isoformat()}:{b.level}",
+            })
+            report.warnings.append(NoticeInfo(group=b.g_name, budget_id=b.id, level=b.level,
+                                              message=message))
         if new:
-            self._insert_ignore(
-                s, Notice, [{k: v for k, v in n.items() if k != "_group"} for n in new]
-            )
-            for n in new:
-                report.warnings.append(
-                    NoticeInfo(group=n["_group"], budget_id=n["budget_id"], level=n["level"],
-                               message=n["message"])
-                )
+            self._insert_ignore(s, Notice, new)
 
-    def _find_stops(
-        self, s: Session, rows: list, charged_after: dict[int, float], now: datetime,
-        report: MeterReport,
-    ) -> None:
-        if not rows:
-            return
-        budget_ids = {r.budget_id for r in rows}
-        state = {
-            b.id: (b, gname, gfrozen)
-            for b, gname, gfrozen in s.execute(
-                select(Budget, Group.name, Group.frozen)
-                .join(Group, Group.id == Budget.group_id)
-                .where(Budget.id.in_(budget_ids))
-            ).all()
-        }
-        reasons: dict[int, str] = {}
-        for r in rows:
-            budget, _gname, gfrozen = state[r.budget_id]
-            end = r.started_at + timedelta(hours=r.hours)
-            if now >= end or to_units(charged_after[r.id]) >= to_units(r.amount_reserved):
-                reasons[r.id] = f"its reservation of {r.hours:g} h ran out"
-            elif gfrozen or budget.frozen:
-                reasons[r.id] = "the group's budget was frozen"
-            elif to_units(budget.used) >= to_units(budget.amount):
-                reasons[r.id] = "the group's budget is used up"
-        if not reasons:
-            return
-        existing = {
-            n.reservation_id: n
-            for n in s.scalars(
-                select(Notice).where(
-                    Notice.reservation_id.in_(list(reasons)), Notice.level == "stop_pending"
-                )
-            )
-        }
-        by_id = {r.id: r for r in rows}
-        for rid, reason in reasons.items():
-            r = by_id[rid]
-            budget, gname, _ = state[r.budget_id]
-            notice = existing.get(rid)
-            if notice is None:
+    def _find_stops(self, s: Session, now: datetime, now_us: int, report: MeterReport) -> None:
+        """Warn (once) of the stop of every server that ran out; list those past grace."""
+        new = []
+        for r in meter_sql.stop_candidates(s.connection(), now_us):
+            if r.ended:
+                reason = f"its reservation of {r.hours:g} h ran out"
+            elif r.is_frozen:
+                reason = "the group's budget was frozen"
+            else:
+                reason = "the group's budget is used up"
+            if r.notice_id is None:
                 # The grace period runs from the warning, so nobody is stopped unwarned.
                 stop_at = now + timedelta(seconds=self.grace_seconds)
                 server = f"{r.username}/{r.server_name}" if r.server_name else r.username
                 message = (
                     f"server {server} will be stopped at {stop_at:%Y-%m-%d %H:%M} UTC: {reason}"
                 )
-                self._insert_ignore(s, Notice, {
-                    "group_id": r.group_id, "budget_id": r.budget_id, "reservation_id": rid,
-                    "level": "stop_pending", "period_start": budget.period_start,
+                new.append({
+                    "group_id": r.group_id, "budget_id": r.budget_id, "reservation_id": r.id,
+                    "level": "stop_pending", "period_start": r.b_period_start,
                     "message": message, "stop_at": stop_at, "created_at": now,
-                    "dedup_key": f"reservation:{rid}:stop_pending",
+                    "dedup_key": f"reservation:{r.id}:stop_pending",
                 })
                 report.warnings.append(NoticeInfo(
-                    group=gname, budget_id=r.budget_id, level="stop_pending", message=message,
-                    reservation_id=rid, username=r.username, stop_at=stop_at,
+                    group=r.g_name, budget_id=r.budget_id, level="stop_pending",
+                    message=message, reservation_id=r.id, username=r.username, stop_at=stop_at,
                 ))
             else:
-                stop_at = notice.stop_at or now
+                stop_at = r.notice_stop_at or now
             if now >= stop_at:
-                report.to_stop.append(StopOrder(self._info(r, gname), reason, stop_at))
+                report.to_stop.append(StopOrder(self._info(r, r.g_name), reason, stop_at))
+        if new:
+            self._insert_ignore(s, Notice, new)
 
     # ------------------------------------------------------------ reading
 

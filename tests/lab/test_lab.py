@@ -30,7 +30,6 @@ from portal.hubconfig import DEMO_USER_PASSWORD
 from portal.web.app import SERVICE_NAME
 from portal.web.lab import may_read_session
 from spawner.catalog import load_catalog
-
 from tests.fixtures.browser import login
 from tests.fixtures.env import docs_artifact, require
 

@@ -210,14 +210,75 @@ class ContainerBackendMixin(BackendMixin):
 
     Host networking on a random port, the per-user home, the image and limits of the
     offering, GPU allocation records, the readiness probe, and the GPUs, address and
-    port kept in the state.  The subclass declares the traits read here (``hub_label``,
-    ``image_override``, ``home_*``, ``allocation_db_url``, ``ready_poll_interval``) and
-    says where the server runs (:attr:`placed_on`) and what an unreachable engine means
+    port kept in the state, with the traits for all of it.  The subclass names the trait that
+    says where the server runs (:attr:`placement_key`) and what an unreachable engine means
     (:meth:`_unreachable`).
     """
 
     #: Failed readiness probes between checks that the server has not died (0: never check).
     died_check_every: ClassVar[int] = 0
+    #: The state key and trait naming where the server runs.
+    placement_key: ClassVar[tuple[str, str]] = ("host", "host_name")
+
+    hub_label = Unicode(
+        "hybridhub",
+        help="Value of the `hybridhub.hub` label on every container or service this hub creates. "
+        "The reconciler only ever removes what carries it, so give each hub its own.",
+    ).tag(config=True)
+
+    image_override = Unicode(
+        "",
+        help="Run this image for every offering instead of the offering's `image` "
+        "(air-gapped sites, tests).",
+    ).tag(config=True)
+
+    home_volume = Unicode(
+        "hybridhub-home-{username}",
+        help="Per-user named volume mounted as the home ({username} is the escaped user name). "
+        "A named volume lives on one engine: for several hosts use `home_host_dir` on shared "
+        "storage, or a volume driver that every host reaches (docs/docker.md).",
+    ).tag(config=True)
+
+    home_host_dir = Unicode(
+        "",
+        help="Per-user host directory mounted as the home, e.g. /srv/homes/{username} on an NFS "
+        "mount present on every GPU host. When set it wins over `home_volume`.",
+    ).tag(config=True)
+
+    home_path = Unicode(
+        "/home/jovyan",
+        help="Where the home is mounted inside the container (HOME points there). Keep it the "
+        "same on every class so notebooks move unchanged.",
+    ).tag(config=True)
+
+    run_as = Unicode(
+        "1000:100",
+        help="uid:gid the server runs as (the docker-stacks `jovyan` user). Empty keeps the "
+        "image's user; tests on root-only images set it empty and pass --allow-root.",
+    ).tag(config=True)
+
+    read_only_binds = Dict(
+        help="Host path -> container path, mounted read-only wherever the server runs (tests "
+        "bind the host's /usr, /lib, /etc and the Python environment into an empty image).",
+    ).tag(config=True)
+
+    allocation_db_url = Unicode(
+        "",
+        help="SQLAlchemy URL of the database holding GPU allocations. Empty: the owning "
+        "HybridSpawner's `db_url` (one database for accounting and allocations).",
+    ).tag(config=True)
+
+    api_timeout = Float(
+        10.0,
+        help="Seconds a Docker Engine (or the swarm manager) may take to answer one API call "
+        "before it counts as unreachable.",
+    ).tag(config=True)
+
+    ready_poll_interval = Float(
+        0.02,
+        help="Seconds between readiness probes of the new server before start() returns "
+        "(answering fast here saves the hub's slower back-off poll). 0 disables the probe.",
+    ).tag(config=True)
 
     _gpus: tuple[str, ...] = ()
 
@@ -262,7 +323,7 @@ class ContainerBackendMixin(BackendMixin):
     @property
     def placed_on(self) -> str:
         """Name of the host (or swarm node) the server runs on; empty before placement."""
-        raise NotImplementedError
+        return getattr(self, self.placement_key[1])
 
     def _in_thread(self, fn: Callable, *args, **kwargs):
         return asyncio.wrap_future(self.executor.submit(fn, *args, **kwargs))
@@ -327,9 +388,18 @@ class ContainerBackendMixin(BackendMixin):
         """The GPUs, address and port for :meth:`get_state` (with where the server runs)."""
         return {"gpus": list(self._gpus), "port": self.port, "ip": self.ip}
 
+    def get_state(self):
+        """Container or service id and name, where it runs, GPUs, address and port."""
+        state = super().get_state()
+        if self.placed_on or self.object_id:
+            state.update({self.placement_key[0]: self.placed_on}, **self._placement_state())
+        return state
+
     def load_state(self, state):
-        """Restore the GPUs, address and port :meth:`get_state` saved."""
+        """Restore what :meth:`get_state` saved."""
         super().load_state(state)
+        key, trait = self.placement_key
+        setattr(self, trait, state.get(key, "") or "")
         self._gpus = tuple(state.get("gpus") or ())
         if state.get("port"):
             self.port = int(state["port"])
@@ -337,8 +407,9 @@ class ContainerBackendMixin(BackendMixin):
             self.ip = state["ip"]
 
     def clear_state(self):
-        """Forget the GPUs once the server is gone."""
+        """Forget where it ran and the GPUs once the server is gone."""
         super().clear_state()
+        setattr(self, self.placement_key[1], "")
         self._gpus = ()
 
     def hide_paths(self, paths: list[str]) -> None:
@@ -393,11 +464,6 @@ class ContainerBackendMixin(BackendMixin):
 class DockerBackend(ContainerBackendMixin, DockerSpawner):
     """Run the server in a container on a GPU host with enough free GPUs of the wanted model."""
 
-    hub_label = Unicode(
-        "hybridhub",
-        help="Value of the `hybridhub.hub` label on every container this hub creates. The "
-        "reconciler only ever removes containers carrying it, so give each hub its own.",
-    ).tag(config=True)
 
     device_requests = Bool(
         True,
@@ -406,63 +472,18 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
         "NVIDIA_VISIBLE_DEVICES either way.",
     ).tag(config=True)
 
-    image_override = Unicode(
-        "",
-        help="Run this image for every offering instead of the offering's `image` "
-        "(air-gapped sites, tests).",
-    ).tag(config=True)
 
-    home_volume = Unicode(
-        "hybridhub-home-{username}",
-        help="Per-user named volume mounted as the home ({username} is the escaped user name). "
-        "A named volume lives on one engine: for several hosts use `home_host_dir` on shared "
-        "storage, or a volume driver that every host reaches (docs/docker.md).",
-    ).tag(config=True)
 
-    home_host_dir = Unicode(
-        "",
-        help="Per-user host directory mounted as the home, e.g. /srv/homes/{username} on an NFS "
-        "mount present on every GPU host. When set it wins over `home_volume`.",
-    ).tag(config=True)
 
-    home_path = Unicode(
-        "/home/jovyan",
-        help="Where the home is mounted inside the container (HOME points there). Keep it the "
-        "same on every class so notebooks move unchanged.",
-    ).tag(config=True)
 
-    run_as = Unicode(
-        "1000:100",
-        help="uid:gid the server runs as (the docker-stacks `jovyan` user). Empty keeps the "
-        "image's user; tests on root-only images set it empty and pass --allow-root.",
-    ).tag(config=True)
 
-    read_only_binds = Dict(
-        help="Host path -> container path, mounted read-only (tests bind the host's /usr, "
-        "/lib, /etc and the Python environment into an empty image).",
-    ).tag(config=True)
 
     pids_limit = Int(
         4096, help="Most processes (and threads) a notebook container may run; 0 for no limit."
     ).tag(config=True)
 
-    allocation_db_url = Unicode(
-        "",
-        help="SQLAlchemy URL of the database holding GPU allocations. Empty: the owning "
-        "HybridSpawner's `db_url` (one database for accounting and allocations).",
-    ).tag(config=True)
 
-    api_timeout = Float(
-        10.0,
-        help="Seconds a Docker Engine may take to answer one API call before its host counts "
-        "as unreachable.",
-    ).tag(config=True)
 
-    ready_poll_interval = Float(
-        0.02,
-        help="Seconds between readiness probes of the new server before start() returns "
-        "(answering fast here saves the hub's slower back-off poll). 0 disables the probe.",
-    ).tag(config=True)
 
     reconcile_interval = Float(
         300.0,
@@ -508,11 +529,6 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
         if host is None:
             raise RuntimeError("no host chosen yet")
         return engine_client(host.url, self.api_timeout, self.tls_config or None)
-
-    @property
-    def placed_on(self) -> str:
-        """The inventory name of the host the server runs on."""
-        return self.host_name
 
     # --- reconciliation loop (one per hub process) ---------------------------------------------
 
@@ -718,24 +734,6 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
         self.object_id = ""
         self.clear_state()
 
-    # --- state --------------------------------------------------------------------------------
-
-    def get_state(self):
-        """Container id and name, host, GPUs and port: enough to find the server again."""
-        state = super().get_state()
-        if self.host_name:
-            state.update(host=self.host_name, **self._placement_state())
-        return state
-
-    def load_state(self, state):
-        """Restore what :meth:`get_state` saved."""
-        super().load_state(state)
-        self.host_name = state.get("host", "") or ""
-
-    def clear_state(self):
-        """Forget the host and GPUs once the server is gone."""
-        super().clear_state()
-        self.host_name = ""
 
 
 # --- reconciliation ---------------------------------------------------------------------------

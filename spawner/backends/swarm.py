@@ -31,7 +31,7 @@ from docker.types import (
 )
 from dockerspawner import SwarmSpawner
 from jupyterhub.utils import random_port
-from traitlets import Dict, Float, List, Unicode
+from traitlets import Float, List, Unicode, default
 from traitlets.config import Config
 
 from portal.accounting.allocations import Placement as GpuPlacement
@@ -137,9 +137,6 @@ class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
         help="Docker Engine URL of a swarm manager. Empty: $DOCKER_HOST, else the local socket.",
     ).tag(config=True)
 
-    hub_label = Unicode(
-        "hybridhub", help="Value of the `hybridhub.hub` label on services this hub creates."
-    ).tag(config=True)
 
     gpu_resource_kind = Unicode(
         "NVIDIA-GPU",
@@ -158,49 +155,26 @@ class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
         "(`docker node update --label-add hybridhub.class=enterprise ...`).",
     ).tag(config=True)
 
-    image_override = Unicode(
-        "", help="Run this image for every offering instead of the offering's `image`."
-    ).tag(config=True)
 
-    home_volume = Unicode(
-        "hybridhub-home-{username}",
-        help="Per-user named volume mounted as the home; with several nodes use a volume "
-        "driver every node reaches (`volume_driver`) or `home_host_dir` on shared storage.",
-    ).tag(config=True)
 
-    home_host_dir = Unicode(
-        "", help="Per-user host directory (shared storage) mounted as the home; wins when set."
-    ).tag(config=True)
 
-    home_path = Unicode("/home/jovyan", help="Where the home is mounted in the container.").tag(
-        config=True
-    )
 
-    run_as = Unicode(
-        "1000:100", help="uid:gid the server runs as; empty keeps the image's user (tests)."
-    ).tag(config=True)
 
-    read_only_binds = Dict(
-        help="Host path -> container path, mounted read-only on whichever node runs the task."
-    ).tag(config=True)
 
-    allocation_db_url = Unicode(
-        "", help="Database for GPU allocation records; empty: the HybridSpawner's `db_url`."
-    ).tag(config=True)
 
-    api_timeout = Float(10.0, help="Seconds the swarm manager may take to answer one call.").tag(
-        config=True
-    )
 
-    ready_poll_interval = Float(
-        0.05, help="Seconds between readiness probes before start() returns; 0 disables them."
-    ).tag(config=True)
 
     task_poll_interval = Float(
         0.2, help="Seconds between checks of the new service's task while it starts."
     ).tag(config=True)
 
     node_name = Unicode("", help="Hostname of the node running the task (state).")
+
+    placement_key = ("node", "node_name")
+
+    @default("ready_poll_interval")
+    def _default_ready_poll_interval(self):
+        return 0.05
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -213,11 +187,6 @@ class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
     def client(self):
         """The manager's client (blocking on first use: only call in the executor)."""
         return engine_client(self.manager_url, self.api_timeout, self.tls_config or None)
-
-    @property
-    def placed_on(self) -> str:
-        """The hostname of the node running the task."""
-        return self.node_name
 
     # --- capacity ---------------------------------------------------------------------------
 
@@ -413,21 +382,3 @@ class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
         self.object_id = ""
         self.clear_state()
 
-    # --- state --------------------------------------------------------------------------------
-
-    def get_state(self):
-        """Service id/name, node, GPUs, address and port."""
-        state = super().get_state()
-        if self.object_id:
-            state.update(node=self.node_name, **self._placement_state())
-        return state
-
-    def load_state(self, state):
-        """Restore what :meth:`get_state` saved."""
-        super().load_state(state)
-        self.node_name = state.get("node", "") or ""
-
-    def clear_state(self):
-        """Forget node and GPUs."""
-        super().clear_state()
-        self.node_name = ""

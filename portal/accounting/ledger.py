@@ -370,6 +370,16 @@ def period_start_for(budget: Budget, now: datetime) -> datetime:
     return budget.starts_at or budget.period_start
 
 
+def period_used(budget: Budget, now: datetime) -> float:
+    """What the budget has used in the period containing ``now`` (0 once a new one began)."""
+    return budget.used if budget.period_start >= period_start_for(budget, now) else 0.0
+
+
+def budget_left(budget: Budget, used: float) -> float:
+    """Amount minus ``used`` minus reserved, exact in stored units, never negative."""
+    return from_units(max(0, to_units(budget.amount) - to_units(used) - to_units(budget.reserved)))
+
+
 def resets_at_for(budget: Budget, now: datetime) -> datetime | None:
     """When the budget next refills: the next month, the end of the term, or never."""
     if budget.period == "monthly":
@@ -823,10 +833,9 @@ class Accounting:
             except NoBudget:
                 return None
             current = period_start_for(budget, now)
-            used = budget.used if budget.period_start >= current else 0.0
-            left_units = to_units(budget.amount) - to_units(used) - to_units(budget.reserved)
+            used = period_used(budget, now)
             overdrawn = from_units(max(0, to_units(used) - to_units(budget.amount)))
-            left = from_units(max(0, left_units))
+            left = budget_left(budget, used)
             user_left = None
             if username is not None and budget.per_user_cap is not None:
                 row = s.execute(

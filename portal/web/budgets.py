@@ -30,10 +30,11 @@ from portal.accounting.ledger import (
     BudgetChange,
     BudgetError,
     BudgetSpec,
-    month_start,
+    budget_left,
+    period_used,
     resets_at_for,
 )
-from portal.accounting.models import Budget, Group, from_units, to_units
+from portal.accounting.models import Budget, Group
 from portal.web.base import (
     ApiError,
     PortalHandler,
@@ -51,7 +52,7 @@ MAX_AMOUNT = 1e6
 
 
 def _budget_view(b: Budget, group: str, now) -> dict[str, Any]:
-    used = b.used if b.period != "monthly" or b.period_start >= month_start(now) else 0.0
+    used = period_used(b, now)
     return {
         "id": b.id,
         "group": group,
@@ -62,8 +63,7 @@ def _budget_view(b: Budget, group: str, now) -> dict[str, Any]:
         "amount": b.amount,
         "used": used,
         "reserved": b.reserved,
-        # exact, in stored units: never negative, never float noise
-        "remaining": from_units(max(0, to_units(b.amount) - to_units(used) - to_units(b.reserved))),
+        "remaining": budget_left(b, used),  # the ledger's rule (Accounting.remaining)
         "per_user_cap": b.per_user_cap,
         "frozen": b.frozen,
         "starts_at": b.starts_at,

@@ -233,7 +233,7 @@ class SessionLocked(CourseError):
 
 
 @dataclass(frozen=True)
-class SessionInfo:
+class CourseSessionInfo:
     """A read-only snapshot of a session and how its seats stand."""
 
     id: int
@@ -293,7 +293,7 @@ class SeatInfo:
 class SessionLaunch:
     """What :func:`session_launch` tells the spawner about a session server."""
 
-    session: SessionInfo
+    session: CourseSessionInfo
     reservation_key: str | None
 
     def apply(self, offering: Offering) -> Offering:
@@ -307,7 +307,7 @@ class SessionLaunch:
 class EndWarning:
     """A pre-end warning recorded for a session (logged once, shown as a banner)."""
 
-    session: SessionInfo
+    session: CourseSessionInfo
     minutes: int
 
 
@@ -339,11 +339,11 @@ def parse_time(value: Any, field: str) -> datetime:
 _SEAT_COUNTS = {state: 0 for state in SEAT_STATES}
 
 
-def _info(s: Session, row: CourseSession, group: str) -> SessionInfo:
+def _info(s: Session, row: CourseSession, group: str) -> CourseSessionInfo:
     counts = dict(_SEAT_COUNTS)
     for (state,) in s.execute(select(CourseSeat.state).where(CourseSeat.session_id == row.id)):
         counts[state] = counts.get(state, 0) + 1
-    return SessionInfo(
+    return CourseSessionInfo(
         id=row.id, group=group, title=row.title, resource_class=row.resource_class,
         offering=row.offering, count=row.count, image=row.image, starts_at=row.starts_at,
         ends_at=row.ends_at, state=row.state, started_at=row.started_at,
@@ -353,7 +353,7 @@ def _info(s: Session, row: CourseSession, group: str) -> SessionInfo:
     )
 
 
-def _sessions(s: Session, *where) -> list[SessionInfo]:
+def _sessions(s: Session, *where) -> list[CourseSessionInfo]:
     rows = s.execute(
         select(CourseSession, Group.name)
         .join(Group, Group.id == CourseSession.group_id)
@@ -365,7 +365,7 @@ def _sessions(s: Session, *where) -> list[SessionInfo]:
 
 def _seat_session(
     s: Session, username: str, server_name: str
-) -> tuple[SessionInfo, CourseSeat] | None:
+) -> tuple[CourseSessionInfo, CourseSeat] | None:
     """The running session holding ``username``'s server, with their seat."""
     if server_name != SESSION_SERVER:
         return None
@@ -383,7 +383,7 @@ def _seat_session(
 # ---------------------------------------------------------------- the spawner's hook
 
 
-def in_session(db: Database, username: str, server_name: str) -> SessionInfo | None:
+def in_session(db: Database, username: str, server_name: str) -> CourseSessionInfo | None:
     """The running session that owns this server (the picker is skipped for it)."""
     with db.session() as s:
         found = _seat_session(s, username, server_name)
@@ -462,7 +462,7 @@ def course_banners(db: Database, username: str) -> list[str]:
     return [warning_text(info, info.warned_minutes)]
 
 
-def warning_text(info: SessionInfo, minutes: int) -> str:
+def warning_text(info: CourseSessionInfo, minutes: int) -> str:
     """The words of a pre-end warning."""
     return (
         f"Course session {info.label} ends at {info.ends_at:%H:%M} UTC, in {minutes} "
@@ -501,7 +501,7 @@ class CourseSchedule:
 
     # ------------------------------------------------------------ reading
 
-    def get(self, session_id: int) -> SessionInfo:
+    def get(self, session_id: int) -> CourseSessionInfo:
         """One session, or :class:`SessionNotFound`."""
         with self.db.session() as s:
             found = _sessions(s, CourseSession.id == session_id)
@@ -510,7 +510,7 @@ class CourseSchedule:
         return found[0]
 
     def list(self, groups: Iterable[str] | None = None,
-             states: Iterable[str] | None = None) -> list[SessionInfo]:
+             states: Iterable[str] | None = None) -> list[CourseSessionInfo]:
         """Sessions, optionally of some groups and in some states, by start time."""
         where = []
         if groups is not None:
@@ -558,7 +558,7 @@ class CourseSchedule:
         image: str = "",
         title: str = "",
         created_by: str = "",
-    ) -> SessionInfo:
+    ) -> CourseSessionInfo:
         """Schedule a session; every field is checked (:class:`InvalidSession` names it)."""
         offering = self._offering(resource_class, model)
         if isinstance(count, bool) or not isinstance(count, int) or count not in offering.counts:
@@ -613,7 +613,7 @@ class CourseSchedule:
 
     def _transition(
         self, session_id: int, from_states: Sequence[str], **values: Any
-    ) -> SessionInfo:
+    ) -> CourseSessionInfo:
         """Move a session on only if it is in one of ``from_states`` (one conditional UPDATE)."""
         with self.db.session() as s:
             result = s.execute(
@@ -628,7 +628,7 @@ class CourseSchedule:
             raise SessionConflict(f"session {info.label} is {info.state}")
         return info
 
-    def request_start(self, session_id: int) -> SessionInfo:
+    def request_start(self, session_id: int) -> CourseSessionInfo:
         """"Start now": the scheduler begins the session at its next tick; the end is kept."""
         info = self.get(session_id)
         offering = self._offering(info.resource_class, info.offering)
@@ -643,18 +643,18 @@ class CourseSchedule:
                                 start_requested_at=self.now(), message="start requested",
                                 refusal=None)
 
-    def cancel(self, session_id: int) -> SessionInfo:
+    def cancel(self, session_id: int) -> CourseSessionInfo:
         """Cancel a session that has not started."""
         return self._transition(session_id, ("scheduled", "refused"), state="cancelled",
                                 ended_at=self.now(), message="cancelled")
 
-    def end_now(self, session_id: int) -> SessionInfo:
+    def end_now(self, session_id: int) -> CourseSessionInfo:
         """End a running session now (the scheduler stops its servers at its next tick)."""
         return self._transition(session_id, ("running",), ends_at=self.now())
 
     # ------------------------------------------------------------ starting
 
-    def due(self) -> list[SessionInfo]:
+    def due(self) -> list[CourseSessionInfo]:
         """Scheduled sessions whose start time has come, or whose start was requested."""
         now = self.now()
         with self.db.session() as s:
@@ -666,7 +666,7 @@ class CourseSchedule:
                 ),
             )
 
-    def _fit(self, info: SessionInfo, students: Sequence[str], each: float) -> tuple[int, float]:
+    def _fit(self, info: CourseSessionInfo, students: Sequence[str], each: float) -> tuple[int, float]:
         """How many of ``students`` the budget covers now, and what is left of it."""
         left = self.accounting.remaining(info.group, info.resource_class, info.offering)
         if left is None or each <= 0:
@@ -683,7 +683,7 @@ class CourseSchedule:
         return min(by_group, by_user, len(students)), left.amount_left
 
     def begin(self, session_id: int, members: Iterable[str],
-              properties: Mapping[str, Any] | None = None) -> SessionInfo:
+              properties: Mapping[str, Any] | None = None) -> CourseSessionInfo:
         """Admit the whole class (every student or nobody) and open their seats.
 
         ``members`` and ``properties`` are the hub group's; instructors (the
@@ -722,7 +722,7 @@ class CourseSchedule:
         return started
 
     @staticmethod
-    def _launch(info: SessionInfo, username: str, offering: Offering, hours: float) -> dict:
+    def _launch(info: CourseSessionInfo, username: str, offering: Offering, hours: float) -> dict:
         return {
             "username": username, "group": info.group, "resource_class": info.resource_class,
             "model": info.offering, "count": info.count, "hours": hours,
@@ -730,7 +730,7 @@ class CourseSchedule:
             "server_name": SESSION_SERVER, "idempotency_key": reservation_key(info.id, username),
         }
 
-    def _refuse(self, info: SessionInfo, students: Sequence[str], offering: Offering,
+    def _refuse(self, info: CourseSessionInfo, students: Sequence[str], offering: Offering,
                 hours: float, exc: AdmissionError) -> ClassDoesNotFit:
         left = self.accounting.remaining(info.group, info.resource_class, info.offering)
         unit = left.unit if left else "hours"
@@ -816,7 +816,7 @@ class CourseSchedule:
 
     # ------------------------------------------------------------ running and ending
 
-    def running(self) -> list[SessionInfo]:
+    def running(self) -> list[CourseSessionInfo]:
         """Sessions that are running or being ended."""
         with self.db.session() as s:
             return _sessions(s, CourseSession.state.in_(("running", "ending")))
@@ -876,7 +876,7 @@ class CourseSchedule:
             self.accounting.release(rid, END_REASON)
         return [seat.username for seat in seats if seat.state != "stopped"]
 
-    def finish(self, session_id: int, stopped: Iterable[str]) -> SessionInfo:
+    def finish(self, session_id: int, stopped: Iterable[str]) -> CourseSessionInfo:
         """Mark the stopped students' seats; the session is ended once all are."""
         with self.db.session() as s:
             names = sorted(set(stopped))

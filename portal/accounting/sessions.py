@@ -130,7 +130,7 @@ class Verification(Base):
 
 
 @dataclass(frozen=True)
-class SessionInfo:
+class ServerSessionInfo:
     """A read-only snapshot of a :class:`SessionRecord`, safe to hand across threads."""
 
     id: int
@@ -192,8 +192,8 @@ def _json_ready(snapshot: Any) -> dict[str, Any]:
     }
 
 
-def _session_info(r: SessionRecord) -> SessionInfo:
-    return SessionInfo(
+def _session_info(r: SessionRecord) -> ServerSessionInfo:
+    return ServerSessionInfo(
         id=r.id, username=r.username, server_name=r.server_name, group=r.group_name,
         resource_class=r.resource_class, offering=r.offering, accelerator=r.accelerator,
         count=r.count, trust=r.trust, backend=r.backend, host=r.host, instance_id=r.instance_id,
@@ -336,7 +336,7 @@ class SessionLog:
             )
             return result.rowcount == 1
 
-    def get(self, session_id: int) -> SessionInfo | None:
+    def get(self, session_id: int) -> ServerSessionInfo | None:
         """One record, or None."""
         with self.db.session() as s:
             r = s.get(SessionRecord, session_id)
@@ -344,7 +344,7 @@ class SessionLog:
 
     def sessions(
         self, username: str | None = None, *, limit: int = 200, offset: int = 0
-    ) -> list[SessionInfo]:
+    ) -> list[ServerSessionInfo]:
         """Records, newest first; only ``username``'s when given (None: everyone's)."""
         q = select(SessionRecord).order_by(SessionRecord.started_at.desc(), SessionRecord.id.desc())
         if username is not None:
@@ -434,7 +434,7 @@ class SessionLog:
             return [_verification_info(v) for v in s.scalars(q)]
 
 
-def sessions_csv(rows: Iterable[SessionInfo]) -> str:
+def sessions_csv(rows: Iterable[ServerSessionInfo]) -> str:
     """The CSV export of session records (:data:`CSV_COLUMNS`)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")

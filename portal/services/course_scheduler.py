@@ -46,7 +46,7 @@ from portal.accounting.courses import (
     CourseError,
     CourseSchedule,
     SeatInfo,
-    SessionInfo,
+    CourseSessionInfo,
 )
 from portal.accounting.db import DEFAULT_URL, Database
 from portal.accounting.ledger import Accounting
@@ -120,7 +120,7 @@ class CourseScheduler(LoggingConfigurable):
             await self._fill(info)
         await self._db(self.schedule.warnings, tuple(self.warn_minutes))
 
-    async def _begin(self, info: SessionInfo) -> None:
+    async def _begin(self, info: CourseSessionInfo) -> None:
         try:
             group = await self.hub.group(info.group)
             await self._db(self.schedule.begin, info.id, group.get("users") or [],
@@ -131,7 +131,7 @@ class CourseScheduler(LoggingConfigurable):
             log.error("course session %s could not begin: %s", info.label, exc)
         self._roster_checked[info.id] = self.schedule.clock()
 
-    async def _late_joiners(self, info: SessionInfo) -> None:
+    async def _late_joiners(self, info: CourseSessionInfo) -> None:
         last = self._roster_checked.get(info.id)
         if last is not None and self.schedule.clock() - last < self.roster_interval:
             return
@@ -144,7 +144,7 @@ class CourseScheduler(LoggingConfigurable):
         await self._db(self.schedule.add_students, info.id, group.get("users") or [],
                        group.get("properties") or {})
 
-    async def _fill(self, info: SessionInfo) -> None:
+    async def _fill(self, info: CourseSessionInfo) -> None:
         seats = await self._db(self.schedule.seats, info.id, ("pending", "starting"))
         for seat in seats:
             key = (info.id, seat.username)
@@ -155,7 +155,7 @@ class CourseScheduler(LoggingConfigurable):
 
     # ------------------------------------------------------------ one seat
 
-    async def _seat(self, info: SessionInfo, seat: SeatInfo) -> None:
+    async def _seat(self, info: CourseSessionInfo, seat: SeatInfo) -> None:
         """Get one student's session server ready (or say why not)."""
         async with self._slots:
             try:
@@ -172,7 +172,7 @@ class CourseScheduler(LoggingConfigurable):
             log.warning("course session %s: %s's server failed: %s", info.label, seat.username,
                         error)
 
-    async def _start_seat(self, info: SessionInfo, seat: SeatInfo) -> str | None:
+    async def _start_seat(self, info: CourseSessionInfo, seat: SeatInfo) -> str | None:
         user = seat.username
         options = info.user_options(self.schedule.now())
         if seat.state == "starting":  # a previous scheduler's start: look before starting again
@@ -191,7 +191,7 @@ class CourseScheduler(LoggingConfigurable):
             return None
         return await self.hub.wait_ready(user, SESSION_SERVER, self.start_timeout)
 
-    async def _take_over(self, info: SessionInfo, seat: SeatInfo, existing: Mapping[str, Any],
+    async def _take_over(self, info: CourseSessionInfo, seat: SeatInfo, existing: Mapping[str, Any],
                          options: Mapping[str, Any]) -> str | None:
         """A server is there already: keep it on the session's hardware, else replace it."""
         if self._adoptable(existing, options):
@@ -210,7 +210,7 @@ class CourseScheduler(LoggingConfigurable):
         starting_or_ready = model.get("pending") == "spawn" or model.get("ready")
         return bool(starting_or_ready) and same_hardware(model.get("user_options"), options)
 
-    async def _adopt(self, info: SessionInfo, seat: SeatInfo) -> str | None:
+    async def _adopt(self, info: CourseSessionInfo, seat: SeatInfo) -> str | None:
         """Keep a server already on the session's hardware; give back an unused seat hold."""
         await self._db(self.schedule.mark_seat, info.id, seat.username, "starting")
         error = await self.hub.wait_ready(seat.username, SESSION_SERVER, self.start_timeout)
@@ -230,7 +230,7 @@ class CourseScheduler(LoggingConfigurable):
 
     # ------------------------------------------------------------ ending
 
-    async def _end(self, info: SessionInfo) -> None:
+    async def _end(self, info: CourseSessionInfo) -> None:
         for key, task in list(self._tasks.items()):
             if key[0] == info.id:
                 task.cancel()

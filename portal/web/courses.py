@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 from tornado import web
 
-from portal.accounting.courses import MANAGE_SCOPE, CourseError, CourseSchedule, SessionInfo
+from portal.accounting.courses import MANAGE_SCOPE, CourseError, CourseSchedule, CourseSessionInfo
 from portal.web.base import ApiError, PortalHandler, forbidden, path_id, responses, string_field
 
 #: How long "start now" waits for the scheduler's answer before replying 202.
@@ -69,7 +69,7 @@ class CourseHandler(PortalHandler):
             return None
         return managed | set(self.viewer.groups)
 
-    def session(self, session_id: str, *, manage: bool) -> SessionInfo:
+    def session(self, session_id: str, *, manage: bool) -> CourseSessionInfo:
         """The session (404 if unknown or not visible; 403 if it may not be managed)."""
         try:
             info = self.schedule.get(path_id(session_id, "course session"))
@@ -89,14 +89,14 @@ class CourseHandler(PortalHandler):
             return self.form_body(), True
         return self.json_body(), False
 
-    def answer(self, info: SessionInfo, message: str, status: int = 200) -> None:
+    def answer(self, info: CourseSessionInfo, message: str, status: int = 200) -> None:
         """JSON for the API; back to the courses page (with the message) for a form."""
         if self.wants_json():
             self.write_json(self.describe(info), status=status)
         else:
             self.redirect(f"{self.prefix}courses?done={quote(message)}", status=303)
 
-    def describe(self, info: SessionInfo) -> dict[str, Any]:
+    def describe(self, info: CourseSessionInfo) -> dict[str, Any]:
         """The session as the API shows it; its managers also see every seat."""
         out = info.as_json()
         if self.manages(info.group):

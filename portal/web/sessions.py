@@ -23,7 +23,7 @@ from tornado import web
 from portal.accounting.sessions import (
     CSV_COLUMNS,
     END_REASONS,
-    SessionInfo,
+    ServerSessionInfo,
     SessionLog,
     VerificationInfo,
     sessions_csv,
@@ -91,7 +91,7 @@ class SessionsBase(PortalHandler):
         if offering not in self.offerings():
             raise ApiError(400, f"offering must be a trusted one: {list(self.offerings())}", "offering")
         session_id = body.get("session_id")
-        session: SessionInfo | None = None
+        session: ServerSessionInfo | None = None
         if session_id not in (None, ""):
             try:
                 session = await to_thread(self.log.get, int(session_id))

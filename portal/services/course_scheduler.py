@@ -45,8 +45,8 @@ from portal.accounting.courses import (
     ClassDoesNotFit,
     CourseError,
     CourseSchedule,
-    SeatInfo,
     CourseSessionInfo,
+    SeatInfo,
 )
 from portal.accounting.db import DEFAULT_URL, Database
 from portal.accounting.ledger import Accounting

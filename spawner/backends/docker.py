@@ -464,7 +464,6 @@ class ContainerBackendMixin(BackendMixin):
 class DockerBackend(ContainerBackendMixin, DockerSpawner):
     """Run the server in a container on a GPU host with enough free GPUs of the wanted model."""
 
-
     device_requests = Bool(
         True,
         help="Pass the allocated GPUs as Docker device requests (needs the NVIDIA container "
@@ -472,18 +471,9 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
         "NVIDIA_VISIBLE_DEVICES either way.",
     ).tag(config=True)
 
-
-
-
-
-
-
     pids_limit = Int(
         4096, help="Most processes (and threads) a notebook container may run; 0 for no limit."
     ).tag(config=True)
-
-
-
 
     reconcile_interval = Float(
         300.0,

@@ -137,7 +137,6 @@ class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
         help="Docker Engine URL of a swarm manager. Empty: $DOCKER_HOST, else the local socket.",
     ).tag(config=True)
 
-
     gpu_resource_kind = Unicode(
         "NVIDIA-GPU",
         help="Name of the node generic resource that counts GPUs (daemon.json "
@@ -154,15 +153,6 @@ class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
         "offering model, e.g. rtx4090) are filled in. Label nodes to match "
         "(`docker node update --label-add hybridhub.class=enterprise ...`).",
     ).tag(config=True)
-
-
-
-
-
-
-
-
-
 
     task_poll_interval = Float(
         0.2, help="Seconds between checks of the new service's task while it starts."

@@ -16,9 +16,8 @@ import pytest
 import requests
 
 from portal.accounting.courses import CourseSchedule
-from portal.accounting.db import Database
 from portal.accounting.demand import record_refusal
-from portal.accounting.ledger import Accounting, month_start
+from portal.accounting.ledger import month_start
 from portal.accounting.models import utcnow
 from portal.accounting.trust import TrustPolicy
 from portal.hubconfig import DEMO_ADMIN_PASSWORD, DEMO_USER_PASSWORD
@@ -27,7 +26,8 @@ from spawner.catalog import load_catalog
 from tests.fixtures.browser import login
 from tests.fixtures.env import docs_artifact
 from tests.fixtures.hub import Hub, _stop_user_processes
-from tests.web.test_portal_api import CLI, Portal, wait_for_portal
+from tests.fixtures.portal import Portal, accounting_on, ready_portal
+from tests.web.test_portal_api import CLI
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")
 
@@ -49,16 +49,12 @@ def hub(hub_prereqs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def portal(hub) -> Portal:
-    p = Portal(hub)
-    wait_for_portal(p.url)
-    return p
+    return ready_portal(hub)
 
 
 @pytest.fixture(scope="module")
 def acct(hub):
-    db = Database(hub.db_url)
-    yield Accounting(db)
-    db.dispose()
+    yield from accounting_on(hub)
 
 
 def demand(portal: Portal, user: str) -> list[dict]:

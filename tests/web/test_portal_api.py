@@ -8,71 +8,32 @@ import os
 import re
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import requests
 
-from portal.accounting.db import Database
 from portal.accounting.ledger import Accounting
 from portal.hubconfig import DEMO_USER_PASSWORD
 from portal.web.app import SERVICE_NAME
+from tests.fixtures.portal import Portal, accounting_on, ready_portal
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")
 CLI = Path(sys.executable).parent / "hybridhub-quota"
 
 
-class Portal:
-    """The portal behind a hub, called with per-user tokens."""
-
-    def __init__(self, hub):
-        self.hub = hub
-        self.url = f"{hub.url}/services/{SERVICE_NAME}/"
-        self.tokens: dict[str, str] = {}
-
-    def token(self, user: str) -> str:
-        if user not in self.tokens:
-            self.tokens[user] = self.hub.user_token(user)
-        return self.tokens[user]
-
-    def call(self, user: str | None, method: str, path: str, **kwargs) -> requests.Response:
-        headers = {"Authorization": f"token {self.token(user)}"} if user else {}
-        headers.update(kwargs.pop("headers", {}))
-        return requests.request(method, self.url + path, headers=headers, timeout=30, **kwargs)
-
-    def budget(self, group: str, rc: str = "community") -> dict:
-        r = self.call("admin", "GET", f"api/groups/{group}")
-        assert r.status_code == 200, r.text
-        return next(b for b in r.json()["budgets"] if b["resource_class"] == rc and not b["model"])
-
-
-def wait_for_portal(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(url + "api/openapi.json", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(f"portal at {url} did not answer")
-
-
 @pytest.fixture(scope="module")
 def portal(demo_hub) -> Portal:
-    p = Portal(demo_hub)
-    wait_for_portal(p.url)
-    return p
+    return ready_portal(demo_hub)
 
 
 @pytest.fixture(scope="module")
-def acct(demo_hub) -> Accounting:
+def acct(demo_hub) -> Iterator[Accounting]:
     """Accounting on the hub's own database, to put usage in the ledger."""
-    db = Database(demo_hub.db_url)
-    yield Accounting(db)
-    db.dispose()
+    yield from accounting_on(demo_hub)
+
 
 
 def test_openapi_document_merges_every_module(portal):

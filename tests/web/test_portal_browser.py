@@ -7,7 +7,7 @@ import pytest
 
 from portal.hubconfig import DEMO_ADMIN_PASSWORD, DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
-from tests.web.test_portal_api import wait_for_portal
+from tests.fixtures.portal import wait_for_portal
 
 pytestmark = pytest.mark.browser
 

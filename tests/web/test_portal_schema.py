@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from portal.web.app import HANDLER_MODULES
 from tests.fixtures.env import require
 from tests.fixtures.hub import Hub
-from tests.web.test_portal_api import wait_for_portal
+from tests.fixtures.portal import wait_for_portal
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")
 PORTAL = "/services/hybridhub-portal"

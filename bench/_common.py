@@ -13,11 +13,17 @@ import requests
 from tests.fixtures.hub import Hub
 
 
-def runs_from_args(doc: str) -> int:
-    """The ``--runs`` argument of a benchmark described by ``doc`` (its module docstring)."""
+def runs_from_args(doc: str, extra: list[tuple[str, str]] | None = None):
+    """The ``--runs`` argument of a benchmark described by ``doc`` (its module docstring).
+
+    With ``extra`` (flag, help) switches, the parsed arguments instead (``.runs`` and one bool per flag).
+    """
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="rounds; each measures every kind once (>= 5)")
-    return parser.parse_args().runs
+    for flag, text in extra or []:
+        parser.add_argument(flag, action="store_true", help=text)
+    args = parser.parse_args()
+    return args if extra else args.runs
 
 
 def through_hub(hub: Hub, user: str, options: dict | None) -> float:
@@ -109,3 +115,62 @@ def report(
         r = statistics.median(times[num]) / statistics.median(times[den])
         verdict = "ok" if r <= target else "MISSED"
         print(f"ratio {num.split(':')[0]} / {den.split(':')[0]}: {r:.2f}  (target <= {target}: {verdict})")
+
+
+#: Hub DEBUG-log lines that mark a spawn's events (JupyterHub 5/6 wording; a local server's own lines land in
+#: the hub's log because it inherits the hub's stdout).  The first one starts a spawn.
+SPAWN_MARKS = (
+    ("POST handled", "Checking access to /hub/api/users/{user}/server via scope start:servers"),
+    ("spawn initiated", "Initiating spawn for {user}"),
+    ("token, oauth client made; start()", "Calling Spawner.start for {user}"),
+    ("server process started", "Spawning "),
+    ("start() returned", "Polling subprocess every"),
+    ("server listening", "is running at:"),
+    ("hub's readiness check passed", "responded in"),
+    ("proxy route added, 201 sent", "201 POST /hub/api/users/{user}/server"),
+)
+
+
+def _stamp(line: str) -> float | None:
+    """Seconds of the day of a JupyterHub or ServerApp log line (``[D 2026-12-02 02:28:36.586 ...``)."""
+    import re
+
+    m = re.match(r"\[\w \d{4}-\d\d-\d\d (\d\d):(\d\d):(\d\d\.\d+)", line)
+    return int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3]) if m else None
+
+
+def spawn_events(log: str, user: str) -> list[dict[str, float]]:
+    """Per complete spawn of ``user`` in a hub's log: seconds from the POST to each event of :data:`SPAWN_MARKS`."""
+    marks = [(name, text.format(user=user)) for name, text in SPAWN_MARKS]
+    spawns, current, t0 = [], None, 0.0
+    for line in log.splitlines():
+        t = _stamp(line)
+        if t is None:
+            continue
+        if marks[0][1] in line:
+            current, t0 = {marks[0][0]: 0.0}, t
+            continue
+        if current is None:
+            continue
+        for name, text in marks[1:]:
+            if text in line and name not in current:
+                current[name] = t - t0
+                break
+        if len(current) == len(marks):
+            spawns.append(current)
+            current = None
+    return spawns
+
+
+def report_events(label: str, spawns: list[dict[str, float]]) -> None:
+    """Median seconds from the POST to each event, in the order they happen, and the step from the one before."""
+    if not spawns:
+        print(f"{label}: no complete spawn found in the hub's log")
+        return
+    print(f"{label}: {len(spawns)} spawns in the hub's DEBUG log (warm-up included), median ms after the POST")
+    medians = {name: statistics.median(s[name] for s in spawns) for name in spawns[0]}
+    prev = 0.0
+    for name, m in sorted(medians.items(), key=lambda kv: kv[1]):
+        vals = [s[name] for s in spawns]
+        print(f"  {name:<36} {m * 1000:7.0f}  (+{(m - prev) * 1000:5.0f})   range {min(vals) * 1000:.0f}..{max(vals) * 1000:.0f}")
+        prev = m

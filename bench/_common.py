@@ -172,5 +172,6 @@ def report_events(label: str, spawns: list[dict[str, float]]) -> None:
     prev = 0.0
     for name, m in sorted(medians.items(), key=lambda kv: kv[1]):
         vals = [s[name] for s in spawns]
-        print(f"  {name:<36} {m * 1000:7.0f}  (+{(m - prev) * 1000:5.0f})   range {min(vals) * 1000:.0f}..{max(vals) * 1000:.0f}")
+        lo, hi = min(vals) * 1000, max(vals) * 1000
+        print(f"  {name:<36} {m * 1000:7.0f}  (+{(m - prev) * 1000:5.0f})   range {lo:.0f}..{hi:.0f}")
         prev = m

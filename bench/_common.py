@@ -175,3 +175,10 @@ def report_events(label: str, spawns: list[dict[str, float]]) -> None:
         lo, hi = min(vals) * 1000, max(vals) * 1000
         print(f"  {name:<36} {m * 1000:7.0f}  (+{(m - prev) * 1000:5.0f})   range {lo:.0f}..{hi:.0f}")
         prev = m
+    # what the hub adds around the server's own boot, free of the boot's noise: before the process starts,
+    # and from the server listening to the 201 (readiness check, back-off, proxy route)
+    before = [s["server process started"] for s in spawns]
+    after = [s["proxy route added, 201 sent"] - s["server listening"] for s in spawns]
+    for what, vals in (("POST to server process started", before), ("server listening to 201", after)):
+        print(f"  {what}: median {statistics.median(vals) * 1000:.0f} ms, samples "
+              + ", ".join(f"{v * 1000:.0f}" for v in vals))

@@ -166,13 +166,18 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
         """Names of the JupyterHub groups the user belongs to."""
         return {g.name for g in self.user.groups}
 
-    def sync_user_groups(self) -> None:
-        """Mirror the user's hub groups (and their members) into the accounting database."""
+    def hub_groups(self) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """The user's hub groups: name -> member names, and name -> kind (for those with one)."""
         groups = self.user.groups
-        self.accounting.sync_groups(
+        return (
             {g.name: [u.name for u in g.users] for g in groups},
-            kinds={g.name: g.properties["kind"] for g in groups if (g.properties or {}).get("kind") in GROUP_KINDS},
+            {g.name: g.properties["kind"] for g in groups if (g.properties or {}).get("kind") in GROUP_KINDS},
         )
+
+    def sync_user_groups(self, hub_groups: tuple[dict, dict] | None = None) -> None:
+        """Mirror the user's hub groups (and their members) into the accounting database."""
+        members, kinds = hub_groups or self.hub_groups()
+        self.accounting.sync_groups(members, kinds=kinds)
 
     # --- picker --------------------------------------------------------------------
 
@@ -384,17 +389,22 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             summary = reservation_summary(off, req.count, req.hours, req.group, getattr(e, "unit", "hours"))
             raise user_error(403, f"This launch reserves {summary}: {e}") from None
 
+    def _prepare_launch(self, hub_groups: tuple[dict, dict]) -> None:
+        """Mirror the user's groups, plan the confinement (403 if barred) and admit (runs in a thread)."""
+        self.sync_user_groups(hub_groups)
+        try:
+            self.confinement = self.plan_confinement(set(hub_groups[0]))
+        except web.HTTPError as e:
+            self.note_refusal("barred", error_text(e))
+            raise
+        self.reservation_id = self._admit()
+
     async def start(self):
         """Admit the launch against the group's budget, then start it on the backend."""
         if self.launch is None:
             self._apply_options(self.user_options)
-        await asyncio.to_thread(self.sync_user_groups)
-        try:
-            self.confinement = await asyncio.to_thread(self.plan_confinement, self.user_groups())
-        except web.HTTPError as e:
-            await asyncio.to_thread(self.note_refusal, "barred", error_text(e))
-            raise
-        self.reservation_id = await asyncio.to_thread(self._admit)
+        # the hub's ORM objects are read on the hub's thread; the accounting steps take one worker-thread hop
+        await asyncio.to_thread(self._prepare_launch, self.hub_groups())
         self.backend = None
         self._backend_state = None
         backend = self._ensure_backend()

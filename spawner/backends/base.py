@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from tornado.iostream import StreamClosedError
 from traitlets import Any, HasTraits
 from traitlets.config import Config
 
@@ -43,6 +41,27 @@ class LaunchContext:
     hub_db: object = None  #: the hub's own database session (who owns which server)
 
 
+async def answers_http(ip: str, port: int, path: str, timeout: float = 2.0) -> bool:
+    """Whether a server at ``ip:port`` answers ``GET path`` with an HTTP status line (any status).
+
+    A refused connect costs a syscall, not an HTTP client request (for an IP, no resolver thread either);
+    a server that accepts but says nothing within ``timeout`` has not answered yet.
+    """
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        status = (await asyncio.wait_for(reader.readline(), timeout)).split()
+        return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1].isdigit()
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
 class BackendMixin(HasTraits):
     """Interface and hooks shared by the ``local``, ``docker``, ``swarm`` and ``ec2`` backends."""
 
@@ -67,24 +86,21 @@ class BackendMixin(HasTraits):
     async def _wait_until_answering(self, ip: str, port: int) -> None:
         """Return once the new server answers HTTP (any status) or has died, or after ``http_timeout``.
 
-        Probing every ``ready_poll_interval`` seconds here spares the hub's slower back-off poll.
+        Probing every ``ready_poll_interval`` seconds here spares the hub's slower back-off poll: JupyterHub's
+        own check (``wait_for_http_server``) then passes on its first try (a 5xx is left to that check).  A probe
+        is a bare TCP connect and, once that is accepted, one ``GET`` whose status line is read.
         """
-        url = f"http://{ip}:{port}{self.server.base_url if self.server else '/'}api"
-        client = AsyncHTTPClient()
+        path = f"{self.server.base_url if self.server else '/'}api"
         deadline = time.monotonic() + self.http_timeout
         checks = 0
         while time.monotonic() < deadline:
-            try:
-                await client.fetch(url, request_timeout=2, follow_redirects=False)
+            if await answers_http(ip, port, path):
                 return
-            except HTTPClientError:
-                return  # it answered, with a status: it is up
-            except (TimeoutError, OSError, StreamClosedError):
-                checks += 1
-                every = self.died_check_every
-                if every and checks % every == 0 and await self.poll() is not None:
-                    return  # died: the hub reports it
-                await asyncio.sleep(self.ready_poll_interval)
+            checks += 1
+            every = self.died_check_every
+            if every and checks % every == 0 and await self.poll() is not None:
+                return  # died: the hub reports it
+            await asyncio.sleep(self.ready_poll_interval)
 
     def accelerator_env(self) -> dict[str, str]:
         """Environment describing the assigned hardware, visible inside the server."""

@@ -51,7 +51,7 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
     ).tag(config=True)
 
     ready_poll_interval = Float(
-        0.02,
+        0.01,
         help="Seconds between readiness probes of the new server before start() returns "
         "(answering fast here saves the hub's slower back-off poll).",
     ).tag(config=True)

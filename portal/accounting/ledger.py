@@ -13,6 +13,7 @@ Time comes from an injectable ``clock`` (seconds since the epoch), so tests neve
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -421,6 +422,27 @@ def _breakdown(unit: str, count: int, hours: float, weight: float, price: float)
 
 # ---------------------------------------------------------------- accounting
 
+
+
+def _refusal(
+    left: float, *, asked: float, unit: str, resets_at: datetime | None, group: str,
+    resource_class: str, breakdown: str, scope: str = "group", reason: str | None = None,
+    cls: type[QuotaExceeded] | None = None,
+) -> QuotaExceeded:
+    """The refusal of a launch that asked ``asked`` with ``left`` left (never negative)."""
+    return (cls or QuotaExceeded)(
+        asked=asked, left=from_units(max(0, to_units(left))), unit=unit, resets_at=resets_at,
+        group=group, resource_class=resource_class, breakdown=breakdown, scope=scope, reason=reason,
+    )
+
+
+def _check_usable(budget: Budget, active: bool, group_frozen: bool, refuse: Callable[..., QuotaExceeded]) -> None:
+    """Refuse a budget outside its validity window, or a frozen budget or group."""
+    if not active:
+        span = f"{budget.starts_at:%Y-%m-%d} to {budget.ends_at:%Y-%m-%d}"
+        raise refuse(0.0, reason=f"the budget is only valid from {span}", cls=BudgetUnavailable)
+    if group_frozen or budget.frozen:
+        raise refuse(0.0, reason="the budget is frozen", cls=BudgetUnavailable)
 
 class Accounting:
     """Admission, metering and release of accelerator time against group budgets.
@@ -953,27 +975,13 @@ class Accounting:
         if self.check_membership and not first.is_member:
             raise NotMember(username, group)
         asked = from_units(ceil_units(cost(budget.unit, count, hours, weight, price)))
-        breakdown = _breakdown(budget.unit, count, hours, weight, price)
-        resets = resets_at_for(budget, now)
-
-        def refuse(left: float, scope: str = "group", reason: str | None = None,
-                   cls: type[QuotaExceeded] = QuotaExceeded) -> QuotaExceeded:
-            return cls(asked=asked, left=from_units(max(0, to_units(left))), unit=budget.unit,
-                       resets_at=resets,
-                       group=group, resource_class=resource_class, breakdown=breakdown,
-                       scope=scope, reason=reason)
-
-        if not active:
-            span = f"{budget.starts_at:%Y-%m-%d} to {budget.ends_at:%Y-%m-%d}"
-            raise refuse(0.0, reason=f"the budget is only valid from {span}",
-                         cls=BudgetUnavailable)
-        if first.g_frozen or budget.frozen:
-            raise refuse(0.0, reason="the budget is frozen", cls=BudgetUnavailable)
-        current = self._roll_period(s, budget, now)
-        result = conn.execute(
-            _RESERVE, {"b_id": budget.id, "b_need": asked, "b_asked": asked}
+        refuse = functools.partial(
+            _refusal, asked=asked, unit=budget.unit, resets_at=resets_at_for(budget, now), group=group,
+            resource_class=resource_class, breakdown=_breakdown(budget.unit, count, hours, weight, price),
         )
-        if result.rowcount != 1:
+        _check_usable(budget, active, first.g_frozen, refuse)
+        current = self._roll_period(s, budget, now)
+        if conn.execute(_RESERVE, {"b_id": budget.id, "b_need": asked, "b_asked": asked}).rowcount != 1:
             fresh = conn.execute(
                 select(Budget.amount, Budget.used, Budget.reserved).where(Budget.id == budget.id)
             ).one()
@@ -981,59 +989,46 @@ class Accounting:
         user_period = None
         if budget.per_user_cap is not None:
             user_period = current
-            self._insert_ignore(
-                s,
-                UserUsage,
-                {"budget_id": budget.id, "username": username, "period_start": current,
-                 "used": 0.0, "reserved": 0.0},
-            )
-            cap = budget.per_user_cap
-            result = s.execute(
-                update(UserUsage)
-                .where(
-                    UserUsage.budget_id == budget.id,
-                    UserUsage.username == username,
-                    UserUsage.period_start == current,
-                    cap - UserUsage.used - UserUsage.reserved >= asked,
-                )
-                .values(reserved=UserUsage.reserved + asked)
-                .execution_options(synchronize_session=False)
-            )
-            if result.rowcount != 1:
-                row = s.execute(
-                    select(UserUsage.used, UserUsage.reserved).where(
-                        UserUsage.budget_id == budget.id,
-                        UserUsage.username == username,
-                        UserUsage.period_start == current,
-                    )
-                ).one()
-                raise refuse(cap - row.used - row.reserved, scope="user")
-        reservation_id = conn.execute(
-            _INSERT_RESERVATION,
-            {
-                "budget_id": budget.id,
-                "group_id": first.g_id,
-                "username": username,
-                "server_name": server_name,
-                "resource_class": resource_class,
-                "model": model,
-                "count": count,
-                "hours": hours,
-                "billing_weight": weight,
-                "price_per_hour": price,
-                "amount_reserved": asked,
-                "amount_charged": 0.0,
-                "user_period_start": user_period,
-                "state": "admitted",
-                "created_at": now,
-                "idempotency_key": key,
-            },
-        ).scalar_one()
+            self._reserve_user_share(s, budget, username, current, asked, refuse)
+        reservation_id = conn.execute(_INSERT_RESERVATION, {
+            "budget_id": budget.id, "group_id": first.g_id, "username": username,
+            "server_name": server_name, "resource_class": resource_class, "model": model,
+            "count": count, "hours": hours, "billing_weight": weight, "price_per_hour": price,
+            "amount_reserved": asked, "amount_charged": 0.0, "user_period_start": user_period,
+            "state": "admitted", "created_at": now, "idempotency_key": key,
+        }).scalar_one()
         log.info(
             "admitted reservation %s: %s in %s, %s on %s", reservation_id, username, group,
             fmt_amount(asked, budget.unit), resource_class,
         )
         return reservation_id
+
+    def _reserve_user_share(
+        self, s: Session, budget: Budget, username: str, current: datetime, asked: float,
+        refuse: Callable[..., QuotaExceeded],
+    ) -> None:
+        """Reserve ``asked`` of the user's per-user cap for this period, or refuse."""
+        self._insert_ignore(
+            s,
+            UserUsage,
+            {"budget_id": budget.id, "username": username, "period_start": current,
+             "used": 0.0, "reserved": 0.0},
+        )
+        cap = budget.per_user_cap
+        mine = (
+            UserUsage.budget_id == budget.id,
+            UserUsage.username == username,
+            UserUsage.period_start == current,
+        )
+        result = s.execute(
+            update(UserUsage)
+            .where(*mine, cap - UserUsage.used - UserUsage.reserved >= asked)
+            .values(reserved=UserUsage.reserved + asked)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount != 1:
+            row = s.execute(select(UserUsage.used, UserUsage.reserved).where(*mine)).one()
+            raise refuse(cap - row.used - row.reserved, scope="user")
 
     # ------------------------------------------------------------ running and release
 

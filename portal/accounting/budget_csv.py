@@ -26,6 +26,8 @@ OPTIONAL = (
     "unit", "period", "model", "per_user_cap", "starts_at", "ends_at", "kind", "frozen",
 )
 MAX_LINES = 10_000
+#: Longest line of a budgets CSV (characters).
+MAX_LINE_LENGTH = 1_000
 
 
 class CsvImportError(ValueError):
@@ -95,7 +97,12 @@ def _spec(row: dict[str, str]) -> BudgetSpec:
 def parse_budgets(data: str) -> tuple[list[BudgetSpec], list[int]]:
     """Every line's :class:`BudgetSpec` and its line number; :class:`CsvImportError` if any
     line (or the header) is bad."""
-    reader = csv.DictReader(io.StringIO(data.lstrip("\ufeff")), restkey="_extra")
+    data = data.lstrip("\ufeff")
+    long = [(n, f"line is {len(text)} characters long; the limit is {MAX_LINE_LENGTH}")
+            for n, text in enumerate(data.splitlines(), 1) if len(text) > MAX_LINE_LENGTH]
+    if long:
+        raise CsvImportError(long[:20])
+    reader = csv.DictReader(io.StringIO(data), restkey="_extra")
     header = reader.fieldnames or []
     missing = [c for c in REQUIRED if c not in header]
     unknown = [c for c in header if c not in REQUIRED + OPTIONAL]

@@ -36,6 +36,7 @@ from portal.accounting.ledger import (
 )
 from portal.accounting.models import Budget, Group
 from portal.web.base import (
+    MAX_CSV_BYTES,
     ApiError,
     PortalHandler,
     bool_field,
@@ -293,6 +294,8 @@ class FreezeHandler(BudgetAction):
 
 class ImportHandler(BudgetAction):
     """``POST /import`` (form upload) or ``POST /api/budgets/import`` (``text/csv`` body)."""
+
+    max_body_bytes = MAX_CSV_BYTES
 
     @web.authenticated
     def post(self) -> None:

@@ -278,3 +278,23 @@ def test_cli_against_the_running_service(portal, tmp_path):
     out = _cli(portal, "admin", "import", str(good))
     assert out.returncode == 0 and "imported 1" in out.stdout
     assert portal.token("admin") not in out.stdout + out.stderr
+
+
+def test_oversized_bodies_and_lines_are_refused_naming_the_limit(portal):
+    """Bounded input: 413 over 16 KiB of JSON or 2 MiB of CSV, 400 for a CSV line over 1,000
+    characters; the message names the limit, quotes nothing back, and nothing changes."""
+    before = portal.budget("course-ml101", "aws")
+    huge = {"amount": 2.5, "note": "x" * (20 * 1024)}
+    r = portal.call("admin", "POST", f"api/budgets/{before['id']}/top-up", json=huge)
+    assert r.status_code == 413, r.text
+    assert r.json()["field"] == "body" and "the limit is 16384 bytes" in r.json()["message"]
+    assert "xxxx" not in r.text and len(r.content) < 500
+    long_line = "group,resource_class,amount\ncourse-ml101,aws,7" + " " * 2000 + "\n"
+    r = portal.call("admin", "POST", "api/budgets/import", data=long_line,
+                    headers={"Content-Type": "text/csv"})
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"] == [{"line": 2, "reason": "line is 2018 characters long; the limit is 1000"}]
+    flood = "group,resource_class,amount\n" + "course-ml101,aws,7\n" * 120_000
+    r = portal.call("admin", "POST", "api/budgets/import", data=flood, headers={"Content-Type": "text/csv"})
+    assert r.status_code == 413 and "the limit is 2097152 bytes" in r.json()["message"], r.text[:300]
+    assert portal.budget("course-ml101", "aws") == before

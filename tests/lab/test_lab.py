@@ -31,6 +31,7 @@ from portal.web.app import SERVICE_NAME
 from portal.web.lab import may_read_session
 from spawner.catalog import load_catalog
 from tests.fixtures.browser import login
+from tests.fixtures.courses import stop_all_servers
 from tests.fixtures.env import docs_artifact, require
 
 LABEXT = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "hybridhub-lab" / "package.json"
@@ -181,13 +182,16 @@ def server_token(workdir: Path, user: str) -> str:
     raise AssertionError(f"no server process of {user} found")
 
 
+LAB_ARGS = f"c.Spawner.args = ['--allow-root', '--HybridhubLab.min_interval={LAB_INTERVAL}']\n"
+
+
 @pytest.fixture
 def lab_hub(hub_factory):
     require(LABEXT.exists() and SERVER_CONFIG.exists(),
             f"the built Lab extension in {sys.prefix} (run scripts/setup.sh)")
     hub = hub_factory(
         env={"HYBRIDHUB_METER_INTERVAL": "2", "HYBRIDHUB_GRACE_SECONDS": str(GRACE)},
-        extra_config=f"c.Spawner.args = ['--allow-root', '--HybridhubLab.min_interval={LAB_INTERVAL}']\n",
+        extra_config=LAB_ARGS,
     )
     r = hub.spawn("carol", H100_X2)
     assert r.status_code in (201, 202), r.text
@@ -270,6 +274,38 @@ def test_lab_shows_the_session_and_warns_before_the_stop(lab_hub, page, tmp_path
     print(f"\n'stopping soon' shown {lead:.1f} s before the stop (grace {GRACE:g} s)")
     # the Lab learns of the notice within one polling interval (and one meter tick)
     assert lead >= GRACE - 2 * LAB_INTERVAL - 2 - 2
+
+
+@pytest.mark.browser
+def test_lab_warns_ten_minutes_before_the_course_session_ends(hub_factory, chromium, request):
+    """A student in a course session sees the scheduler's 10-minute warning inside JupyterLab."""
+    require(LABEXT.exists(), f"the built Lab extension in {sys.prefix} (run scripts/setup.sh)")
+    hub = hub_factory(env={"HYBRIDHUB_COURSE_INTERVAL": "0.5"}, extra_config=LAB_ARGS)
+    request.addfinalizer(lambda: stop_all_servers(hub))
+    portal = f"{hub.url}/services/{SERVICE_NAME}/api/courses"
+    ivy = {"Authorization": f"token {hub.user_token('ivy')}"}
+    now = time.time()
+    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+    r = requests.post(portal, headers=ivy, timeout=30, json={
+        "group": "course-ml101", "class": "community", "model": "rtx4090", "count": 1,
+        "title": "Quiz 3", "starts_at": iso(now + 60), "ends_at": iso(now + 10 * 60 + 30)})
+    assert r.status_code == 201, r.text
+    r = requests.post(f"{portal}/{r.json()['id']}/start", headers=ivy, timeout=300)
+    assert r.status_code in (200, 202), r.text
+    student = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    student.set_default_timeout(120_000)
+    try:
+        alice = student.new_page()
+        login(alice, hub.url, "alice", DEMO_USER_PASSWORD)
+        alice.wait_for_url("**/user/alice/lab**", timeout=180_000)
+        toast = alice.locator(".Toastify__toast", has_text="Course session")
+        toast.wait_for(timeout=120_000)  # due 30 s after the start, shown within one poll
+        text = toast.text_content()
+        assert "Quiz 3" in text and "in 10 min or less" in text and "save your work" in text, text
+        status = alice.locator("#jp-main-statusbar .jp-hybridhub-status").text_content()
+        assert "× 1 · community" in status and "min left" in status, status
+    finally:
+        student.close()
 
 
 # ---------------------------------------------------------------- how images get it

@@ -787,61 +787,47 @@ class Ec2Backend(BackendMixin, Spawner):
         self._emit(10, f"Using machine image {image_id}")
 
         self.launch_token = f"hh-{uuid.uuid4().hex}"
-        tags = instance_tags(
-            self.hub_id,
-            self.user.name,
-            self.name,
-            self.offering.key,
-            self.launch_token,
-            self.extra_tags,
-        )
         subnets = list(self.subnet_ids) or [""]
-        last_error: ClientError | None = None
         for i, subnet in enumerate(subnets):
-            params = run_instances_params(
-                image_id=image_id,
-                instance_type=itype,
-                subnet_id=subnet,
-                security_group_ids=self.security_group_ids,
-                root_device_name=root_device,
-                root_volume_gb=root_volume_size(
-                    itype, self.root_volume_gb, self.default_root_volume_gb
-                ),
-                root_volume_type=self.root_volume_type,
-                user_data=user_data,
-                tags=tags,
-                client_token=f"{self.launch_token}-{i}",
-                spot=self.spot,
-                instance_profile=self.instance_profile,
-                key_name=self.key_name,
-                shutdown_behavior="stop"
-                if self.shutdown_action == "stop" and not self.spot
-                else "terminate",
-            )
             where = f" in {subnet}" if subnet else ""
             self._emit(15, f"Requesting a {itype}{where}")
             try:
-                resp = await self.aws("ec2", "run_instances", **params)
+                resp = await self.aws("ec2", "run_instances", **self._run_params(
+                    image_id, itype, subnet, root_device, user_data, f"{self.launch_token}-{i}"))
             except ClientError as e:
-                code = error_code(e)
-                self.log.warning(
-                    "%s: RunInstances %s%s failed: %s",
-                    self._label,
-                    itype,
-                    where,
-                    secret_filter.scrub(str(e)),
-                )
-                if code in CAPACITY_CODES | UNSUPPORTED_CODES and i + 1 < len(subnets):
+                self.log.warning("%s: RunInstances %s%s failed: %s", self._label, itype, where,
+                                 secret_filter.scrub(str(e)))
+                if error_code(e) in CAPACITY_CODES | UNSUPPORTED_CODES and i + 1 < len(subnets):
                     self._emit(15, f"No {itype} available{where}; trying the next subnet")
-                    last_error = e
                     continue
                 raise launch_error(e, itype, self.region, self.capacity_retry_after) from None
-            inst = resp["Instances"][0]
-            self.instance_id = inst["InstanceId"]
+            self.instance_id = resp["Instances"][0]["InstanceId"]
             self._emit(30, f"Instance {self.instance_id} requested; waiting for it to run")
             return await self._wait_until_ready(itype)
-        assert last_error is not None
-        raise launch_error(last_error, itype, self.region, self.capacity_retry_after)
+        raise AssertionError("unreachable: the last subnet's error is raised above")
+
+    def _run_params(self, image_id: str, itype: str, subnet: str, root_device: str, user_data: str,
+                    client_token: str) -> dict:
+        """RunInstances parameters for one subnet (the hub's tags, the sized root volume)."""
+        tags = instance_tags(
+            self.hub_id, self.user.name, self.name, self.offering.key, self.launch_token, self.extra_tags
+        )
+        return run_instances_params(
+            image_id=image_id,
+            instance_type=itype,
+            subnet_id=subnet,
+            security_group_ids=self.security_group_ids,
+            root_device_name=root_device,
+            root_volume_gb=root_volume_size(itype, self.root_volume_gb, self.default_root_volume_gb),
+            root_volume_type=self.root_volume_type,
+            user_data=user_data,
+            tags=tags,
+            client_token=client_token,
+            spot=self.spot,
+            instance_profile=self.instance_profile,
+            key_name=self.key_name,
+            shutdown_behavior="stop" if self.shutdown_action == "stop" and not self.spot else "terminate",
+        )
 
     async def _restart_stopped(self, itype: str, user_data: str) -> bool:
         """Start this server's stopped instance again (shutdown_action='stop'), new user-data."""

@@ -47,6 +47,21 @@ async def _hh_lag_probe(path, period=0.02):
             await _asyncio.sleep(period)
             out.write(f"{{_time.time():.3f}} {{loop.time() - t0 - period:.4f}}\\n")
 _hh_probe_task = _asyncio.get_running_loop().create_task(_hh_lag_probe({path!r}))
+
+import sys as _sys, threading as _threading, traceback as _traceback
+def _hh_watchdog(path, loop_thread, period=0.25):
+    # when the loop's thread stays in one place for `period`, note where (for a failure's report)
+    seen = None
+    while True:
+        _time.sleep(period)
+        frame = _sys._current_frames().get(loop_thread)
+        where = frame and (frame.f_code, frame.f_lineno)
+        if where and where == seen and "select" not in frame.f_code.co_name:
+            with open(path, "a") as out:
+                out.write("".join(_traceback.format_stack(frame)[-25:]) + "\\n---\\n")
+        seen = where
+_threading.Thread(target=_hh_watchdog, args=({path!r} + ".stacks", _threading.get_ident()),
+                  daemon=True).start()
 """
 
 

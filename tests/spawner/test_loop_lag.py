@@ -191,6 +191,9 @@ def test_a_locked_table_stalls_only_the_request_that_needs_it(pg_hub, what):
     blocked_for = result["t"] - lock_start
     during = [d for t0, d in samples if lock_start <= t0 <= lock_end]
     lags = probe_lags(hub, lock_start, lock_end)
+    stacks = Path(f"{hub.lag_log}.stacks")
+    if stacks.exists():  # the watchdog saw the loop stuck: say where
+        print(f"--- where the hub's loop sat ({stacks}) ---", stacks.read_text()[-6000:], sep="\n")
     print(f"{what}: in-flight request {blocked_for:.2f}s; /hub/health max "
           f"{max(during, default=0):.3f}s of {len(during)}; loop lag max "
           f"{max(lags, default=0):.3f}s of {len(lags)}")
@@ -199,9 +202,13 @@ def test_a_locked_table_stalls_only_the_request_that_needs_it(pg_hub, what):
     assert max(during) < MAX_HEALTH_SECONDS, f"/hub/health took {max(during):.2f}s during the lock"
     assert max(lags) < MAX_LOOP_LAG_SECONDS, f"the hub's loop was {max(lags):.2f}s late during the lock"
     assert len(during) >= 5 and len(lags) >= 20  # sampled all along
-    if what == "spawn":
+    if what == "spawn":  # the home page still lists the server (read in a thread)
         hub.wait_ready("bob")
+        home = session.get(f"{hub.url}/hub/home", timeout=60)
+        assert home.status_code == 200 and 'class="running-server"' in home.text, home.text[-2000:]
         hub.stop_server("bob")
+    if what == "home":  # a synchronously rendered error page still renders (no read there)
+        assert session.get(f"{hub.url}/hub/no-such-page", timeout=30).status_code == 404
 
 
 def test_probe_runs_in_the_hub(pg_hub):

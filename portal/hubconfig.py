@@ -19,6 +19,7 @@ from traitlets.config import Config
 from portal import loghygiene
 from spawner.catalog import CatalogError, load_catalog
 from spawner.hybrid import templates_dir
+from spawner.pagevars import PageVar
 
 #: Demo users (password below), their groups and the group kinds.
 DEMO_GROUPS = {
@@ -181,13 +182,12 @@ def configure_courses(
     ]
     db = accounting_for(db_url).db
     template_vars = dict(c.JupyterHub.get("template_vars", {}))
-    banners = template_vars.get("hybridhub_banners")
-    template_vars["hybridhub_banners"] = lambda user: [
-        *(banners(user) if banners else []),
-        *(courses.course_banners(db, user.name) if user else []),
-    ]
-    template_vars["hybridhub_course_sessions"] = lambda user: (
-        courses.sessions_for_user(db, user.name, [g.name for g in user.groups]) if user else []
+    earlier = getattr(template_vars.get("hybridhub_banners"), "read", None)  # add_hybridhub's
+    template_vars["hybridhub_banners"] = PageVar("hybridhub_banners", lambda name, groups: [
+        *(earlier(name, groups) if earlier else []), *courses.course_banners(db, name),
+    ])
+    template_vars["hybridhub_course_sessions"] = PageVar(
+        "hybridhub_course_sessions", lambda name, groups: courses.sessions_for_user(db, name, groups),
     )
     c.JupyterHub.template_vars = template_vars
 
@@ -251,10 +251,12 @@ def add_hybridhub(
     from spawner.hybrid import accounting_for
 
     accounting_for(db_url)  # upgrades the schema now; refuses a newer one
-    c.JupyterHub.template_vars = {
+    c.JupyterHub.template_vars = {  # read in a worker thread, off the hub's loop (spawner.pagevars)
         **c.JupyterHub.get("template_vars", {}),
-        "hybridhub_banners": lambda user: accounting_for(db_url).banners_for(user.name) if user else [],
-        "hybridhub_running": lambda user: running_servers(accounting_for(db_url), catalog, user.name) if user else [],
+        "hybridhub_banners": PageVar(
+            "hybridhub_banners", lambda name, groups: accounting_for(db_url).banners_for(name)),
+        "hybridhub_running": PageVar(
+            "hybridhub_running", lambda name, groups: running_servers(accounting_for(db_url), catalog, name)),
     }
     configure_services(
         c, db_url=db_url, meter_interval=meter_interval, grace_seconds=grace_seconds,

@@ -22,7 +22,10 @@ def _aware(t: datetime) -> datetime:
 def running_servers(
     accounting: Accounting, catalog: Catalog, username: str, now: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows for the home page (a course session's servers are reserved until the session ends)."""
+    """Rows for the home page (a course session's servers are reserved until the session ends).
+
+    It reads the database: the hub calls it in a worker thread (:mod:`spawner.pagevars`).
+    """
     now = now or datetime.now(UTC)
     records = {r.reservation_id: r for r in SessionLog(accounting.db).sessions(username, limit=50)
                if r.stopped_at is None}

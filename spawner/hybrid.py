@@ -191,17 +191,15 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             return ""  # a running course session fixes the hardware: straight to the server
         groups = sorted(self.user_groups())
         offerings = allowed_offerings(self.resource_catalog, set(groups))
-        await asyncio.to_thread(self.sync_user_groups)
+        await asyncio.to_thread(self.sync_user_groups, self.hub_groups())
         free = await asyncio.gather(
             *(self.backend_class(o).free_now(o, self.config) for o in offerings)
         )
         trust = await asyncio.to_thread(self.picker_trust, offerings, set(groups))
+        remaining_by_key = await asyncio.to_thread(self.picker_remaining, offerings, groups)
         rows = []
         for off, free_now in zip(offerings, free, strict=True):
-            remaining = {
-                g: self.accounting.remaining(g, off.resource_class, off.name, username=self.user.name)
-                for g in groups
-            }
+            remaining = remaining_by_key[off.key]
             rows.append(
                 {
                     "offering": off,
@@ -228,6 +226,15 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             outlook=outlook,
         )
 
+    def picker_remaining(self, offerings: list[Offering], groups: list[str]) -> dict[str, dict]:
+        """Per offering key, each group's remaining quota (runs in a worker thread)."""
+        username = self.user.name
+        return {
+            off.key: {g: self.accounting.remaining(g, off.resource_class, off.name, username=username)
+                      for g in groups}
+            for off in offerings
+        }
+
     def options_from_form(self, formdata):
         """Map form fields to the canonical ``user_options`` (validated in apply_user_options)."""
         return form_to_options(formdata)
@@ -236,8 +243,12 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
     def _default_apply_user_options(self):
         return HybridSpawner._apply_options
 
-    def _apply_options(self, user_options: dict[str, Any]) -> None:
-        """Validate options from the form or REST; a bad field is a 400 naming it."""
+    async def _apply_options(self, user_options: dict[str, Any]) -> None:
+        """Validate options from the form or REST; a bad field is a 400 naming it.
+
+        Async (JupyterHub awaits ``apply_user_options``): the course-schedule lookup and a
+        refusal's record run in worker threads, off the hub's loop.
+        """
         size = len(json.dumps(user_options, default=str))
         if size > self.max_options_bytes:
             self.log.warning("refused options of %s for %s: %d bytes, limit %d",
@@ -245,11 +256,11 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             raise user_error(413, f"Invalid option user_options: {size} bytes is over the "
                                   f"limit of {self.max_options_bytes} bytes")
         try:  # a running course session fixes this server's hardware (403 naming it)
-            user_options, self.course = courses.session_launch(
-                self.accounting.db, self.user.name, self.name, user_options
+            user_options, self.course = await asyncio.to_thread(
+                courses.session_launch, self.accounting.db, self.user.name, self.name, user_options
             )
         except courses.SessionLocked as e:
-            self.note_refusal("course_lock", str(e), user_options)
+            await asyncio.to_thread(self.note_refusal, "course_lock", str(e), user_options)
             if self.orm_spawner is not None:  # a later start without options gets the session's
                 self.orm_spawner.user_options = e.session_options
             raise user_error(e.status, str(e)) from None
@@ -402,7 +413,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
     async def start(self):
         """Admit the launch against the group's budget, then start it on the backend."""
         if self.launch is None:
-            self._apply_options(self.user_options)
+            await self._apply_options(self.user_options)
         # the hub's ORM objects are read on the hub's thread; the accounting steps take one worker-thread hop
         await asyncio.to_thread(self._prepare_launch, self.hub_groups())
         self.backend = None

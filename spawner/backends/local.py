@@ -93,7 +93,8 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
         cands = simulated_candidates(inventory, offering)
         if cands is None:
             return None
-        allocator = allocator_for(db_url_from_config(config, "LocalBackend"))
+        # the first allocator_for per process upgrades the schema: a thread, like the read
+        allocator = await asyncio.to_thread(allocator_for, db_url_from_config(config, "LocalBackend"))
         return sum((await asyncio.to_thread(allocator.free_by_host, cands)).values())
 
     @property
@@ -111,9 +112,10 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
         if cands is None:
             return
         count = self.request.count if self.request is not None else 1
+        allocator = await asyncio.to_thread(lambda: self.allocator)  # first use: schema check
         try:
             placement = await asyncio.to_thread(
-                self.allocator.allocate, cands, count, owner=self.owner,
+                allocator.allocate, cands, count, owner=self.owner,
                 what=f"{self.offering.model} ({self.offering.resource_class})", model=self.offering.model,
                 username=self.user.name, server_name=self.name, offering=self.offering.key,
             )

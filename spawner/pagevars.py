@@ -1,0 +1,78 @@
+"""Hub template variables read from the accounting database in a worker thread, off the hub's loop.
+
+JupyterHub calls a callable ``template_vars`` value as ``value(user)`` synchronously, on its
+event loop, for every page it renders; a database read there would stall every user while
+it waits.  :class:`PageVar` makes that call cheap: it only notes the user's name and groups
+and returns a :class:`PageValue`, which the template calls::
+
+    {% set banners = hybridhub_banners() if hybridhub_banners is callable else [] %}
+
+JupyterHub's page templates are async (Jinja ``enable_async``), so Jinja awaits the call
+and the read runs in :func:`asyncio.to_thread`.  The few pages rendered synchronously
+(JupyterHub's error pages) get the user's last value instead: no read on the loop there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Any
+
+#: A reader: (username, group names) -> the value; it runs in a worker thread.
+Reader = Callable[[str, list[str]], list]
+
+#: (variable, username) -> the last value read, for synchronously rendered pages.
+_last: dict[tuple[str, str], list] = {}
+
+
+class PageVar:
+    """A ``template_vars`` value whose ``read(username, groups)`` runs off the loop."""
+
+    def __init__(self, name: str, read: Reader):
+        self.name = name
+        self.read = read
+
+    def __call__(self, user) -> PageValue | list:
+        """Called by JupyterHub on its loop: no database access, only the user's names."""
+        if user is None:
+            return []
+        return PageValue(self, user.name, [g.name for g in user.groups])
+
+
+class PageValue:
+    """What a template calls: awaited in async templates, the last value in sync ones."""
+
+    def __init__(self, var: PageVar, username: str, groups: list[str]):
+        self.var, self.username, self.groups = var, username, groups
+
+    def __call__(self) -> _Pending:
+        return _Pending(self)
+
+    async def fetch(self) -> list:
+        """Read the value in a worker thread and remember it for sync renders."""
+        value = await asyncio.to_thread(self.var.read, self.username, self.groups)
+        _last[(self.var.name, self.username)] = value
+        return value
+
+    def last(self) -> list:
+        """The value last read for this user (empty before the first read)."""
+        return _last.get((self.var.name, self.username), [])
+
+
+class _Pending:
+    """Awaitable (async templates) and, for sync templates, the last value as a sequence."""
+
+    def __init__(self, value: PageValue):
+        self.value = value
+
+    def __await__(self):
+        return self.value.fetch().__await__()
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.value.last())
+
+    def __len__(self) -> int:
+        return len(self.value.last())
+
+    def __bool__(self) -> bool:
+        return bool(self.value.last())

@@ -3,7 +3,8 @@
 Four worker processes (``spawn``) interleave launches (:meth:`Accounting.admit`, some with
 idempotency keys repeated on purpose, within a worker and across workers), ``mark_running``,
 stops (``release`` with random reasons, and obeying the meter's stop list) and metering ticks
-(``meter`` with a shared clock that runs ``SPEED`` times real time) for
+(``meter`` with a shared clock that runs ``SPEED`` times real time), and now and then a
+``top_up`` (so budgets are not simply used up after a while), for
 ``HYBRIDHUB_RACE_SECONDS`` (default 60) seconds.  Small budgets make refusals frequent; some
 budgets have per-user caps.  After every worker exited, the stored integers are checked.
 
@@ -149,10 +150,16 @@ def race_worker(index: int, url: str, t0: float, deadline: float, seed: int) -> 
             done = acct.release(order.reservation.id, f"quota: {order.reason}")
             counts["stop_already_closed" if done.already_closed else "stop_ok"] += 1
 
-    ops = [admit] * 4 + [mark_running] * 2 + [release] * 2 + [meter] * 2
+    def top_up() -> None:  # an owner tops a budget up mid-race (it races admission too)
+        acct.top_up(rng.choice(budget_ids), rng.choice([0.5, 1.0, 2.0]), actor=f"w{index}")
+        counts["top_up"] += 1
+
+    with db.session() as s:
+        budget_ids = list(s.scalars(select(Budget.id).order_by(Budget.id)))
+    ops = [admit] * 4 + [mark_running] * 3 + [release] * 1 + [meter] * 2
     try:
         while time.time() < deadline:
-            op = rng.choice(ops)
+            op = top_up if rng.random() < 0.005 else rng.choice(ops)
             try:
                 op()
             except Exception as e:  # recorded and reported; the test fails on any
@@ -264,7 +271,7 @@ def _check(state: dict, names: dict[int, str]) -> tuple[list[str], list[str]]:
             problems.append(f"{name}: used+reserved-overcharge {b[4] + b[5] - over_b[b.id]} "
                             f"> amount {b[3]} (admission overspent)")
     caps = {b.id: b[6] for b in state["budgets"]}
-    for u in state["users"]:
+    for u in sorted(state["users"], key=lambda u: (u.budget_id, u.username)):
         k = (u.budget_id, u.username, u.period_start)
         name = f"budget#{u.budget_id}/{u.username}"
         lines.append(f"  {name}: used={u[3]} reserved={u[4]} | ledger={ledger_u[k]} "
@@ -304,7 +311,8 @@ def test_mixed_race_of_four_processes_keeps_every_balance_exact(db, clock):
       ``used + reserved == ledger sum + sum(open: max(0, amount_reserved - amount_charged))``;
     * ``B.reserved >= 0``, and no admission overspent:
       ``used + reserved - sum(all: max(0, amount_charged - amount_reserved)) <= amount``
-      (only time served past a reservation, the grace, may go over);
+      (only time served past a reservation, the grace, may go over; top-ups only raise
+      ``amount``, so the end amount bounds every earlier moment);
     * the same two identities for every per-user row (``user_usage``) against the lines and
       open reservations of that user, budget and period, and the cap in place of the amount;
     * every reservation's ``amount_charged`` == the sum of its ledger lines, and those lines

@@ -17,6 +17,7 @@ indices are taken first.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -261,13 +262,21 @@ class Allocator:
 
 
 _allocators: dict[str, Allocator] = {}
+_allocators_lock = threading.Lock()
 
 
 def allocator_for(db_url: str, *, upgrade: bool = True) -> Allocator:
-    """One :class:`Allocator` per database URL in this process (schema upgraded once)."""
-    if db_url not in _allocators:
-        db = Database(db_url)
-        if upgrade:
-            db.upgrade()
-        _allocators[db_url] = Allocator(db)
-    return _allocators[db_url]
+    """One :class:`Allocator` per database URL in this process (schema upgraded once).
+
+    Safe from any thread: the first call per URL upgrades the schema under a lock.
+    """
+    found = _allocators.get(db_url)
+    if found is not None:
+        return found
+    with _allocators_lock:
+        if db_url not in _allocators:
+            db = Database(db_url)
+            if upgrade:
+                db.upgrade()
+            _allocators[db_url] = Allocator(db)
+        return _allocators[db_url]

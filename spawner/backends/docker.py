@@ -332,7 +332,7 @@ class ContainerBackendMixin(BackendMixin):
         """Release this server's GPU allocations; how many were released."""
         if not self.object_name:
             return 0
-        return await self._in_thread(self.allocator.release, owner=self.owner, reason=reason)
+        return await self._in_thread(lambda: self.allocator.release(owner=self.owner, reason=reason))
 
     # --- the container --------------------------------------------------------------------
 
@@ -558,8 +558,8 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
         cands = candidates_for(GpuInventory(config=config), offering)
         if not cands:
             return 0
-        allocator = allocator_for(db_url_from_config(config))
-        free = await asyncio.to_thread(allocator.free_by_host, cands)
+        url = db_url_from_config(config)  # the first allocator_for per process checks the schema: a thread too
+        free = await asyncio.to_thread(lambda: allocator_for(url).free_by_host(cands))
         return sum(free.values())
 
     async def _allocate(self) -> Placement:
@@ -569,7 +569,7 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
         what = f"{offering.model} ({offering.resource_class})"
         try:
             return await self._in_thread(
-                self.allocator.allocate,
+                lambda *a, **kw: self.allocator.allocate(*a, **kw),
                 cands,
                 count,
                 owner=self.owner,

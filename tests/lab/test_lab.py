@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,7 @@ from portal.web.lab import may_read_session
 from spawner.catalog import load_catalog
 from tests.fixtures.browser import login
 from tests.fixtures.courses import stop_all_servers
+from tests.fixtures.docker import h100_host, hub_docker_config, remove_labelled
 from tests.fixtures.env import docs_artifact, require
 
 LABEXT = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "hybridhub-lab" / "package.json"
@@ -306,6 +308,36 @@ def test_lab_warns_ten_minutes_before_the_course_session_ends(hub_factory, chrom
         assert "× 1 · community" in status and "min left" in status, status
     finally:
         student.close()
+
+
+@pytest.mark.browser
+@pytest.mark.docker
+def test_lab_in_a_container_on_a_gpu_host_shows_its_gpus(hub_factory, docker_engines, page):
+    """The same extension in a server the docker backend runs on a GPU host: the status item
+    names the class and count, the panel the host and the GPUs it holds."""
+    require(LABEXT.exists(), f"the built Lab extension in {sys.prefix} (run scripts/setup.sh)")
+    label = f"labtest-{uuid.uuid4().hex[:6]}"
+    hub = hub_factory(extra_config=hub_docker_config([h100_host(docker_engines.urls["h1"])], hub_label=label)
+                      + LAB_ARGS.replace("c.Spawner.args", "c.DockerBackend.args"))
+    try:
+        r = hub.spawn("carol", H100_X2)
+        assert r.status_code in (201, 202), r.text
+        hub.wait_ready("carol", timeout=180)
+        login(page, hub.url, "carol", DEMO_USER_PASSWORD)
+        page.goto(f"{hub.url}/user/carol/lab")
+        item = page.locator("#jp-main-statusbar .jp-hybridhub-status")
+        item.wait_for(timeout=120_000)
+        page.wait_for_function(
+            "() => document.querySelector('#jp-main-statusbar .jp-hybridhub-status')"
+            ".textContent.includes('left')", timeout=60_000)
+        assert item.text_content().startswith("H100 × 2 · enterprise · "), item.text_content()
+        item.click()
+        panel = page.locator(".jp-hybridhub-panel")
+        panel.wait_for()
+        assert "h1" in panel.text_content() and "GPU-" in panel.text_content(), panel.text_content()
+    finally:
+        hub.stop()
+        remove_labelled(docker_engines, label)
 
 
 # ---------------------------------------------------------------- how images get it

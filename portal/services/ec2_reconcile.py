@@ -296,7 +296,7 @@ def reconciler_service(
     for rc in resource_classes:
         command += ["--resource-class", rc]
     env = {k: os.environ[k] for k in AWS_ENV if k in os.environ}
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout
     env["PYTHONPATH"] = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
     service = {"name": name, "command": command, "environment": env}
     role = {"name": name, "services": [name], "scopes": list(SERVICE_SCOPES)}

@@ -49,7 +49,7 @@ log = logging.getLogger("hybridhub.portal")
 
 SERVICE_NAME = "hybridhub-portal"
 #: Files served under ``<prefix>static/``: the vendored chart libraries (no CDN).
-STATIC = Path(__file__).resolve().parent / "static"
+STATIC = Path(__file__).resolve().parents[1] / "static"
 
 #: Handler modules composed into the app, in order (see the module docstring).
 HANDLER_MODULES = [

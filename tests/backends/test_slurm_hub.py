@@ -61,6 +61,9 @@ def slurm_hub(hub_factory, slurm_cluster, tmp_path):  # noqa: F811  (fixture imp
             f"c.SlurmBackend.hub_id = {hub_id!r}",
             f"c.SlurmBackend.home_dir_template = {str(tmp_path / 'homes' / '{username}')!r}",
             "c.SlurmBackend.gone_grace = 5",
+            # the reconciler runs in every test here (it must never cancel the hub's own servers)
+            "c.SlurmBackend.reconcile_interval = 1",
+            "c.SlurmBackend.reconcile_grace = 3",
         ])
     )
     hub.hub_id, hub.hiccup = hub_id, hiccup
@@ -183,6 +186,49 @@ def test_picker_shows_free_gpus_from_slurm(slurm_hub):
     free = dict(re.findall(r'name="offering" value="enterprise/(\w+)".*?class="free-now">\s*(\S+)', page.text, re.S))
     assert free == {"h100": "4", "a100": "1"}, free  # h100: 4 on hhn1; a100: 2 on hhn2 minus dave's
     hub.stop_server("dave")
+
+
+def submit_tagged(slurm_cluster, hub_id: str, user: str, partition: str) -> int:
+    """A job carrying hub ``hub_id``'s tags for ``user``, submitted by hand (no hub knows it)."""
+    out = slurm_cluster.cmd(
+        "sbatch", "--parsable", f"--job-name=hybridhub-{hub_id}-{user}", f"--comment=hybridhub:{hub_id}:{user}:",
+        f"--partition={partition}", "--time=5", "--output=/dev/null", "--wrap=sleep 300",
+    )
+    return int(out.strip().split(";")[0])
+
+
+def job_states(slurm_cluster, *job_ids: int) -> dict[int, str]:
+    return {j["job_id"]: j["job_state"] for j in slurm_cluster.jobs() if j["job_id"] in job_ids}
+
+
+def test_reconciler_cancels_this_hubs_orphans_only(slurm_hub, slurm_cluster):
+    hub, user = slurm_hub, "carol"
+    other_hub = f"o{uuid.uuid4().hex[:6]}"
+    token = hub.user_token(user)
+    assert hub.spawn(user, launch("h100", 1), token=token).status_code in (201, 202)  # starts the loop
+    hub.wait_ready(user)
+    (server_job,) = slurm_cluster.jobs(f"hybridhub-{hub.hub_id}-{user}")
+    orphan = submit_tagged(slurm_cluster, hub.hub_id, "ghost", "h100")  # this hub's tag, no such server
+    twin = submit_tagged(slurm_cluster, hub.hub_id, user, "a100")  # carol's tag, but not her server's job
+    foreign = submit_tagged(slurm_cluster, other_hub, "ghost", "a100")
+    try:
+        deadline = time.monotonic() + 30  # grace 3 s + passes every 1 s
+        while time.monotonic() < deadline:
+            states = job_states(slurm_cluster, orphan, twin, foreign, server_job["job_id"])
+            if states[orphan] == "CANCELLED" and states[twin] == "CANCELLED":
+                break
+            time.sleep(0.5)
+        assert states[orphan] == states[twin] == "CANCELLED", (states, hub.log()[-3000:])
+        assert hub.log().count("Cancelled orphaned Slurm job") == 2
+        time.sleep(3)  # more passes: the other hub's job and the hub's own server stay
+        states = job_states(slurm_cluster, foreign, server_job["job_id"])
+        assert states == {foreign: "RUNNING", server_job["job_id"]: "RUNNING"}, states
+        assert hub.server_model(user)["ready"]
+        assert through_proxy(hub, user, token).status_code == 200
+        hub.stop_server(user)
+    finally:
+        slurm_cluster.cmd("scancel", str(foreign), str(orphan), str(twin))
+    assert job_states(slurm_cluster, foreign)[foreign] in ("CANCELLED", "COMPLETING")
 
 
 # Last on purpose: it kills a node, and a revived node may still fail the next jobs for a few seconds.

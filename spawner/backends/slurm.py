@@ -50,6 +50,9 @@ from spawner.errors import no_capacity_error, user_error
 
 #: Job states in which the job still holds (or waits for) its node.
 LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "RESIZING", "REQUEUED"}
+#: Slurm shows an ending job as COMPLETING until its node has cleaned up, hiding the final state
+#: (NODE_FAIL, FAILED...): wait for that rather than end the server with "COMPLETING".
+ENDING_STATES = {"COMPLETING"}
 #: Job states that mean the node went away under the job (poll() then gives a text status: host lost).
 HOST_LOST_STATES = {"NODE_FAIL", "BOOT_FAIL"}
 #: Node states and flags that take a node's GPUs out of "free now".
@@ -484,6 +487,11 @@ class SlurmBackend(BackendMixin, Spawner):
         return _commands(self.config)
 
     @property
+    def _job_key(self) -> tuple[str, str, int]:
+        """``(user tag, server tag, job id)``, as :func:`known_jobs_from_hub_db` lists it."""
+        return safe_tag(self.user.name), safe_tag(self.name) if self.name else "", self.job_id
+
+    @property
     def _label(self) -> str:
         return f"{self.user.name}/{self.name}" if self.name else self.user.name
 
@@ -582,15 +590,14 @@ class SlurmBackend(BackendMixin, Spawner):
             self.log.error("%s: sbatch failed: %s", self._label, e)
             raise user_error(503, "The Slurm cluster did not accept the job; please try again later.") from None
         self.log.info("%s: submitted Slurm job %d (%s x%d)", self._label, self.job_id, off.gres, count)
-        starting = (safe_tag(self.user.name), safe_tag(self.name) if self.name else "", self.job_id)
-        SlurmBackend._starting.add(starting)
+        starting = self._job_key
+        SlurmBackend._starting.add(starting)  # known until the hub's database has it, or the job ends
         try:
             return await self._wait_until_ready()
         except BaseException:
+            SlurmBackend._starting.discard(starting)
             await asyncio.shield(self._cancel_quietly())
             raise
-        finally:
-            SlurmBackend._starting.discard(starting)  # from here on the hub's database has it (after the grace)
 
     async def _wait_until_ready(self) -> tuple[str, int]:
 
@@ -605,7 +612,7 @@ class SlurmBackend(BackendMixin, Spawner):
             state = job_state(job) if job else ""
             if state == "RUNNING" and job.get("batch_host") or state == "RUNNING" and job.get("nodes"):
                 break
-            if job and state not in LIVE_STATES:
+            if job and state not in LIVE_STATES | ENDING_STATES:
                 self.slurm_reason = job_reason(job)
                 raise self._ended_error(before="before it started")
             if time.monotonic() - submitted > self.pending_timeout:
@@ -646,8 +653,12 @@ class SlurmBackend(BackendMixin, Spawner):
         if job is not None:
             self._missing_since, self._missing_checks = None, 0
             state = job_state(job)
-            if state in LIVE_STATES:
-                return None
+            if state == "PENDING" and self.node:  # requeued after it ran (a launch lost with its node)
+                self.slurm_reason = f"requeued after losing node {self.node}: {job_reason(job)}"
+                self.log.warning("%s: job %d %s", self._label, self.job_id, self.slurm_reason)
+                return f"node {self.node} lost: {self.slurm_reason}"
+            if state in LIVE_STATES | ENDING_STATES:
+                return None  # still running, or ending with its final state not shown yet
             self.slurm_reason = job_reason(job)
             self.log.info("%s: job %d ended: %s", self._label, self.job_id, self.slurm_reason)
             if state in HOST_LOST_STATES:  # a text status: the session record says "host lost"
@@ -677,6 +688,7 @@ class SlurmBackend(BackendMixin, Spawner):
         """Cancel the job and wait (briefly) until Slurm says it ended."""
         if not self.job_id:
             return
+        SlurmBackend._starting.discard(self._job_key)
         await self._cancel_quietly()
         deadline = time.monotonic() + (0 if now else 15)
         while time.monotonic() < deadline:
@@ -684,7 +696,7 @@ class SlurmBackend(BackendMixin, Spawner):
                 job = await self._job()
             except SlurmCommandError:
                 job = {}
-            if job is None or (job and job_state(job) not in LIVE_STATES | {"COMPLETING"}):
+            if job is None or (job and job_state(job) not in LIVE_STATES | ENDING_STATES):
                 break
             await asyncio.sleep(0.2)
         self.log.info("%s: cancelled Slurm job %d", self._label, self.job_id)
@@ -719,7 +731,9 @@ class SlurmBackend(BackendMixin, Spawner):
         except SlurmCommandError as e:
             self.log.warning("Slurm reconciliation skipped: %s", e)
             return []
-        known = known_jobs_from_hub_db(hub_db) | SlurmBackend._starting
+        known = known_jobs_from_hub_db(hub_db)
+        SlurmBackend._starting -= known  # the hub has saved these: its database speaks for them now
+        known |= SlurmBackend._starting
         orphans = orphan_jobs(jobs, self.hub_id, known, time.time(), self.reconcile_grace)
         for job_id in orphans:
             try:
@@ -751,6 +765,7 @@ class SlurmBackend(BackendMixin, Spawner):
     def clear_state(self):
         """Forget the job once the server is gone."""
         super().clear_state()
+        SlurmBackend._starting.discard(self._job_key)
         self.job_id = 0
         self.node = self.node_ip = ""
         self._missing_since, self._missing_checks = None, 0

@@ -14,6 +14,7 @@ import yaml
 
 from portal.accounting.db import Database
 from portal.accounting.models import Reservation
+from portal.accounting.sessions import END_FAILED_START, END_HOST_LOST, END_STOPPED_BY_USER, SessionLog
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 from tests.fixtures.slurm import HOST_IP
 from tests.spawner.test_trust_hub import login
@@ -56,6 +57,7 @@ def slurm_hub(hub_factory, slurm_cluster, tmp_path):  # noqa: F811  (fixture imp
             "c.HybridSpawner.backend_override = ''",
             f"c.JupyterHub.hub_ip = {HOST_IP!r}",  # the nodes reach the hub on the bridge
             "c.Spawner.poll_interval = 1",
+            "c.JupyterHub.allow_named_servers = True",
             f"c.SlurmCommands.env = {{'SLURM_CONF': {slurm_cluster.conf!r}}}",
             f"c.SlurmCommands.squeue = [{str(squeue)!r}, '--json', '--states=all', '--me']",
             f"c.SlurmBackend.hub_id = {hub_id!r}",
@@ -83,6 +85,15 @@ def reservations(hub, user: str) -> list[tuple[str, str | None]]:
     try:
         with db.session() as s:
             return [(r.state, r.close_reason) for r in s.query(Reservation).filter_by(username=user)]
+    finally:
+        db.dispose()
+
+
+def session_records(hub, user: str) -> list:
+    """``user``'s provenance records, newest first."""
+    db = Database(hub.db_url)
+    try:
+        return SessionLog(db).sessions(user)
     finally:
         db.dispose()
 
@@ -117,6 +128,11 @@ def test_spawn_on_a_node_then_stop(slurm_hub, slurm_cluster):
     # the proxy reaches the server, which only listens inside node hhn1's namespace
     assert through_proxy(hub, user, token).status_code == 200
     assert reservations(hub, user) == [("running", None)]
+    # provenance: node, job id, the GRES with the GPU indices Slurm allocated, partition
+    (rec,) = session_records(hub, user)
+    assert (rec.host, rec.backend, rec.stopped_at) == ("hhn1", "slurm", None)
+    assert rec.details["job_id"] == job["job_id"] and rec.details["partition"] == "h100"
+    assert rec.details["gres"] == ["gpu:h100:2(IDX:0-1)"]
     # the job's environment is the one the hub built: no login shell (`su -`, whose profile
     # can stall a launch past BatchStartTimeout) and nothing of the hub's own environment
     env = slurm_cluster.server_env("hhn1", user)
@@ -129,6 +145,7 @@ def test_spawn_on_a_node_then_stop(slurm_hub, slurm_cluster):
     assert done["job_id"] == job["job_id"]
     assert slurm_cluster.node("hhn1")["gres_used"].startswith("gpu:h100:0")
     assert [s for s, _ in reservations(hub, user)] == ["closed"]
+    assert session_records(hub, user)[0].end_reason == END_STOPPED_BY_USER
 
 
 def test_capacity_is_429_with_retry_after(slurm_hub):
@@ -237,10 +254,23 @@ def test_node_crash_during_spawn_gives_node_fail_and_other_node_survives(slurm_h
     try:
         assert hub.spawn("dave", launch("a100", 1)).status_code in (201, 202)
         hub.wait_ready("dave")
+        # carol's named server "lab" runs on hhn1 when it dies
+        assert hub.spawn("carol", launch("h100", 1), server="lab").status_code in (201, 202)
+        hub.wait_ready("carol", "lab")
+        (lab_job,) = slurm_cluster.jobs(f"hybridhub-{hub.hub_id}-carol-lab")
+        assert lab_job["comment"] == f"hybridhub:{hub.hub_id}:carol:lab" and lab_job["nodes"] == "hhn1"
         token = hub.user_token("carol")
         with ThreadPoolExecutor(1) as pool:  # the POST waits up to slow_spawn_timeout: crash meanwhile
             posted = pool.submit(hub.spawn, "carol", launch("h100", 1), token=token)
             slurm_cluster.wait_job(f"hybridhub-{hub.hub_id}-carol", {"RUNNING"}, timeout=60)
+            # launched (a kill while slurmd still launches it makes Slurm requeue it instead of NODE_FAIL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    slurm_cluster.server_env("hhn1", "carol", server="")
+                    break
+                except LookupError:
+                    time.sleep(0.05)
             t0 = time.monotonic()
             slurm_cluster.kill_node("hhn1")  # before its server can answer
             r = posted.result()
@@ -249,8 +279,15 @@ def test_node_crash_during_spawn_gives_node_fail_and_other_node_survives(slurm_h
         lost_after = time.monotonic() - t0
         assert "NODE_FAIL" in message, message
         assert hub.server_model("carol") is None
-        assert [s for s, _ in reservations(hub, "carol")] == ["closed"]
         print(f"node kill -> NODE_FAIL on the spawn page: {lost_after:.1f} s")
+        # the running server on the lost node: the hub finds it gone, its record says host lost
+        hub.wait_stopped("carol", "lab", timeout=60)
+        records = {r.server_name: r for r in session_records(hub, "carol")}
+        failed, lost = records[""], records["lab"]
+        assert failed.end_reason == END_FAILED_START and "NODE_FAIL" in failed.end_detail, failed
+        assert (lost.end_reason, lost.host, lost.details["job_id"]) == (END_HOST_LOST, "hhn1", lab_job["job_id"])
+        assert "hhn1 lost: NODE_FAIL" in lost.end_detail and lost.stopped_at is not None, lost
+        assert [s for s, _ in reservations(hub, "carol")] == ["closed", "closed"]
         # the server on the other node keeps running
         assert hub.server_model("dave")["ready"]
         assert through_proxy(hub, "dave", hub.user_token("dave")).status_code == 200

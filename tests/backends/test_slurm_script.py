@@ -200,6 +200,15 @@ async def test_only_slurm_saying_it_ended_or_a_long_absence_ends_it(tmp_path):
         tmp_path, "fail", json.dumps({"jobs": [{"job_id": 42, "job_state": "NODE_FAIL", "state_reason": "None"}]})
     )
     empty = squeue_printing(tmp_path, "empty", json.dumps({"jobs": []}))
+    ending = squeue_printing(tmp_path, "ending", json.dumps({"jobs": [{"job_id": 42, "job_state": "COMPLETING"}]}))
+    assert await slurm_backend(ending).poll() is None  # its final state (NODE_FAIL?) is not known yet
+    pending = squeue_printing(
+        tmp_path, "pending", json.dumps({"jobs": [{"job_id": 42, "job_state": "PENDING", "state_reason": "Resources"}]})
+    )
+    assert await slurm_backend(pending).poll() is None  # not started yet
+    b = slurm_backend(pending)
+    b.node = "hhn1"  # it ran there, and is pending again: requeued after its node went away
+    assert await b.poll() == "node hhn1 lost: requeued after losing node hhn1: PENDING (Resources)"
     assert await slurm_backend(running).poll() is None
     b = slurm_backend(failed)
     status = await b.poll()

@@ -10,29 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-import yaml
 
 from portal.accounting.db import Database
 from portal.accounting.models import Reservation
 from portal.accounting.sessions import END_FAILED_START, END_HOST_LOST, END_STOPPED_BY_USER, SessionLog
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
-from tests.fixtures.slurm import HOST_IP
+from tests.fixtures.slurm import hub_slurm_config
 from tests.spawner.test_trust_hub import login
 
 pytestmark = pytest.mark.slurm
-
-CATALOG = {
-    "enterprise": {
-        "display_name": "Enterprise GPU",
-        "backend": "slurm",
-        "offerings": {
-            "h100": {"model": "H100 80GB", "counts": [1, 2, 4], "price_per_hour": 2.5, "max_hours": 8,
-                     "partition": "h100", "gres": "gpu:h100"},
-            "a100": {"model": "A100 80GB", "counts": [1, 2], "price_per_hour": 1.8, "max_hours": 8,
-                     "partition": "a100", "gres": "gpu:a100"},
-        },
-    },
-}
 
 
 def launch(model: str, count: int) -> dict:
@@ -43,25 +29,19 @@ def launch(model: str, count: int) -> dict:
 def slurm_hub(hub_factory, slurm_cluster, tmp_path):  # noqa: F811  (fixture imported above)
     """A hub whose enterprise class runs on Slurm; its squeue fails while ``hiccup`` exists."""
     hub_id = f"t{uuid.uuid4().hex[:6]}"
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(yaml.safe_dump(CATALOG))
     hiccup = tmp_path / "squeue-fails"
     squeue = tmp_path / "squeue"
     squeue.write_text(
         f"#!/bin/sh\n[ -e {hiccup} ] && {{ echo 'squeue: socket timed out' >&2; exit 1; }}\nexec squeue \"$@\"\n"
     )
     squeue.chmod(0o755)
+    squeue_cmd = [str(squeue), "--json", "--states=all", "--me"]
+    base = hub_slurm_config(tmp_path, slurm_cluster.conf, hub_id, squeue=squeue_cmd)
     hub = hub_factory(
         extra_config="\n".join([
-            f"c.HybridSpawner.catalog_file = {str(catalog)!r}",
-            "c.HybridSpawner.backend_override = ''",
-            f"c.JupyterHub.hub_ip = {HOST_IP!r}",  # the nodes reach the hub on the bridge
+            base,
             "c.Spawner.poll_interval = 1",
             "c.JupyterHub.allow_named_servers = True",
-            f"c.SlurmCommands.env = {{'SLURM_CONF': {slurm_cluster.conf!r}}}",
-            f"c.SlurmCommands.squeue = [{str(squeue)!r}, '--json', '--states=all', '--me']",
-            f"c.SlurmBackend.hub_id = {hub_id!r}",
-            f"c.SlurmBackend.home_dir_template = {str(tmp_path / 'homes' / '{username}')!r}",
             "c.SlurmBackend.gone_grace = 5",
             # the reconciler runs in every test here (it must never cancel the hub's own servers)
             "c.SlurmBackend.reconcile_interval = 1",

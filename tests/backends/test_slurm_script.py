@@ -240,3 +240,12 @@ def test_orphans_are_only_this_hubs_live_unknown_jobs_past_the_grace():
     assert orphan_jobs(jobs, "hub1", known, now=1100, grace=10) == [2, 3, 8]
     assert orphan_jobs(jobs, "hub1", known, now=1200, grace=10) == [2, 3, 7, 8]
     assert orphan_jobs(jobs, "hub3", known, now=1200, grace=10) == []
+
+
+def test_every_configurable_trait_has_help():
+    from spawner.backends.slurm import SlurmCommands
+
+    for cls in (SlurmBackend, SlurmCommands):
+        own = list(cls.class_own_traits(config=True))
+        assert {"reconcile_interval", "reconcile_grace"} <= set(own) or cls is SlurmCommands
+        assert [n for n in own if not cls.class_traits()[n].help] == []

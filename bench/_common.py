@@ -60,14 +60,14 @@ def singleuser_env(hub: Hub, port: int) -> dict[str, str]:
 
 def seconds_to_first_answer(
     port: int, t0: float, check: Callable[[], None] | None = None, path: str = "/user/bench/api",
-    headers: dict[str, str] | None = None, interval: float = 0.01,
+    headers: dict[str, str] | None = None, interval: float = 0.01, host: str = "127.0.0.1",
 ) -> float:
-    """Seconds since ``t0`` until the server on ``port`` answers ``path`` (any status); ``check`` may raise."""
+    """Seconds since ``t0`` until the server on ``host:port`` answers ``path`` (any status); ``check`` may raise."""
     while True:
         if check is not None:
             check()
         try:
-            requests.get(f"http://127.0.0.1:{port}{path}", headers=headers, timeout=1)
+            requests.get(f"http://{host}:{port}{path}", headers=headers, timeout=1)
             return time.perf_counter() - t0
         except requests.ConnectionError:
             time.sleep(interval)

@@ -17,7 +17,12 @@ loop.  Job states come from one ``squeue --json`` call shared by all servers of 
 (Slurm 22.05's ``scontrol`` has no ``--json``).  A failing or slow status command means
 "unknown", never "gone": only Slurm saying the job ended, or the job missing from
 ``squeue`` for longer than ``gone_grace`` on two checks, ends a server.  A job that ends
-before its server answers fails the spawn with Slurm's own reason.
+before its server answers fails the spawn with Slurm's own reason; a job that Slurm ends with
+``NODE_FAIL`` gives ``poll`` a text status, which the session record keeps as ``host lost``.
+
+A reconciliation loop in the hub (``reconcile_interval``) cancels live jobs carrying this hub's
+tag that the hub's database has no server for (:func:`orphan_jobs`); other hubs' jobs and
+untagged jobs are never touched.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import random_port
@@ -45,6 +50,11 @@ from spawner.errors import no_capacity_error, user_error
 
 #: Job states in which the job still holds (or waits for) its node.
 LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "RESIZING", "REQUEUED"}
+#: Slurm shows an ending job as COMPLETING until its node has cleaned up, hiding the final state
+#: (NODE_FAIL, FAILED...): wait for that rather than end the server with "COMPLETING".
+ENDING_STATES = {"COMPLETING"}
+#: Job states that mean the node went away under the job (poll() then gives a text status: host lost).
+HOST_LOST_STATES = {"NODE_FAIL", "BOOT_FAIL"}
 #: Node states and flags that take a node's GPUs out of "free now".
 UNAVAILABLE_NODE = {
     "DOWN", "DRAIN", "DRAINED", "DRAINING", "FAIL", "FAILING", "NOT_RESPONDING", "MAINTENANCE",
@@ -189,6 +199,64 @@ def exit_status(job: Mapping[str, Any]) -> int:
     if isinstance(code, int) and code > 0:
         return code
     return 1 if job_state(job) != "COMPLETED" else 0
+
+
+def job_tag(job: Mapping[str, Any]) -> tuple[str, str, str] | None:
+    """``(hub_id, user, server)`` from a ``hybridhub:<hub_id>:<user>:<server>`` comment; None if untagged."""
+    parts = str(job.get("comment") or "").split(":")
+    if len(parts) != 4 or parts[0] != "hybridhub" or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2], parts[3]
+
+
+def submit_time(job: Mapping[str, Any]) -> float | None:
+    """The job's submit time (epoch seconds; 22.05 gives a number, later versions ``{"number": ...}``)."""
+    t = job.get("submit_time")
+    if isinstance(t, dict):
+        t = t.get("number") if t.get("set", True) else None
+    return float(t) if isinstance(t, (int, float)) and t > 0 else None
+
+
+def orphan_jobs(
+    jobs: Mapping[int, Mapping[str, Any]], hub_id: str, known: set[tuple[str, str, int]], now: float, grace: float
+) -> list[int]:
+    """Live jobs tagged with ``hub_id`` whose ``(user, server, job id)`` is not in ``known``.
+
+    Jobs of other hubs, untagged jobs, ended jobs and jobs submitted less than ``grace`` seconds ago
+    (a spawn whose state the hub has not saved yet) are never orphans.
+    """
+    out = []
+    for job_id, job in jobs.items():
+        tag = job_tag(job)
+        if tag is None or tag[0] != safe_tag(hub_id) or job_state(job) not in LIVE_STATES:
+            continue
+        if (tag[1], tag[2], int(job_id)) in known:
+            continue
+        submitted = submit_time(job)
+        if submitted is not None and now - submitted < grace:
+            continue
+        out.append(int(job_id))
+    return sorted(out)
+
+
+def known_jobs_from_hub_db(db) -> set[tuple[str, str, int]]:
+    """``(user tag, server tag, job id)`` of every server the hub's database has (running or pending).
+
+    Reads each ``orm.Spawner.state`` (HybridSpawner keeps the backend's state under ``backend_state``;
+    a bare SlurmBackend keeps it at the top level).
+    """
+    from jupyterhub import orm
+
+    known = set()
+    for sp in db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None)):
+        state = sp.state or {}
+        if isinstance(state, str):
+            state = json.loads(state)
+        inner = state.get("backend_state") or state
+        if inner.get("job_id"):
+            server = safe_tag(sp.name) if sp.name else ""
+            known.add((safe_tag(sp.user.name), server, int(inner["job_id"])))
+    return known
 
 
 # --- running Slurm commands --------------------------------------------------------------------
@@ -381,15 +449,33 @@ class SlurmBackend(BackendMixin, Spawner):
         0.05, help="Seconds between readiness probes of the new server before start() returns."
     ).tag(config=True)
 
+    reconcile_interval = Float(
+        300.0,
+        help="Seconds between reconciliation passes in the hub: cancel live jobs tagged with this "
+        "hub's hub_id whose server the hub's database does not have (orphans of a crashed hub or a "
+        "failed scancel). Jobs of other hubs and untagged jobs are never touched. 0 turns the loop off.",
+    ).tag(config=True)
+
+    reconcile_grace = Float(
+        120.0,
+        help="Seconds after its submission a job is left alone by the reconciler (its spawn may not "
+        "have saved the job id yet).",
+    ).tag(config=True)
+
     job_id = Int(0, help="The Slurm job id (state).")
     node = Unicode("", help="The node the job runs on (state).")
     node_ip = Unicode("", help="The node's address the hub reaches the server at (state).")
 
-    end_reason: str = ""
+    #: Slurm's account of how the job ended (``NODE_FAIL``, ``CANCELLED``...), for messages.
+    slurm_reason: str = ""
     _missing_since: float | None = None
     _missing_checks: int = 0
     _gres_detail: list[str] = []
     _partition: str = ""
+
+    #: The reconciliation loop (one per hub process) and the jobs this process is starting right now.
+    _reconciler_task: ClassVar[asyncio.Task | None] = None
+    _starting: ClassVar[set[tuple[str, str, int]]] = set()
 
     @default("singleuser_command")
     def _default_singleuser_command(self):
@@ -399,6 +485,11 @@ class SlurmBackend(BackendMixin, Spawner):
     def commands(self) -> SlurmCommands:
         """How Slurm commands are run (``c.SlurmCommands``)."""
         return _commands(self.config)
+
+    @property
+    def _job_key(self) -> tuple[str, str, int]:
+        """``(user tag, server tag, job id)``, as :func:`known_jobs_from_hub_db` lists it."""
+        return safe_tag(self.user.name), safe_tag(self.name) if self.name else "", self.job_id
 
     @property
     def _label(self) -> str:
@@ -474,6 +565,7 @@ class SlurmBackend(BackendMixin, Spawner):
     async def start(self):
         """Submit the job, wait for it to run on a node, return once the server answers."""
 
+        self._ensure_reconciler()
         off, req = self.offering, self.request
         if off is None or not off.gres:
             raise user_error(500, "This offering has no Slurm GRES configured.")
@@ -485,7 +577,7 @@ class SlurmBackend(BackendMixin, Spawner):
                     f"No capacity for {count} x {off.model} on the Slurm cluster right now "
                     f"({free} free); please try again later."
                 )
-        self.end_reason = ""
+        self.slurm_reason = ""
         self.port = random_port()
         self.ip = "0.0.0.0"
         if self.create_home:
@@ -498,9 +590,12 @@ class SlurmBackend(BackendMixin, Spawner):
             self.log.error("%s: sbatch failed: %s", self._label, e)
             raise user_error(503, "The Slurm cluster did not accept the job; please try again later.") from None
         self.log.info("%s: submitted Slurm job %d (%s x%d)", self._label, self.job_id, off.gres, count)
+        starting = self._job_key
+        SlurmBackend._starting.add(starting)  # known until the hub's database has it, or the job ends
         try:
             return await self._wait_until_ready()
         except BaseException:
+            SlurmBackend._starting.discard(starting)
             await asyncio.shield(self._cancel_quietly())
             raise
 
@@ -517,8 +612,8 @@ class SlurmBackend(BackendMixin, Spawner):
             state = job_state(job) if job else ""
             if state == "RUNNING" and job.get("batch_host") or state == "RUNNING" and job.get("nodes"):
                 break
-            if job and state not in LIVE_STATES:
-                self.end_reason = job_reason(job)
+            if job and state not in LIVE_STATES | ENDING_STATES:
+                self.slurm_reason = job_reason(job)
                 raise self._ended_error(before="before it started")
             if time.monotonic() - submitted > self.pending_timeout:
                 why = job_reason(job) if job else "not listed by squeue"
@@ -534,21 +629,22 @@ class SlurmBackend(BackendMixin, Spawner):
         self.node_ip = await self._node_address(self.node)
         self.log.info("%s: job %d runs on %s (%s)", self._label, self.job_id, self.node, self.node_ip)
         await self._wait_until_answering(self.node_ip, self.port)  # returns early if poll() sees the job end
-        if self.end_reason:
+        if self.slurm_reason:
             raise self._ended_error(before="before its server answered")
         return self.node_ip, self.port
 
     def _ended_error(self, before: str):
 
-        self.log.warning("%s: job %d ended %s: %s", self._label, self.job_id, before, self.end_reason)
+        self.log.warning("%s: job %d ended %s: %s", self._label, self.job_id, before, self.slurm_reason)
         return user_error(
-            503, f"Your Slurm job {self.job_id} ended {before}: {self.end_reason}."
+            503, f"Your Slurm job {self.job_id} ended {before}: {self.slurm_reason}."
         )
 
     async def poll(self):
         """None while the job lives (or its state is unknown); a status once Slurm says it ended."""
         if not self.job_id:
             return 0
+        self._ensure_reconciler()
         try:
             job = await self._job()
         except SlurmCommandError as e:
@@ -557,17 +653,23 @@ class SlurmBackend(BackendMixin, Spawner):
         if job is not None:
             self._missing_since, self._missing_checks = None, 0
             state = job_state(job)
-            if state in LIVE_STATES:
-                return None
-            self.end_reason = job_reason(job)
-            self.log.info("%s: job %d ended: %s", self._label, self.job_id, self.end_reason)
+            if state == "PENDING" and self.node:  # requeued after it ran (a launch lost with its node)
+                self.slurm_reason = f"requeued after losing node {self.node}: {job_reason(job)}"
+                self.log.warning("%s: job %d %s", self._label, self.job_id, self.slurm_reason)
+                return f"node {self.node} lost: {self.slurm_reason}"
+            if state in LIVE_STATES | ENDING_STATES:
+                return None  # still running, or ending with its final state not shown yet
+            self.slurm_reason = job_reason(job)
+            self.log.info("%s: job %d ended: %s", self._label, self.job_id, self.slurm_reason)
+            if state in HOST_LOST_STATES:  # a text status: the session record says "host lost"
+                return f"node {self.node or job.get('nodes') or '?'} lost: {self.slurm_reason}"
             return exit_status(job)
         now = time.monotonic()
         if self._missing_since is None:
             self._missing_since = now
         self._missing_checks += 1
         if self._missing_checks >= 2 and now - self._missing_since >= self.gone_grace:
-            self.end_reason = "job no longer known to Slurm"
+            self.slurm_reason = "job no longer known to Slurm"
             self.log.warning(
                 "%s: job %d missing from squeue for %.0f s", self._label, self.job_id, now - self._missing_since
             )
@@ -586,6 +688,7 @@ class SlurmBackend(BackendMixin, Spawner):
         """Cancel the job and wait (briefly) until Slurm says it ended."""
         if not self.job_id:
             return
+        SlurmBackend._starting.discard(self._job_key)
         await self._cancel_quietly()
         deadline = time.monotonic() + (0 if now else 15)
         while time.monotonic() < deadline:
@@ -593,10 +696,53 @@ class SlurmBackend(BackendMixin, Spawner):
                 job = await self._job()
             except SlurmCommandError:
                 job = {}
-            if job is None or (job and job_state(job) not in LIVE_STATES | {"COMPLETING"}):
+            if job is None or (job and job_state(job) not in LIVE_STATES | ENDING_STATES):
                 break
             await asyncio.sleep(0.2)
         self.log.info("%s: cancelled Slurm job %d", self._label, self.job_id)
+
+    # --- reconciliation (one loop per hub process) ----------------------------------------
+
+    def _ensure_reconciler(self) -> None:
+        if self.reconcile_interval <= 0 or SlurmBackend._reconciler_task is not None:
+            return
+        SlurmBackend._reconciler_task = asyncio.ensure_future(self._reconcile_loop())
+
+    async def _reconcile_loop(self) -> None:
+        delay = min(60.0, self.reconcile_interval)
+        while True:
+            await asyncio.sleep(delay)
+            delay = self.reconcile_interval
+            try:
+                await self.reconcile()
+            except Exception:
+                self.log.exception("Reconciliation of Slurm jobs failed")
+
+    async def reconcile(self) -> list[int]:
+        """Cancel this hub's orphaned jobs (see :func:`orphan_jobs`); their ids.
+
+        Without the hub's database, or when squeue fails, nothing is cancelled.
+        """
+        hub_db = self.db if self.db is not None else getattr(self.context, "hub_db", None)
+        if hub_db is None:
+            return []
+        try:
+            jobs = await self.commands.jobs()
+        except SlurmCommandError as e:
+            self.log.warning("Slurm reconciliation skipped: %s", e)
+            return []
+        known = known_jobs_from_hub_db(hub_db)
+        SlurmBackend._starting -= known  # the hub has saved these: its database speaks for them now
+        known |= SlurmBackend._starting
+        orphans = orphan_jobs(jobs, self.hub_id, known, time.time(), self.reconcile_grace)
+        for job_id in orphans:
+            try:
+                await self.commands.cancel(job_id)
+                self.log.warning("Cancelled orphaned Slurm job %d (%s): no such server in the hub",
+                                 job_id, jobs[job_id].get("comment"))
+            except SlurmCommandError as e:
+                self.log.warning("scancel of orphaned Slurm job %d failed: %s", job_id, e)
+        return orphans
 
     # --- state ----------------------------------------------------------------------------
 
@@ -619,6 +765,7 @@ class SlurmBackend(BackendMixin, Spawner):
     def clear_state(self):
         """Forget the job once the server is gone."""
         super().clear_state()
+        SlurmBackend._starting.discard(self._job_key)
         self.job_id = 0
         self.node = self.node_ip = ""
         self._missing_since, self._missing_checks = None, 0

@@ -10,28 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-import yaml
 
 from portal.accounting.db import Database
 from portal.accounting.models import Reservation
+from portal.accounting.sessions import END_FAILED_START, END_HOST_LOST, END_STOPPED_BY_USER, SessionLog
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
-from tests.fixtures.slurm import HOST_IP
+from tests.fixtures.slurm import hub_slurm_config
 from tests.spawner.test_trust_hub import login
 
 pytestmark = pytest.mark.slurm
-
-CATALOG = {
-    "enterprise": {
-        "display_name": "Enterprise GPU",
-        "backend": "slurm",
-        "offerings": {
-            "h100": {"model": "H100 80GB", "counts": [1, 2, 4], "price_per_hour": 2.5, "max_hours": 8,
-                     "partition": "h100", "gres": "gpu:h100"},
-            "a100": {"model": "A100 80GB", "counts": [1, 2], "price_per_hour": 1.8, "max_hours": 8,
-                     "partition": "a100", "gres": "gpu:a100"},
-        },
-    },
-}
 
 
 def launch(model: str, count: int) -> dict:
@@ -42,25 +29,23 @@ def launch(model: str, count: int) -> dict:
 def slurm_hub(hub_factory, slurm_cluster, tmp_path):  # noqa: F811  (fixture imported above)
     """A hub whose enterprise class runs on Slurm; its squeue fails while ``hiccup`` exists."""
     hub_id = f"t{uuid.uuid4().hex[:6]}"
-    catalog = tmp_path / "catalog.yaml"
-    catalog.write_text(yaml.safe_dump(CATALOG))
     hiccup = tmp_path / "squeue-fails"
     squeue = tmp_path / "squeue"
     squeue.write_text(
         f"#!/bin/sh\n[ -e {hiccup} ] && {{ echo 'squeue: socket timed out' >&2; exit 1; }}\nexec squeue \"$@\"\n"
     )
     squeue.chmod(0o755)
+    squeue_cmd = [str(squeue), "--json", "--states=all", "--me"]
+    base = hub_slurm_config(tmp_path, slurm_cluster.conf, hub_id, squeue=squeue_cmd)
     hub = hub_factory(
         extra_config="\n".join([
-            f"c.HybridSpawner.catalog_file = {str(catalog)!r}",
-            "c.HybridSpawner.backend_override = ''",
-            f"c.JupyterHub.hub_ip = {HOST_IP!r}",  # the nodes reach the hub on the bridge
+            base,
             "c.Spawner.poll_interval = 1",
-            f"c.SlurmCommands.env = {{'SLURM_CONF': {slurm_cluster.conf!r}}}",
-            f"c.SlurmCommands.squeue = [{str(squeue)!r}, '--json', '--states=all', '--me']",
-            f"c.SlurmBackend.hub_id = {hub_id!r}",
-            f"c.SlurmBackend.home_dir_template = {str(tmp_path / 'homes' / '{username}')!r}",
+            "c.JupyterHub.allow_named_servers = True",
             "c.SlurmBackend.gone_grace = 5",
+            # the reconciler runs in every test here (it must never cancel the hub's own servers)
+            "c.SlurmBackend.reconcile_interval = 1",
+            "c.SlurmBackend.reconcile_grace = 3",
         ])
     )
     hub.hub_id, hub.hiccup = hub_id, hiccup
@@ -80,6 +65,15 @@ def reservations(hub, user: str) -> list[tuple[str, str | None]]:
     try:
         with db.session() as s:
             return [(r.state, r.close_reason) for r in s.query(Reservation).filter_by(username=user)]
+    finally:
+        db.dispose()
+
+
+def session_records(hub, user: str) -> list:
+    """``user``'s provenance records, newest first."""
+    db = Database(hub.db_url)
+    try:
+        return SessionLog(db).sessions(user)
     finally:
         db.dispose()
 
@@ -114,6 +108,11 @@ def test_spawn_on_a_node_then_stop(slurm_hub, slurm_cluster):
     # the proxy reaches the server, which only listens inside node hhn1's namespace
     assert through_proxy(hub, user, token).status_code == 200
     assert reservations(hub, user) == [("running", None)]
+    # provenance: node, job id, the GRES with the GPU indices Slurm allocated, partition
+    (rec,) = session_records(hub, user)
+    assert (rec.host, rec.backend, rec.stopped_at) == ("hhn1", "slurm", None)
+    assert rec.details["job_id"] == job["job_id"] and rec.details["partition"] == "h100"
+    assert rec.details["gres"] == ["gpu:h100:2(IDX:0-1)"]
     # the job's environment is the one the hub built: no login shell (`su -`, whose profile
     # can stall a launch past BatchStartTimeout) and nothing of the hub's own environment
     env = slurm_cluster.server_env("hhn1", user)
@@ -126,6 +125,7 @@ def test_spawn_on_a_node_then_stop(slurm_hub, slurm_cluster):
     assert done["job_id"] == job["job_id"]
     assert slurm_cluster.node("hhn1")["gres_used"].startswith("gpu:h100:0")
     assert [s for s, _ in reservations(hub, user)] == ["closed"]
+    assert session_records(hub, user)[0].end_reason == END_STOPPED_BY_USER
 
 
 def test_capacity_is_429_with_retry_after(slurm_hub):
@@ -185,16 +185,72 @@ def test_picker_shows_free_gpus_from_slurm(slurm_hub):
     hub.stop_server("dave")
 
 
+def submit_tagged(slurm_cluster, hub_id: str, user: str, partition: str) -> int:
+    """A job carrying hub ``hub_id``'s tags for ``user``, submitted by hand (no hub knows it)."""
+    out = slurm_cluster.cmd(
+        "sbatch", "--parsable", f"--job-name=hybridhub-{hub_id}-{user}", f"--comment=hybridhub:{hub_id}:{user}:",
+        f"--partition={partition}", "--time=5", "--output=/dev/null", "--wrap=sleep 300",
+    )
+    return int(out.strip().split(";")[0])
+
+
+def job_states(slurm_cluster, *job_ids: int) -> dict[int, str]:
+    return {j["job_id"]: j["job_state"] for j in slurm_cluster.jobs() if j["job_id"] in job_ids}
+
+
+def test_reconciler_cancels_this_hubs_orphans_only(slurm_hub, slurm_cluster):
+    hub, user = slurm_hub, "carol"
+    other_hub = f"o{uuid.uuid4().hex[:6]}"
+    token = hub.user_token(user)
+    assert hub.spawn(user, launch("h100", 1), token=token).status_code in (201, 202)  # starts the loop
+    hub.wait_ready(user)
+    (server_job,) = slurm_cluster.jobs(f"hybridhub-{hub.hub_id}-{user}")
+    orphan = submit_tagged(slurm_cluster, hub.hub_id, "ghost", "h100")  # this hub's tag, no such server
+    twin = submit_tagged(slurm_cluster, hub.hub_id, user, "a100")  # carol's tag, but not her server's job
+    foreign = submit_tagged(slurm_cluster, other_hub, "ghost", "a100")
+    try:
+        deadline = time.monotonic() + 30  # grace 3 s + passes every 1 s
+        while time.monotonic() < deadline:
+            states = job_states(slurm_cluster, orphan, twin, foreign, server_job["job_id"])
+            if states[orphan] == "CANCELLED" and states[twin] == "CANCELLED":
+                break
+            time.sleep(0.5)
+        assert states[orphan] == states[twin] == "CANCELLED", (states, hub.log()[-3000:])
+        assert hub.log().count("Cancelled orphaned Slurm job") == 2
+        time.sleep(3)  # more passes: the other hub's job and the hub's own server stay
+        states = job_states(slurm_cluster, foreign, server_job["job_id"])
+        assert states == {foreign: "RUNNING", server_job["job_id"]: "RUNNING"}, states
+        assert hub.server_model(user)["ready"]
+        assert through_proxy(hub, user, token).status_code == 200
+        hub.stop_server(user)
+    finally:
+        slurm_cluster.cmd("scancel", str(foreign), str(orphan), str(twin))
+    assert job_states(slurm_cluster, foreign)[foreign] in ("CANCELLED", "COMPLETING")
+
+
 # Last on purpose: it kills a node, and a revived node may still fail the next jobs for a few seconds.
 def test_node_crash_during_spawn_gives_node_fail_and_other_node_survives(slurm_hub, slurm_cluster):
     hub = slurm_hub
     try:
         assert hub.spawn("dave", launch("a100", 1)).status_code in (201, 202)
         hub.wait_ready("dave")
+        # carol's named server "lab" runs on hhn1 when it dies
+        assert hub.spawn("carol", launch("h100", 1), server="lab").status_code in (201, 202)
+        hub.wait_ready("carol", "lab")
+        (lab_job,) = slurm_cluster.jobs(f"hybridhub-{hub.hub_id}-carol-lab")
+        assert lab_job["comment"] == f"hybridhub:{hub.hub_id}:carol:lab" and lab_job["nodes"] == "hhn1"
         token = hub.user_token("carol")
         with ThreadPoolExecutor(1) as pool:  # the POST waits up to slow_spawn_timeout: crash meanwhile
             posted = pool.submit(hub.spawn, "carol", launch("h100", 1), token=token)
             slurm_cluster.wait_job(f"hybridhub-{hub.hub_id}-carol", {"RUNNING"}, timeout=60)
+            # launched (a kill while slurmd still launches it makes Slurm requeue it instead of NODE_FAIL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    slurm_cluster.server_env("hhn1", "carol", server="")
+                    break
+                except LookupError:
+                    time.sleep(0.05)
             t0 = time.monotonic()
             slurm_cluster.kill_node("hhn1")  # before its server can answer
             r = posted.result()
@@ -203,8 +259,15 @@ def test_node_crash_during_spawn_gives_node_fail_and_other_node_survives(slurm_h
         lost_after = time.monotonic() - t0
         assert "NODE_FAIL" in message, message
         assert hub.server_model("carol") is None
-        assert [s for s, _ in reservations(hub, "carol")] == ["closed"]
         print(f"node kill -> NODE_FAIL on the spawn page: {lost_after:.1f} s")
+        # the running server on the lost node: the hub finds it gone, its record says host lost
+        hub.wait_stopped("carol", "lab", timeout=60)
+        records = {r.server_name: r for r in session_records(hub, "carol")}
+        failed, lost = records[""], records["lab"]
+        assert failed.end_reason == END_FAILED_START and "NODE_FAIL" in failed.end_detail, failed
+        assert (lost.end_reason, lost.host, lost.details["job_id"]) == (END_HOST_LOST, "hhn1", lab_job["job_id"])
+        assert "hhn1 lost: NODE_FAIL" in lost.end_detail and lost.stopped_at is not None, lost
+        assert [s for s, _ in reservations(hub, "carol")] == ["closed", "closed"]
         # the server on the other node keeps running
         assert hub.server_model("dave")["ready"]
         assert through_proxy(hub, "dave", hub.user_token("dave")).status_code == 200

@@ -15,12 +15,14 @@ from spawner.backends.slurm import (
     exit_status,
     free_gres,
     job_reason,
+    orphan_jobs,
     parse_gres,
     safe_tag,
     sbatch_script,
     slurm_time,
 )
 from spawner.catalog import CatalogError, load_catalog
+from spawner.provenance import end_reason
 
 
 def spec(**kw) -> JobSpec:
@@ -198,11 +200,52 @@ async def test_only_slurm_saying_it_ended_or_a_long_absence_ends_it(tmp_path):
         tmp_path, "fail", json.dumps({"jobs": [{"job_id": 42, "job_state": "NODE_FAIL", "state_reason": "None"}]})
     )
     empty = squeue_printing(tmp_path, "empty", json.dumps({"jobs": []}))
+    ending = squeue_printing(tmp_path, "ending", json.dumps({"jobs": [{"job_id": 42, "job_state": "COMPLETING"}]}))
+    assert await slurm_backend(ending).poll() is None  # its final state (NODE_FAIL?) is not known yet
+    pending = squeue_printing(
+        tmp_path, "pending", json.dumps({"jobs": [{"job_id": 42, "job_state": "PENDING", "state_reason": "Resources"}]})
+    )
+    assert await slurm_backend(pending).poll() is None  # not started yet
+    b = slurm_backend(pending)
+    b.node = "hhn1"  # it ran there, and is pending again: requeued after its node went away
+    assert await b.poll() == "node hhn1 lost: requeued after losing node hhn1: PENDING (Resources)"
     assert await slurm_backend(running).poll() is None
     b = slurm_backend(failed)
-    assert await b.poll() == 1 and b.end_reason == "NODE_FAIL"
+    status = await b.poll()
+    assert b.slurm_reason == "NODE_FAIL" and "lost: NODE_FAIL" in status  # a text status: host lost
+    assert end_reason(b, status) == ("host lost", status)
     b = slurm_backend(empty, gone_grace=3600)
     assert [await b.poll() for _ in range(3)] == [None, None, None]  # missing, but within the grace
     b = slurm_backend(empty, gone_grace=0)
     assert await b.poll() is None  # the first absence is never enough
-    assert await b.poll() == 1 and "no longer known" in b.end_reason
+    assert await b.poll() == 1 and "no longer known" in b.slurm_reason
+
+
+def test_orphans_are_only_this_hubs_live_unknown_jobs_past_the_grace():
+    def job(comment, state="RUNNING", submitted=1000):
+        return {"comment": comment, "job_state": state, "submit_time": submitted}
+
+    jobs = {
+        1: job("hybridhub:hub1:alice:"),  # known to the hub
+        2: job("hybridhub:hub1:alice:"),  # same user, another job id: an orphan
+        3: job("hybridhub:hub1:bob:gpu"),  # unknown server: an orphan
+        4: job("hybridhub:hub2:alice:"),  # another hub's
+        5: job(""),  # untagged
+        6: job("hybridhub:hub1:carol:", state="COMPLETED"),  # ended
+        7: job("hybridhub:hub1:dave:", submitted=1095),  # too new: its spawn may not have saved it yet
+        8: job("hybridhub:hub1:erin:", state="PENDING", submitted={"set": True, "number": 900}),
+        9: job("hybridhub:hub10:alice:"),  # a hub id that merely starts with ours
+    }
+    known = {("alice", "", 1)}
+    assert orphan_jobs(jobs, "hub1", known, now=1100, grace=10) == [2, 3, 8]
+    assert orphan_jobs(jobs, "hub1", known, now=1200, grace=10) == [2, 3, 7, 8]
+    assert orphan_jobs(jobs, "hub3", known, now=1200, grace=10) == []
+
+
+def test_every_configurable_trait_has_help():
+    from spawner.backends.slurm import SlurmCommands
+
+    for cls in (SlurmBackend, SlurmCommands):
+        own = list(cls.class_own_traits(config=True))
+        assert {"reconcile_interval", "reconcile_grace"} <= set(own) or cls is SlurmCommands
+        assert [n for n in own if not cls.class_traits()[n].help] == []

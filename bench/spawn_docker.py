@@ -1,9 +1,10 @@
 """Spawn latency on the docker backend: through the hub vs a plain ``docker run``.
 
-Measures, in the same run and interleaved, (a) POST /hub/api/users/<u>/server to
-``ready`` through a real hub (jupyterhub_config.py with every class on the docker
-backend, GPU hosts = local Docker Engines from scripts/docker-engines.sh), and
-(b) ``docker run`` of the same image and command to its first answered request.
+Measures, in the same run and interleaved: (a) the floor, ``docker run`` of the same image
+and command to its first answered request; (b) the peer, plain JupyterHub + DockerSpawner on
+the same engine (bench/peer_dockerspawner_config.py); (c) hybridhub, POST
+/hub/api/users/<u>/server to ``ready`` (jupyterhub_config.py with every class on the docker
+backend, GPU hosts = local Docker Engines from scripts/docker-engines.sh).
 Then 20 concurrent launches of 1 x H100 onto a host with 8: wall-clock time and
 how many succeeded (8 expected; the rest answered 429 with Retry-After).
 
@@ -14,6 +15,7 @@ how many succeeded (8 expected; the rest answered 429 with Retry-After).
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import subprocess
 import sys
 import tempfile
@@ -45,7 +47,9 @@ from tests.fixtures.hub import Hub, free_port  # noqa: E402
 
 OPTIONS = {"class": "enterprise", "model": "h100", "count": 1, "hours": 1, "group": "course-ml101"}
 CONCURRENT = 20
-FLOOR, OURS = "a: plain docker run to first answer", "c: hybridhub spawn (docker)"  # no DockerSpawner peer yet
+FLOOR, PEER, OURS = ("a: plain docker run to first answer", "b: plain JupyterHub + DockerSpawner",
+                     "c: hybridhub spawn (docker)")
+PEER_CONFIG = Path(__file__).resolve().parent / "peer_dockerspawner_config.py"
 
 
 def plain_docker_run(hub: Hub, engine: str) -> float:
@@ -118,18 +122,28 @@ def main() -> None:
     hosts = [h100_host(engines.urls["h1"])]
     users = [f"load{i:02d}" for i in range(CONCURRENT)]
     with tempfile.TemporaryDirectory(prefix="hh-bench-docker-") as tmp:
-        hub = Hub(Path(tmp), extra_config=hub_docker_config(hosts, hub_label=label, users=users))
-        hub.start()
+        (Path(tmp) / "ours").mkdir()
+        (Path(tmp) / "peer").mkdir()
+        hub = Hub(Path(tmp) / "ours", extra_config=hub_docker_config(hosts, hub_label=label, users=users))
+        peer_env = {"image": TEST_IMAGE, "engine": engines.urls["h1"], "binds": host_binds(),
+                    "cmd": singleuser_cmd(), "port": free_port()}
+        peer = Hub(Path(tmp) / "peer", config_file=PEER_CONFIG,
+                   env={"HYBRIDHUB_BENCH_DOCKER": json.dumps(peer_env)})
         try:
+            hub.start()
+            peer.start()
             times = interleaved(runs, {
                 FLOOR: lambda: plain_docker_run(hub, engines.urls["h1"]),
+                PEER: lambda: through_hub(peer, "alice", None),
                 OURS: lambda: through_hub(hub, "alice", OPTIONS),
             })
             wall, ok, codes = concurrent_launches(hub, users)
         finally:
-            hub.stop()
+            for h in (hub, peer):
+                h.stop()
             remove_labelled(engines, label)
-    report(f"rounds: {runs} (a, c each), interleaved, same engine", times, [(OURS, FLOOR, 1.2)], spread_target=1.3)
+    report(f"rounds: {runs} (a, b, c each), interleaved, same engine", times,
+           [(OURS, FLOOR, 1.10), (OURS, PEER, 1.0), (PEER, FLOOR, float("inf"))], spread_target=1.3)
     print(
         f"{CONCURRENT} concurrent launches of 1 x H100 onto 8 GPUs: wall {wall:.2f} s, "
         f"{ok} succeeded, status codes {codes}"

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from markupsafe import Markup  # noqa: E402
 
 from portal.accounting.dashboard import Scope, dashboard  # noqa: E402
-from portal.accounting.ledger import month_start  # noqa: E402
+from portal.accounting.periods import month_start  # noqa: E402
 from portal.accounting.reports import refresh_rollup, totals_by  # noqa: E402
 from portal.web.base import Viewer, _jinja_env  # noqa: E402
 from portal.web.charts import stacked_bars  # noqa: E402

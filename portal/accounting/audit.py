@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import JSON, DateTime, Index, Integer, String, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from portal.accounting.budgets import BudgetChange
 from portal.accounting.db import Database
-from portal.accounting.ledger import BudgetChange
 from portal.accounting.models import Base, utcnow
 
 

@@ -19,7 +19,8 @@ import io
 import math
 from datetime import datetime
 
-from portal.accounting.ledger import Accounting, AuditHook, BudgetChange, BudgetError, BudgetSpec
+from portal.accounting.budgets import AuditHook, BudgetChange, BudgetError, BudgetSpec
+from portal.accounting.ledger import Accounting
 
 REQUIRED = ("group", "resource_class", "amount")
 OPTIONAL = (

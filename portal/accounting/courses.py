@@ -46,8 +46,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from portal.accounting.db import Database
-from portal.accounting.ledger import Accounting, AdmissionError, ceil_units, cost, fmt_amount, to_datetime
+from portal.accounting.ledger import Accounting, AdmissionError, fmt_amount
 from portal.accounting.models import Base, Group, Reservation, to_units, utcnow
+from portal.accounting.periods import ceil_units, cost, to_datetime
 
 
 class Offering(Protocol):

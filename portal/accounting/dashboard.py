@@ -18,8 +18,8 @@ from portal.accounting.allocations import GpuAllocation
 from portal.accounting.db import Database
 from portal.accounting.demand import refusals_by_reason
 from portal.accounting.forecast import forecasts
-from portal.accounting.ledger import month_start, next_month
 from portal.accounting.models import Budget, Group, Reservation
+from portal.accounting.periods import month_start, next_month
 from portal.accounting.reports import UsageFilter, UsageRow, usage_report
 
 #: Budgets at or above this share used are listed as "near their limit".

@@ -24,8 +24,9 @@ from typing import Any
 from sqlalchemy import select
 
 from portal.accounting.courses import TIME_EPS, WARN_MINUTES, in_session
-from portal.accounting.ledger import WARN_LEVELS, Accounting, fmt_amount, to_datetime
+from portal.accounting.ledger import WARN_LEVELS, Accounting, fmt_amount
 from portal.accounting.models import Notice, to_units
+from portal.accounting.periods import to_datetime
 from portal.accounting.sessions import SessionLog
 
 #: Hardware fields of a session record shown in the Lab's session panel.

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
+from portal.accounting.budgets import AuditHook, BudgetChange
 from portal.accounting.db import Database
-from portal.accounting.ledger import AuditHook, BudgetChange
 from portal.accounting.models import Group
 
 MAX_CONFIDENTIAL_DIRS = 64

@@ -21,20 +21,11 @@ from tornado import web
 
 from portal.accounting import audit
 from portal.accounting.budget_csv import CsvImportError, import_budgets
+from portal.accounting.budgets import BudgetChange, BudgetError, BudgetSpec
 from portal.accounting.db import Database
 from portal.accounting.forecast import forecasts
-from portal.accounting.ledger import (
-    GROUP_KINDS,
-    PERIODS,
-    UNITS,
-    BudgetChange,
-    BudgetError,
-    BudgetSpec,
-    budget_left,
-    period_used,
-    resets_at_for,
-)
-from portal.accounting.models import Budget, Group
+from portal.accounting.models import GROUP_KINDS, PERIODS, UNITS, Budget, Group
+from portal.accounting.periods import budget_left, period_used, resets_at_for
 from portal.web.base import (
     MAX_CSV_BYTES,
     ApiError,

@@ -24,8 +24,9 @@ from portal.accounting.courses import (
     session_launch,
     sessions_for_user,
 )
-from portal.accounting.ledger import Accounting, to_datetime
+from portal.accounting.ledger import Accounting
 from portal.accounting.models import Budget, Reservation
+from portal.accounting.periods import to_datetime
 from portal.hubapi import HubApiError
 from portal.services.course_scheduler import CourseScheduler, same_hardware
 from spawner.catalog import load_catalog

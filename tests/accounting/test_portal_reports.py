@@ -14,7 +14,8 @@ import pytest
 
 from portal.accounting import audit
 from portal.accounting.budget_csv import CsvImportError, import_budgets, parse_budgets
-from portal.accounting.ledger import Accounting, BudgetError
+from portal.accounting.budgets import BudgetError
+from portal.accounting.ledger import Accounting
 from portal.accounting.reports import (
     CSV_COLUMNS,
     UsageFilter,

@@ -24,13 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from sqlalchemy import BigInteger, select, type_coerce
 
 from portal.accounting.db import Database
-from portal.accounting.ledger import (
-    Accounting,
-    NotMember,
-    QuotaExceeded,
-    month_start,
-    to_datetime,
-)
+from portal.accounting.ledger import Accounting, NotMember, QuotaExceeded
 from portal.accounting.models import (
     Budget,
     Group,
@@ -38,6 +32,7 @@ from portal.accounting.models import (
     UsageEntry,
     UserUsage,
 )
+from portal.accounting.periods import month_start, to_datetime
 
 RACE_SECONDS = float(os.environ.get("HYBRIDHUB_RACE_SECONDS", "60"))
 WORKERS = 4

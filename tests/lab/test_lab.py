@@ -25,8 +25,9 @@ from hybridhub_lab.upstream import PortalUnavailable, SessionSource, session_url
 from portal.accounting.courses import CourseSchedule, reservation_key
 from portal.accounting.db import Database
 from portal.accounting.lab_session import session_state
-from portal.accounting.ledger import Accounting, to_datetime
+from portal.accounting.ledger import Accounting
 from portal.accounting.models import Budget
+from portal.accounting.periods import to_datetime
 from portal.hubconfig import DEMO_USER_PASSWORD
 from portal.web.app import SERVICE_NAME
 from portal.web.lab import may_read_session

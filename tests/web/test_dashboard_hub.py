@@ -17,8 +17,8 @@ import requests
 
 from portal.accounting.courses import CourseSchedule
 from portal.accounting.demand import record_refusal
-from portal.accounting.ledger import month_start
 from portal.accounting.models import utcnow
+from portal.accounting.periods import month_start
 from portal.accounting.trust import TrustPolicy
 from portal.hubconfig import DEMO_ADMIN_PASSWORD, DEMO_USER_PASSWORD
 from portal.web.app import SERVICE_NAME

@@ -27,6 +27,10 @@ CONF="$BASE/etc/slurm.conf"
 # name:last-octet:gres-type:gres-count:partition
 NODES=("hhn1:11:h100:4:h100" "hhn2:12:a100:2:a100")
 
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=netns.sh
+source "$HERE/netns.sh"
+
 log() { echo "slurm.sh: $*" >&2; }
 export SLURM_CONF="$CONF"
 
@@ -117,21 +121,11 @@ EOF
 }
 
 make_network() {
-    ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
-    [[ "$(ip addr show dev "$BRIDGE")" == *"inet $NET.1/"* ]] || ip addr add "$NET.1/24" dev "$BRIDGE"
-    ip link set "$BRIDGE" up
+    netns_bridge "$BRIDGE" "$NET"
     local spec name octet
     for spec in "${NODES[@]}"; do
         IFS=: read -r name octet _ <<< "$spec"
-        [ -e "/run/netns/$name" ] || ip netns add "$name"
-        if ! ip link show "v$name" >/dev/null 2>&1; then
-            ip link add "v$name" type veth peer name eth0 netns "$name"
-            ip link set "v$name" master "$BRIDGE" up
-        fi
-        ip -n "$name" link set lo up
-        [[ "$(ip -n "$name" addr show dev eth0)" == *"inet $NET.$octet/"* ]] ||
-            ip -n "$name" addr add "$NET.$octet/24" dev eth0
-        ip -n "$name" link set eth0 up
+        netns_node "$BRIDGE" "$NET" "$name" "$octet"
     done
 }
 
@@ -156,8 +150,7 @@ start_node() {
     local name=$1
     if pid_alive "$BASE/run/slurmd-$name.pid"; then return 0; fi
     rm -f "$BASE/run/slurmd-$name.pid"
-    setsid nsenter --net="/run/netns/$name" unshare --uts \
-        sh -c "hostname $name && exec slurmd -D -N $name -f $CONF" \
+    setsid bash -c "source '$HERE/netns.sh' && netns_run $name slurmd -D -N $name -f '$CONF'" \
         >>"$BASE/log/slurmd-$name.out" 2>&1 < /dev/null &
 }
 
@@ -179,11 +172,8 @@ wait_nodes_idle() {
 }
 
 kill_namespace() { # kill -9 every process in the node's network namespace
-    local name=$1 pid
-    [ -e "/run/netns/$name" ] || return 0
-    for pid in $(ip netns pids "$name" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-    for _ in $(seq 1 50); do [ -z "$(ip netns pids "$name" 2>/dev/null)" ] && break; sleep 0.1; done
-    rm -f "$BASE/run/slurmd-$name.pid"
+    netns_kill "$1"
+    rm -f "$BASE/run/slurmd-$1.pid"
 }
 
 stop_all() {
@@ -196,12 +186,9 @@ stop_all() {
         kill -9 "$pid" 2>/dev/null || true
         rm -f "$BASE/run/slurmctld.pid"
     fi
-    for spec in "${NODES[@]}"; do
-        name=${spec%%:*}
-        ip link del "v$name" 2>/dev/null || true
-        [ -e "/run/netns/$name" ] && ip netns del "$name"
-    done
-    ip link del "$BRIDGE" 2>/dev/null || true
+    local names=()
+    for spec in "${NODES[@]}"; do names+=("${spec%%:*}"); done
+    netns_delete "$BRIDGE" "${names[@]}"
     if [ -f /run/munge/munged.pid ]; then
         kill "$(cat /run/munge/munged.pid)" 2>/dev/null || true
     fi

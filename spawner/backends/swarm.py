@@ -160,6 +160,8 @@ class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
 
     node_name = Unicode("", help="Hostname of the node running the task (state).")
 
+    node_id = Unicode("", help="Swarm node id of the node running the task (state).")
+
     placement_key = ("node", "node_name")
 
     @default("ready_poll_interval")
@@ -302,6 +304,7 @@ class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
 
     async def _record_gpus(self, task: dict) -> None:
         node = await self.docker("inspect_node", task["NodeID"])
+        self.node_id = task["NodeID"]
         self.node_name = node["Description"]["Hostname"]
         addr = node.get("Status", {}).get("Addr") or "127.0.0.1"
         self.ip = "127.0.0.1" if addr in ("0.0.0.0", "") else addr
@@ -362,6 +365,49 @@ class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
 
     def _unreachable(self, exc: BaseException) -> str:
         return "swarm manager unreachable"
+
+    async def _node_lost(self) -> str | None:
+        """Why the node running the task is gone (down, or no longer in the swarm); None if it is not."""
+        if not self.node_id:
+            return None
+        try:
+            node = await self.docker("inspect_node", self.node_id)
+        except NotFound:
+            return f"node {self.node_name} lost: it left the swarm"
+        except Exception as e:
+            if engine_down(e):
+                return None  # poll() reports the manager unreachable
+            raise
+        status = node.get("Status") or {}
+        if status.get("State") in ("down", "disconnected"):
+            return f"node {self.node_name} lost: {status.get('Message') or status['State']}"
+        return None
+
+    async def poll(self):
+        """None while running; a text status once the task's node is down (``host lost``) or it ended.
+
+        Swarm marks a crashed node ``down`` after a few missed heartbeats, but never fails a
+        task it can no longer see; without this check the server would look alive.
+        """
+        lost = await self._node_lost()
+        if lost:
+            self.log.warning("Server %s: %s", self._log_name, lost)
+            await self._release(lost)
+            return lost
+        return await super().poll()
+
+    def _placement_state(self) -> dict:
+        return {**super()._placement_state(), "node_id": self.node_id}
+
+    def load_state(self, state):
+        """Restore what :meth:`get_state` saved, with the node id."""
+        super().load_state(state)
+        self.node_id = state.get("node_id", "") or ""
+
+    def clear_state(self):
+        """Forget the node too."""
+        super().clear_state()
+        self.node_id = ""
 
     async def stop(self, now=False):
         """Remove the service and release its GPU records."""

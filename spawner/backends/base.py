@@ -41,6 +41,42 @@ class LaunchContext:
     hub_db: object = None  #: the hub's own database session (who owns which server)
 
 
+class ProgressFeed:
+    """The progress events of one ``start()``, followed live by the hub's spawn page."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.done = False
+        self._changed = asyncio.Event()
+
+    def emit(self, progress: int, message: str) -> None:
+        """Add an event (``progress`` 0-100)."""
+        self.events.append({"progress": progress, "message": message})
+        self._changed.set()
+
+    def finish(self) -> None:
+        """The start is over: followers return once they have every event."""
+        self.done = True
+        self._changed.set()
+
+    async def follow(self):
+        """Every event, as it is emitted, until :meth:`finish`."""
+        sent = 0
+        while True:
+            while sent < len(self.events):
+                yield self.events[sent]
+                sent += 1
+            if self.done:
+                return
+            self._changed.clear()
+            if sent < len(self.events):
+                continue
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=1)
+            except TimeoutError:
+                pass
+
+
 async def answers_http(ip: str, port: int, path: str, timeout: float = 2.0) -> bool:
     """Whether a server at ``ip:port`` answers ``GET path`` with an HTTP status line (any status).
 
@@ -73,6 +109,30 @@ class BackendMixin(HasTraits):
     offering = Any(help="The catalog Offering being launched (set by HybridSpawner).")
     request = Any(help="The validated LaunchRequest (set by HybridSpawner).")
     context = Any(help="The LaunchContext: reservation id and databases (set by HybridSpawner).")
+
+    #: The current start's progress events (backends that report stages open one in ``start()``).
+    _feed: ProgressFeed | None = None
+
+    def _open_feed(self) -> ProgressFeed:
+        """A fresh feed for this start (call first thing in ``start()``; ``finish()`` it at the end)."""
+        self._feed = ProgressFeed()
+        return self._feed
+
+    def _emit(self, progress: int, message: str) -> None:
+        """Tell the spawn page (and the log) how the start is going."""
+        if self._feed is None:
+            self._open_feed()
+        self._feed.emit(progress, message)
+        self.log.info("%s: %s", getattr(self, "_label", type(self).__name__), message)
+
+    async def progress(self):
+        """The current start's events as they come; the spawner's own when the backend keeps none."""
+        if self._feed is None:
+            async for event in super().progress():
+                yield event
+            return
+        async for event in self._feed.follow():
+            yield event
 
     @classmethod
     async def free_now(cls, offering: Offering, config: Config) -> int | None:

@@ -209,12 +209,53 @@ def job_tag(job: Mapping[str, Any]) -> tuple[str, str, str] | None:
     return parts[1], parts[2], parts[3]
 
 
-def submit_time(job: Mapping[str, Any]) -> float | None:
-    """The job's submit time (epoch seconds; 22.05 gives a number, later versions ``{"number": ...}``)."""
-    t = job.get("submit_time")
+def _epoch(job: Mapping[str, Any], field: str) -> float | None:
+    """A time field of a job (epoch seconds; 22.05 gives a number, later versions ``{"number": ...}``)."""
+    t = job.get(field)
     if isinstance(t, dict):
         t = t.get("number") if t.get("set", True) else None
     return float(t) if isinstance(t, (int, float)) and t > 0 else None
+
+
+def submit_time(job: Mapping[str, Any]) -> float | None:
+    """The job's submit time (epoch seconds)."""
+    return _epoch(job, "submit_time")
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, dict):
+        value = value.get("number", 0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def queue_position(jobs: Iterable[Mapping[str, Any]], job: Mapping[str, Any]) -> int:
+    """1 + the PENDING jobs of the same partition that Slurm will consider before ``job``.
+
+    Slurm schedules a partition's pending jobs by priority, then job id (among the jobs
+    squeue shows the hub).
+    """
+    part, prio, jid = job.get("partition"), _number(job.get("priority")), int(job.get("job_id", 0))
+    ahead = sum(
+        1
+        for other in jobs
+        if job_state(other) == "PENDING"
+        and other.get("partition") == part
+        and int(other.get("job_id", 0)) != jid
+        and (_number(other.get("priority")), -int(other.get("job_id", 0))) > (prio, -jid)
+    )
+    return ahead + 1
+
+
+def queue_message(jobs: Iterable[Mapping[str, Any]], job: Mapping[str, Any]) -> str:
+    """What the spawn page says of a queued job: position, Slurm's estimated start, its reason."""
+    where = f" in partition {job['partition']}" if job.get("partition") else ""
+    start = _epoch(job, "start_time")
+    when = (
+        "Slurm estimates the start at " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(start))
+        if start
+        else "no start estimate from Slurm yet"
+    )
+    return f"Queued{where}: position {queue_position(jobs, job)}, {when} ({job_reason(job)})"
 
 
 def orphan_jobs(
@@ -424,7 +465,9 @@ class SlurmBackend(BackendMixin, Spawner):
     fail_fast = Bool(
         True,
         help="Refuse a launch with 429 and Retry-After when Slurm shows too few free GRES of the "
-        "offering right now (instead of queueing it).",
+        "offering right now. False: submit it anyway and let it queue; the spawn page shows its "
+        "queue position and Slurm's estimated start until it runs (raise pending_timeout and the "
+        "hub's Spawner.start_timeout to how long a user may wait).",
     ).tag(config=True)
 
     retry_after = Int(60, help="Seconds in the Retry-After header of a refused launch.").tag(config=True)
@@ -564,7 +607,13 @@ class SlurmBackend(BackendMixin, Spawner):
 
     async def start(self):
         """Submit the job, wait for it to run on a node, return once the server answers."""
+        feed = self._open_feed()
+        try:
+            return await self._start()
+        finally:
+            feed.finish()
 
+    async def _start(self):
         self._ensure_reconciler()
         off, req = self.offering, self.request
         if off is None or not off.gres:
@@ -589,7 +638,7 @@ class SlurmBackend(BackendMixin, Spawner):
         except SlurmCommandError as e:
             self.log.error("%s: sbatch failed: %s", self._label, e)
             raise user_error(503, "The Slurm cluster did not accept the job; please try again later.") from None
-        self.log.info("%s: submitted Slurm job %d (%s x%d)", self._label, self.job_id, off.gres, count)
+        self._emit(10, f"Submitted Slurm job {self.job_id} ({off.gres} x{count}, partition {off.partition or 'default'})")
         starting = self._job_key
         SlurmBackend._starting.add(starting)  # known until the hub's database has it, or the job ends
         try:
@@ -603,13 +652,18 @@ class SlurmBackend(BackendMixin, Spawner):
 
         submitted = time.monotonic()
         job: dict | None = None
+        queued = ""
         while True:
             try:
-                job = await self._job()
+                jobs = await self.commands.jobs()
+                job = jobs.get(self.job_id)
             except SlurmCommandError as e:
                 self.log.warning("%s: squeue failed while starting (%s); retrying", self._label, e)
                 job = None
             state = job_state(job) if job else ""
+            if state == "PENDING" and queue_message(jobs.values(), job) != queued:
+                queued = queue_message(jobs.values(), job)
+                self._emit(20, queued)
             if state == "RUNNING" and job.get("batch_host") or state == "RUNNING" and job.get("nodes"):
                 break
             if job and state not in LIVE_STATES | ENDING_STATES:
@@ -627,10 +681,11 @@ class SlurmBackend(BackendMixin, Spawner):
         self._partition = job.get("partition", "")
         self._gres_detail = list(job.get("gres_detail") or [])
         self.node_ip = await self._node_address(self.node)
-        self.log.info("%s: job %d runs on %s (%s)", self._label, self.job_id, self.node, self.node_ip)
+        self._emit(60, f"Job {self.job_id} runs on {self.node}; waiting for Jupyter to answer")
         await self._wait_until_answering(self.node_ip, self.port)  # returns early if poll() sees the job end
         if self.slurm_reason:
             raise self._ended_error(before="before its server answered")
+        self._emit(90, f"Your Jupyter server on {self.node} is answering")
         return self.node_ip, self.port
 
     def _ended_error(self, before: str):

@@ -334,7 +334,7 @@ async def test_spot_notice_warns_then_stops(moto, ec2_factory):
     assert await b.poll() is None  # warned, still running for the grace period
     assert hooked and "reclaimed by AWS" in hooked[0] and "Save your work" in hooked[0]
     assert spot_banners_for("bob") == hooked
-    assert b._events[-1]["message"] == hooked[0]
+    assert b._feed.events[-1]["message"] == hooked[0]
     now[0] += 31
     assert await b.poll() == 143  # stopped cleanly: HybridSpawner closes the usage
     assert moto.instances() == []

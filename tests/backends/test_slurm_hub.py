@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 import json
 import re
 import time
@@ -26,8 +27,11 @@ def launch(model: str, count: int) -> dict:
 
 
 @pytest.fixture
-def slurm_hub(hub_factory, slurm_cluster, tmp_path):  # noqa: F811  (fixture imported above)
-    """A hub whose enterprise class runs on Slurm; its squeue fails while ``hiccup`` exists."""
+def slurm_hub(hub_factory, slurm_cluster, tmp_path, request):  # noqa: F811  (fixture imported above)
+    """A hub whose enterprise class runs on Slurm; its squeue fails while ``hiccup`` exists.
+
+    Indirect parametrisation adds config lines.
+    """
     hub_id = f"t{uuid.uuid4().hex[:6]}"
     hiccup = tmp_path / "squeue-fails"
     squeue = tmp_path / "squeue"
@@ -46,6 +50,7 @@ def slurm_hub(hub_factory, slurm_cluster, tmp_path):  # noqa: F811  (fixture imp
             # the reconciler runs in every test here (it must never cancel the hub's own servers)
             "c.SlurmBackend.reconcile_interval = 1",
             "c.SlurmBackend.reconcile_grace = 3",
+            *getattr(request, "param", []),
         ])
     )
     hub.hub_id, hub.hiccup = hub_id, hiccup
@@ -139,6 +144,53 @@ def test_capacity_is_429_with_retry_after(slurm_hub):
     assert r.headers.get("Retry-After") == "60"
     assert "No capacity for 1 x A100 80GB" in r.json()["message"]
     hub.stop_server("dave")
+
+
+QUEUED = ["c.SlurmBackend.fail_fast = False", "c.SlurmBackend.pending_timeout = 120", "c.Spawner.start_timeout = 150"]
+
+
+def progress_until(hub, user: str, token: str, want, timeout: float = 60) -> dict:
+    """Follow the spawn page's progress stream until an event satisfies ``want``; that event."""
+    deadline = time.monotonic() + timeout
+    while (hub.server_model(user) or {}).get("pending") != "spawn":
+        assert time.monotonic() < deadline, "the spawn never became pending"
+        time.sleep(0.05)
+    with requests.get(
+        f"{hub.api_url}/users/{user}/server/progress", headers={"Authorization": f"token {token}"},
+        stream=True, timeout=timeout,
+    ) as r:
+        for line in r.iter_lines(decode_unicode=True):
+            if line and line.startswith("data:"):
+                event = json.loads(line[5:])
+                if want(event):
+                    return event
+                assert not event.get("ready") and not event.get("failed"), event
+    raise AssertionError("progress ended first")
+
+
+@pytest.mark.parametrize("slurm_hub", [QUEUED], indirect=True)
+def test_queued_launch_shows_position_and_estimated_start_then_runs(slurm_hub, slurm_cluster):
+    hub = slurm_hub
+    assert hub.spawn("dave", launch("a100", 2)).status_code in (201, 202)  # hhn2's two A100s
+    hub.wait_ready("dave")
+    token = hub.user_token("carol")
+    with ThreadPoolExecutor(1) as pool:
+        posted = pool.submit(hub.spawn, "carol", launch("a100", 1), token=token)  # queued, not 429
+        event = progress_until(hub, "carol", token, lambda e: "estimates the start" in e.get("message", ""))
+        message = event["message"]
+        assert message.startswith("Queued in partition a100: position 1, Slurm estimates the start at ")
+        assert message.endswith(")") and "(PENDING" in message, message  # Slurm's reason, once it has one
+        # Slurm's estimate: when dave's job reaches its time limit (his reserved hour)
+        stamp = re.search(r"at (\d{4}-\d\d-\d\d \d\d:\d\d) UTC", message).group(1)
+        eta = calendar.timegm(time.strptime(stamp, "%Y-%m-%d %H:%M"))
+        assert 50 * 60 < eta - time.time() < 61 * 60, message
+        (queued,) = [j for j in slurm_cluster.jobs(f"hybridhub-{hub.hub_id}-carol") if j["job_state"] == "PENDING"]
+        hub.stop_server("dave")  # frees the GPUs: the queued job starts
+        assert posted.result().status_code in (201, 202)
+    hub.wait_ready("carol", timeout=120)
+    (running,) = [j for j in slurm_cluster.jobs(f"hybridhub-{hub.hub_id}-carol") if j["job_state"] == "RUNNING"]
+    assert running["job_id"] == queued["job_id"] and running["nodes"] == "hhn2"
+    hub.stop_server("carol")
 
 
 def test_status_hiccup_keeps_the_server(slurm_hub):

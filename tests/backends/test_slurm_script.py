@@ -17,6 +17,8 @@ from spawner.backends.slurm import (
     job_reason,
     orphan_jobs,
     parse_gres,
+    queue_message,
+    queue_position,
     safe_tag,
     sbatch_script,
     slurm_time,
@@ -240,6 +242,30 @@ def test_orphans_are_only_this_hubs_live_unknown_jobs_past_the_grace():
     assert orphan_jobs(jobs, "hub1", known, now=1100, grace=10) == [2, 3, 8]
     assert orphan_jobs(jobs, "hub1", known, now=1200, grace=10) == [2, 3, 7, 8]
     assert orphan_jobs(jobs, "hub3", known, now=1200, grace=10) == []
+
+
+def test_queue_position_counts_pending_jobs_of_the_partition_ahead():
+    def job(jid, state="PENDING", part="h100", prio=100, **kw):
+        return {"job_id": jid, "job_state": state, "partition": part, "priority": prio, **kw}
+
+    mine = job(7, prio=100)
+    jobs = [
+        job(3, prio=100),  # same priority, older: ahead
+        job(9, prio=100),  # same priority, newer: behind
+        job(10, prio={"number": 200, "set": True}),  # higher priority (24.x format): ahead
+        job(4, prio=50),  # lower priority: behind
+        job(2, state="RUNNING"),  # running: not in the queue
+        job(1, part="a100", prio=900),  # another partition
+        mine,
+    ]
+    assert queue_position(jobs, mine) == 3
+    assert queue_position([mine], mine) == 1
+    eta = 1796194740  # 2026-12-02 06:59 UTC
+    assert queue_message(jobs, {**mine, "start_time": eta, "state_reason": "Resources"}) == (
+        "Queued in partition h100: position 3, Slurm estimates the start at 2026-12-02 06:59 UTC "
+        "(PENDING (Resources))"
+    )
+    assert "no start estimate from Slurm yet" in queue_message(jobs, {**mine, "start_time": 0})
 
 
 def test_every_configurable_trait_has_help():

@@ -623,41 +623,6 @@ class Ec2Backend(BackendMixin, Spawner):
         )
         return [i["InstanceId"] for i in described_instances(resp)]
 
-    # --- progress -----------------------------------------------------------------------------
-
-    _events: list[dict] | None = None
-    _events_changed: asyncio.Event | None = None
-    _start_done: bool = True
-
-    def _emit(self, progress: int, message: str) -> None:
-        if self._events is None:
-            self._events = []
-        self._events.append({"progress": progress, "message": message})
-        self.log.info("%s: %s", self._label, message)
-        if self._events_changed is not None:
-            self._events_changed.set()
-
-    async def progress(self):
-        """Each launch stage, as it happens, for the hub's spawn page."""
-        sent = 0
-        while True:
-            events = self._events or []
-            while sent < len(events):
-                yield events[sent]
-                sent += 1
-            if self._start_done:
-                return
-            if self._events_changed is None:
-                await asyncio.sleep(0.1)
-                continue
-            self._events_changed.clear()
-            if sent < len(self._events or []):
-                continue
-            try:
-                await asyncio.wait_for(self._events_changed.wait(), timeout=1)
-            except TimeoutError:
-                pass
-
     @property
     def _label(self) -> str:
         return f"{self.user.name}/{self.name}" if self.name else self.user.name
@@ -730,9 +695,7 @@ class Ec2Backend(BackendMixin, Spawner):
 
     async def start(self):
         """Launch, wait for running + private IP, then for the server to answer."""
-        self._events = []
-        self._events_changed = asyncio.Event()
-        self._start_done = False
+        feed = self._open_feed()
         self.spot_notice = None
         self._spot_notice_at = None
         clear_spot_banners(self.user.name)
@@ -754,9 +717,7 @@ class Ec2Backend(BackendMixin, Spawner):
             raise
         finally:
             secret_filter.discard(*secrets)
-            self._start_done = True
-            if self._events_changed is not None:
-                self._events_changed.set()
+            feed.finish()
 
     async def _launch(self, secrets: list[str]):
         if self.offering is None or not self.offering.instance_type:

@@ -212,3 +212,73 @@ def test_dashboard_in_chromium(portal, hub, acct, page, tmp_path):
     labels = page.locator(".vega-chart.vega-ready svg .role-axis-label text").all_text_contents()
     assert labels and not any(t.startswith("000") for t in labels)
     page.screenshot(path=str(docs_artifact("usage-admin.png", tmp_path)), full_page=True)
+
+
+def _role_page(chromium, hub, user: str, password: str = DEMO_USER_PASSWORD):
+    """A fresh Chromium context logged in as ``user``; JS errors collected in ``page.errors``."""
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    page.errors = []
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    login(page, hub.url, user, password)
+    return context, page
+
+
+def test_leader_and_student_walk_through_in_chromium(portal, hub, acct, chromium, tmp_path):
+    bid = portal.budget("lab-vision", "aws")["id"]
+    acct.set_budget(bid, amount=1.0)
+    rid = acct.admit(username="carol", group="lab-vision", resource_class="aws",
+                     model="trn1", count=1, hours=0.9)  # lab-vision's AWS budget at 90 %
+    record_refusal(acct.db, username="alice", group="course-ml101", resource_class="enterprise",
+                   model="h100", count=2, hours=1, reason="budget", message="over budget", now=utcnow())
+    record_refusal(acct.db, username="carol", group="lab-vision", resource_class="community",
+                   model="rtx4090", count=1, hours=1, reason="capacity", message="full", now=utcnow())
+    start = month_start(utcnow())
+    for user, group, rc in (("carol", "lab-vision", "enterprise"), ("alice", "course-ml101", "community")):
+        used = acct.admit(username=user, group=group, resource_class=rc, model="x", count=1, hours=0.5,
+                          price_per_hour=1.5)
+        acct.mark_running(used, start)
+        acct.release(used, "stopped", now=start + timedelta(minutes=20))  # this period's use: a chart
+    try:
+        # the leader: her group's figures, the near-limit tile leads to the group with its forecast
+        context, page = _role_page(chromium, hub, "carol")
+        try:
+            page.goto(portal.url)
+            page.wait_for_selector("#spend-chart .vega-chart.vega-ready svg", timeout=20_000)
+            assert "the leader of lab-vision" in page.locator("main, body").first.inner_text()
+            rows = page.locator(f'#tile-limits tr[data-budget="{bid}"]')
+            assert rows.count() == 1 and "lab-vision" in rows.inner_text()
+            page.screenshot(path=str(docs_artifact("dashboard-leader.png", tmp_path)), full_page=True)
+            page.click("#h-limits a")
+            page.wait_for_url(lambda url: url.endswith("/groups"))
+            group = page.locator("#group-lab-vision")
+            assert group.count() == 1 and page.locator("#group-course-ml101").count() == 0
+            assert group.locator(".runs-out").count() >= 1
+            assert page.locator("body").inner_text().count("course-ml101") == 0
+            assert not page.errors, page.errors
+        finally:
+            context.close()
+        # the student: her own use; another group's names appear nowhere, not even in demand
+        context, page = _role_page(chromium, hub, "alice")
+        try:
+            page.goto(portal.url)
+            page.wait_for_selector("#spend-chart .vega-chart.vega-ready svg", timeout=20_000)
+            text = page.locator("body").inner_text()
+            assert "your own use and your groups' budgets" in text
+            assert "lab-vision" not in text and "carol" not in text, text
+            assert page.locator("#tile-refusals tr[data-reason='budget']").count() == 1
+            assert page.locator("#tile-refusals tr[data-reason='capacity']").count() == 0
+            assert page.locator("a[href$='/audit']").count() == 0
+            page.screenshot(path=str(docs_artifact("dashboard-student.png", tmp_path)), full_page=True)
+            page.click("#h-refusals a")
+            page.wait_for_url(lambda url: "/demand" in url)
+            demand_text = page.locator("body").inner_text()
+            assert "h100" in demand_text and "lab-vision" not in demand_text and "rtx4090" not in demand_text
+            assert not page.errors, page.errors
+        finally:
+            context.close()
+    finally:
+        acct.release(rid, "test over")
+        acct.set_budget(bid, amount=50.0)

@@ -20,7 +20,7 @@ from portal.accounting.demand import record_refusal
 from portal.accounting.models import utcnow
 from portal.accounting.periods import month_start
 from portal.accounting.trust import TrustPolicy
-from portal.hubconfig import DEMO_ADMIN_PASSWORD, DEMO_USER_PASSWORD
+from portal.hubconfig import DEMO_ADMIN_PASSWORD, DEMO_GROUPS, DEMO_USER_PASSWORD
 from portal.web.app import SERVICE_NAME
 from spawner.catalog import load_catalog
 from tests.fixtures.browser import login
@@ -227,14 +227,17 @@ def _role_page(chromium, hub, user: str, password: str = DEMO_USER_PASSWORD):
 
 
 def test_leader_and_student_walk_through_in_chromium(portal, hub, acct, chromium, tmp_path):
-    bid = portal.budget("lab-vision", "aws")["id"]
-    acct.set_budget(bid, amount=1.0)
+    budget = portal.budget("lab-vision", "aws")
+    bid, taken = budget["id"], budget["used"] + budget["reserved"]  # earlier tests here used some
+    acct.set_budget(bid, amount=taken + 1.0)
     rid = acct.admit(username="carol", group="lab-vision", resource_class="aws",
-                     model="trn1", count=1, hours=0.9)  # lab-vision's AWS budget at 90 %
+                     model="trn1", count=1, hours=0.9)  # lab-vision's AWS budget at 90 % or more
     record_refusal(acct.db, username="alice", group="course-ml101", resource_class="enterprise",
                    model="h100", count=2, hours=1, reason="budget", message="over budget", now=utcnow())
     record_refusal(acct.db, username="carol", group="lab-vision", resource_class="community",
                    model="rtx4090", count=1, hours=1, reason="capacity", message="full", now=utcnow())
+    # the hub's memberships, as a spawn syncs them (a course session above synced a one-student roster)
+    acct.sync_groups({name: g["users"] for name, g in DEMO_GROUPS.items()})
     start = month_start(utcnow())
     for user, group, rc in (("carol", "lab-vision", "enterprise"), ("alice", "course-ml101", "community")):
         used = acct.admit(username=user, group=group, resource_class=rc, model="x", count=1, hours=0.5,
@@ -268,8 +271,13 @@ def test_leader_and_student_walk_through_in_chromium(portal, hub, acct, chromium
             text = page.locator("body").inner_text()
             assert "your own use and your groups' budgets" in text
             assert "lab-vision" not in text and "carol" not in text, text
-            assert page.locator("#tile-refusals tr[data-reason='budget']").count() == 1
-            assert page.locator("#tile-refusals tr[data-reason='capacity']").count() == 0
+            shown = dict(zip(page.locator("#tile-refusals tr[data-reason]").evaluate_all(
+                "rows => rows.map(r => r.dataset.reason)"), map(int, page.locator(
+                    "#tile-refusals tr[data-reason] td.num").all_inner_texts())))
+            mine = portal.call("alice", "GET", "api/dashboard").json()["refusals_24h"]
+            everyone = portal.call("admin", "GET", "api/dashboard").json()["refusals_24h"]
+            assert shown == mine and shown["budget"] >= 1, (shown, mine)
+            assert everyone["capacity"] > mine.get("capacity", 0)  # carol's refusal is not hers to see
             assert page.locator("a[href$='/audit']").count() == 0
             page.screenshot(path=str(docs_artifact("dashboard-student.png", tmp_path)), full_page=True)
             page.click("#h-refusals a")

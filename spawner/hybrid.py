@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 import uuid
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jinja2
 from jupyterhub.spawner import Spawner
@@ -84,6 +85,10 @@ def accounting_for(db_url: str) -> Accounting:
         db.upgrade()
         _databases[db_url] = Accounting(db)
     return _databases[db_url]
+
+
+#: How long the picker trusts its own last mirror of a user's groups (admission always mirrors).
+PICKER_SYNC_SECONDS = 60.0
 
 
 class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
@@ -174,10 +179,24 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             {g.name: g.properties["kind"] for g in groups if (g.properties or {}).get("kind") in GROUP_KINDS},
         )
 
-    def sync_user_groups(self, hub_groups: tuple[dict, dict] | None = None) -> None:
-        """Mirror the user's hub groups (and their members) into the accounting database."""
+    #: (database, groups as mirrored) -> when this process last wrote them (see sync_user_groups).
+    _synced: ClassVar[dict[tuple[str, str], float]] = {}
+
+    def sync_user_groups(self, hub_groups: tuple[dict, dict] | None = None, *, fresh_for: float = 0) -> None:
+        """Mirror the user's hub groups (and their members) into the accounting database.
+
+        With ``fresh_for`` (a page view), skip the write when this process mirrored exactly
+        these groups less than that many seconds ago; admission always writes.
+        """
         members, kinds = hub_groups or self.hub_groups()
+        key = (self.db_url, json.dumps([members, kinds], sort_keys=True))
+        now = time.monotonic()
+        if fresh_for and now - self._synced.get(key, -fresh_for) < fresh_for:
+            return
         self.accounting.sync_groups(members, kinds=kinds)
+        if len(self._synced) > 10_000:
+            self._synced.clear()
+        self._synced[key] = now
 
     # --- picker --------------------------------------------------------------------
 
@@ -191,7 +210,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             return ""  # a running course session fixes the hardware: straight to the server
         groups = sorted(self.user_groups())
         offerings = allowed_offerings(self.resource_catalog, set(groups))
-        await asyncio.to_thread(self.sync_user_groups, self.hub_groups())
+        await asyncio.to_thread(self.sync_user_groups, self.hub_groups(), fresh_for=PICKER_SYNC_SECONDS)
         free = await asyncio.gather(
             *(self.backend_class(o).free_now(o, self.config) for o in offerings)
         )
@@ -228,12 +247,10 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
 
     def picker_remaining(self, offerings: list[Offering], groups: list[str]) -> dict[str, dict]:
         """Per offering key, each group's remaining quota (runs in a worker thread)."""
-        username = self.user.name
-        return {
-            off.key: {g: self.accounting.remaining(g, off.resource_class, off.name, username=username)
-                      for g in groups}
-            for off in offerings
-        }
+        left = self.accounting.remaining_many(
+            [(g, off.resource_class, off.name) for off in offerings for g in groups], username=self.user.name
+        )
+        return {off.key: {g: left[(g, off.resource_class, off.name)] for g in groups} for off in offerings}
 
     def options_from_form(self, formdata):
         """Map form fields to the canonical ``user_options`` (validated in apply_user_options)."""

@@ -411,47 +411,81 @@ class Accounting(BudgetAdmin):
         username: str | None = None,
     ) -> Remaining | None:
         """What is left of the budget a launch would draw on; None when none applies."""
+        key = (group, resource_class, model)
+        return self.remaining_many([key], username=username)[key]
+
+    def remaining_many(
+        self, wanted: Iterable[tuple[str, str, str | None]], username: str | None = None
+    ) -> dict[tuple[str, str, str | None], Remaining | None]:
+        """:meth:`remaining` for many ``(group, resource_class, model)`` at once (the picker's table).
+
+        One session; the groups' budgets are read in one query, each user's share once per budget.
+        """
+        keys = list(dict.fromkeys(wanted))
         now = self._now()
+        out: dict[tuple[str, str, str | None], Remaining | None] = dict.fromkeys(keys)
         with self.db.session() as s:
-            g = self._group(s, group)
-            if g is None:
-                return None
-            try:
-                budget, active = self._pick_budget(s, g, resource_class, model, now)
-            except NoBudget:
-                return None
-            current = period_start_for(budget, now)
-            used = period_used(budget, now)
-            overdrawn = from_units(max(0, to_units(used) - to_units(budget.amount)))
-            left = budget_left(budget, used)
-            user_left = None
-            if username is not None and budget.per_user_cap is not None:
-                row = s.execute(
-                    select(UserUsage.used, UserUsage.reserved).where(
-                        UserUsage.budget_id == budget.id,
-                        UserUsage.username == username,
-                        UserUsage.period_start == current,
+            names = sorted({g for g, _, _ in keys})
+            groups = {g.name: g for g in s.scalars(select(Group).where(Group.name.in_(names)))}
+            budgets: dict[tuple[int, str], list[Budget]] = {}
+            for b in s.scalars(
+                select(Budget).where(Budget.group_id.in_([g.id for g in groups.values()])).order_by(Budget.id)
+            ):
+                budgets.setdefault((b.group_id, b.resource_class), []).append(b)
+            user_spent: dict[int, int] = {}
+            for key in keys:
+                group, resource_class, model = key
+                g = groups.get(group)
+                if g is None:
+                    continue
+                try:
+                    budget, active = self._choose_budget(
+                        budgets.get((g.id, resource_class), []), group, resource_class, model, now
                     )
-                ).first()
-                spent = (to_units(row.used) + to_units(row.reserved)) if row else 0
-                user_left = from_units(max(0, to_units(budget.per_user_cap) - spent))
-                left = min(left, user_left)
-            frozen = budget.frozen or g.frozen
-            if not active or frozen:
-                left = 0.0
-            return Remaining(
-                amount_left=left,
-                unit=budget.unit,
-                resets_at=resets_at_for(budget, now),
-                budget_id=budget.id,
-                amount=budget.amount,
-                used=used,
-                reserved=budget.reserved,
-                user_left=user_left,
-                active=active,
-                frozen=frozen,
-                overdrawn=overdrawn,
+                except NoBudget:
+                    continue
+                if username is not None and budget.per_user_cap is not None and budget.id not in user_spent:
+                    user_spent[budget.id] = self._user_spent(s, budget, username, now)
+                out[key] = self._remaining_of(g, budget, active, user_spent.get(budget.id), now)
+        return out
+
+    @staticmethod
+    def _user_spent(session: Session, budget: Budget, username: str, now) -> int:
+        """Units ``username`` used and holds of ``budget`` this period."""
+        row = session.execute(
+            select(UserUsage.used, UserUsage.reserved).where(
+                UserUsage.budget_id == budget.id,
+                UserUsage.username == username,
+                UserUsage.period_start == period_start_for(budget, now),
             )
+        ).first()
+        return (to_units(row.used) + to_units(row.reserved)) if row else 0
+
+    @staticmethod
+    def _remaining_of(g: Group, budget: Budget, active: bool, user_spent: int | None, now) -> Remaining:
+        used = period_used(budget, now)
+        overdrawn = from_units(max(0, to_units(used) - to_units(budget.amount)))
+        left = budget_left(budget, used)
+        user_left = None
+        if user_spent is not None:
+            user_left = from_units(max(0, to_units(budget.per_user_cap) - user_spent))
+            left = min(left, user_left)
+        frozen = budget.frozen or g.frozen
+        if not active or frozen:
+            left = 0.0
+        return Remaining(
+            amount_left=left,
+            unit=budget.unit,
+            resets_at=resets_at_for(budget, now),
+            budget_id=budget.id,
+            amount=budget.amount,
+            used=used,
+            reserved=budget.reserved,
+            user_left=user_left,
+            active=active,
+            frozen=frozen,
+            overdrawn=overdrawn,
+        )
 
     def admit(
         self,

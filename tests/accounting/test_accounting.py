@@ -137,6 +137,23 @@ def test_per_user_cap_limits_one_user_but_not_the_others(acct):
     assert acct.remaining(G, "aws", "rtx4090").amount_left == 91
 
 
+def test_remaining_many_is_remaining_for_each_key(acct):
+    """The picker's batched read gives exactly what one remaining() call per cell gives."""
+    acct.ensure_budget(G, "aws", 100, per_user_cap=5)
+    acct.ensure_budget(G, "aws", 7, model="trn1")  # a model budget wins over the class one
+    acct.ensure_budget("lab-x", "community", 20)
+    admit(acct, hours=4)
+    admit(acct, model="trn1", hours=2)
+    keys = [(G, "aws", "rtx4090"), (G, "aws", "trn1"), (G, "community", None), ("lab-x", "community", "x"),
+            ("no-such-group", "aws", None), (G, "aws", "rtx4090")]
+    many = acct.remaining_many(keys, username="alice")
+    assert set(many) == set(keys)
+    for key in keys:
+        assert many[key] == acct.remaining(*key, username="alice"), key
+    assert many[(G, "aws", "rtx4090")].amount_left == 1 and many[(G, "aws", "trn1")].amount_left == 5
+    assert many[(G, "community", None)] is None and many[("no-such-group", "aws", None)] is None
+
+
 def test_per_user_cap_refusal_leaves_the_group_budget_untouched(acct, db):
     bid = acct.ensure_budget(G, "aws", 100, per_user_cap=1)
     with pytest.raises(QuotaExceeded):

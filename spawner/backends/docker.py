@@ -328,11 +328,15 @@ class ContainerBackendMixin(BackendMixin):
     def _in_thread(self, fn: Callable, *args, **kwargs):
         return asyncio.wrap_future(self.executor.submit(fn, *args, **kwargs))
 
+    def _allocator_call(self, method: str, *args, **kwargs):
+        """``self.allocator.<method>(...)`` in the worker thread (the first ``allocator`` use reads the database)."""
+        return self._in_thread(lambda: getattr(self.allocator, method)(*args, **kwargs))
+
     async def _release(self, reason: str) -> int:
         """Release this server's GPU allocations; how many were released."""
         if not self.object_name:
             return 0
-        return await self._in_thread(lambda: self.allocator.release(owner=self.owner, reason=reason))
+        return await self._allocator_call("release", owner=self.owner, reason=reason)
 
     # --- the container --------------------------------------------------------------------
 
@@ -568,8 +572,8 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
         cands = candidates_for(self.inventory, offering)
         what = f"{offering.model} ({offering.resource_class})"
         try:
-            return await self._in_thread(
-                lambda *a, **kw: self.allocator.allocate(*a, **kw),
+            return await self._allocator_call(
+                "allocate",
                 cands,
                 count,
                 owner=self.owner,

@@ -314,8 +314,8 @@ class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
             if r.get("NamedResourceSpec", {}).get("Kind") == self.gpu_resource_kind
         )
         if self._gpus:
-            conflicts = await self._in_thread(
-                self.allocator.adopt,
+            conflicts = await self._allocator_call(
+                "adopt",
                 GpuPlacement(f"swarm:{self.node_name}", self._gpus),
                 owner=self.owner,
                 model=self.offering.model if self.offering else "",

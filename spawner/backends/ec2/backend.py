@@ -748,24 +748,36 @@ class Ec2Backend(BackendMixin, Spawner):
         self._emit(10, f"Using machine image {image_id}")
 
         self.launch_token = f"hh-{uuid.uuid4().hex}"
-        subnets = list(self.subnet_ids) or [""]
-        for i, subnet in enumerate(subnets):
-            where = f" in {subnet}" if subnet else ""
-            self._emit(15, f"Requesting a {itype}{where}")
-            try:
-                resp = await self.aws("ec2", "run_instances", **self._run_params(
-                    image_id, itype, subnet, root_device, user_data, f"{self.launch_token}-{i}"))
-            except ClientError as e:
-                self.log.warning("%s: RunInstances %s%s failed: %s", self._label, itype, where,
-                                 secret_filter.scrub(str(e)))
-                if error_code(e) in CAPACITY_CODES | UNSUPPORTED_CODES and i + 1 < len(subnets):
-                    self._emit(15, f"No {itype} available{where}; trying the next subnet")
-                    continue
+        resp = await self._run_instance(image_id, itype, root_device, user_data)
+        self.instance_id = resp["Instances"][0]["InstanceId"]
+        self._emit(30, f"Instance {self.instance_id} requested; waiting for it to run")
+        return await self._wait_until_ready(itype)
+
+    async def _run_instance(self, image_id: str, itype: str, root_device: str, user_data: str) -> dict:
+        """RunInstances in the first subnet that has the capacity (the next one after a capacity error)."""
+        *earlier, last = list(self.subnet_ids) or [""]
+        launch = (image_id, itype, root_device, user_data)
+        for i, subnet in enumerate(earlier):
+            resp = await self._run_in_subnet(i, subnet, *launch, last_try=False)
+            if resp is not None:
+                return resp
+        return await self._run_in_subnet(len(earlier), last, *launch, last_try=True)
+
+    async def _run_in_subnet(self, i: int, subnet: str, image_id: str, itype: str, root_device: str,
+                             user_data: str, *, last_try: bool) -> dict | None:
+        """RunInstances in one subnet; None after a capacity error while another subnet is left to try."""
+        where = f" in {subnet}" if subnet else ""
+        self._emit(15, f"Requesting a {itype}{where}")
+        try:
+            return await self.aws("ec2", "run_instances", **self._run_params(
+                image_id, itype, subnet, root_device, user_data, f"{self.launch_token}-{i}"))
+        except ClientError as e:
+            self.log.warning("%s: RunInstances %s%s failed: %s", self._label, itype, where,
+                             secret_filter.scrub(str(e)))
+            if last_try or error_code(e) not in CAPACITY_CODES | UNSUPPORTED_CODES:
                 raise launch_error(e, itype, self.region, self.capacity_retry_after) from None
-            self.instance_id = resp["Instances"][0]["InstanceId"]
-            self._emit(30, f"Instance {self.instance_id} requested; waiting for it to run")
-            return await self._wait_until_ready(itype)
-        raise AssertionError("unreachable: the last subnet's error is raised above")
+        self._emit(15, f"No {itype} available{where}; trying the next subnet")
+        return None
 
     def _run_params(self, image_id: str, itype: str, subnet: str, root_device: str, user_data: str,
                     client_token: str) -> dict:

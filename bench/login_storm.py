@@ -176,7 +176,8 @@ def summary(label: str, m: dict) -> None:
     print(f"  spawns: {outcomes.count('ready')} ready, {outcomes.count('429')} refused 429, {len(failed)} failed"
           + (f" {sorted(set(failed))}" if failed else "")
           + (f"; ready p50 {statistics.median(ready):.1f} s, last {max(ready):.1f} s" if ready else ""))
-    print(f"  hub CPU: {m['cpu_s']:.1f} s over {m['wall_s']:.1f} s ({100 * m['cpu_s'] / m['wall_s']:.0f} % of one core)")
+    share = 100 * m["cpu_s"] / m["wall_s"]
+    print(f"  hub CPU: {m['cpu_s']:.1f} s over {m['wall_s']:.1f} s ({share:.0f} % of one core)")
 
 
 def main() -> int:

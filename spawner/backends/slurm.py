@@ -638,7 +638,8 @@ class SlurmBackend(BackendMixin, Spawner):
         except SlurmCommandError as e:
             self.log.error("%s: sbatch failed: %s", self._label, e)
             raise user_error(503, "The Slurm cluster did not accept the job; please try again later.") from None
-        self._emit(10, f"Submitted Slurm job {self.job_id} ({off.gres} x{count}, partition {off.partition or 'default'})")
+        partition = off.partition or "default"
+        self._emit(10, f"Submitted Slurm job {self.job_id} ({off.gres} x{count}, partition {partition})")
         starting = self._job_key
         SlurmBackend._starting.add(starting)  # known until the hub's database has it, or the job ends
         try:

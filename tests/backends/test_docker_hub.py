@@ -6,10 +6,9 @@ import uuid
 
 import pytest
 
-from portal.accounting.allocations import Allocator
 from portal.accounting.db import Database
 from portal.accounting.demand import demand_report
-from tests.fixtures.docker import h100_host, hub_docker_config, remove_labelled
+from tests.fixtures.docker import h100_host, held_gpus, hub_docker_config, remove_labelled
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.docker
@@ -37,14 +36,6 @@ def docker_hub(hub_factory, docker_engines):  # noqa: F811  (fixture imported ab
     remove_labelled(docker_engines, label)
 
 
-def active(hub) -> dict[str, str]:
-    db = Database(hub.db_url)
-    try:
-        return {a.gpu_uuid: a.owner for a in Allocator(db).active()}
-    finally:
-        db.dispose()
-
-
 def test_hub_restart_readopts_three_gpu_servers(docker_hub, docker_engines):
     hub = docker_hub
     for user in USERS[:3]:
@@ -52,21 +43,21 @@ def test_hub_restart_readopts_three_gpu_servers(docker_hub, docker_engines):
         assert r.status_code in (201, 202), r.text
     for user in USERS[:3]:
         hub.wait_ready(user)
-    held = active(hub)
+    held = held_gpus(hub)
     assert len(held) == 6
     containers = {c["Id"] for c in docker_engines.client("h1").containers()}
 
     hub.restart()
     for user in USERS[:3]:
         assert hub.server_model(user)["ready"], hub.log()[-2000:]
-    assert active(hub) == held
+    assert held_gpus(hub) == held
     assert {c["Id"] for c in docker_engines.client("h1").containers()} >= containers
 
     # the two GPUs left go to a newcomer; nothing is booked twice
     r = hub.spawn(USERS[3], h100(2))
     assert r.status_code in (201, 202), r.text
     hub.wait_ready(USERS[3])
-    now = active(hub)
+    now = held_gpus(hub)
     assert len(now) == 8 and set(held) <= set(now)
 
     # and then the host is full: 429 with Retry-After, and a message for the person
@@ -83,4 +74,4 @@ def test_hub_restart_readopts_three_gpu_servers(docker_hub, docker_engines):
 
     for user in USERS[:4]:
         hub.stop_server(user)
-    assert active(hub) == {}
+    assert held_gpus(hub) == {}

@@ -83,8 +83,8 @@ def session_records(hub, user: str) -> list:
         db.dispose()
 
 
-def spawn_failure(hub, user: str, token: str, timeout: float = 90) -> str:
-    """Follow the spawn page's progress stream until the spawn fails; its message."""
+def follow_progress(hub, user: str, token: str, want, timeout: float = 90) -> dict:
+    """Follow the spawn page's progress stream until an event satisfies ``want``; that event."""
     with requests.get(
         f"{hub.api_url}/users/{user}/server/progress", headers={"Authorization": f"token {token}"},
         stream=True, timeout=timeout,
@@ -92,10 +92,15 @@ def spawn_failure(hub, user: str, token: str, timeout: float = 90) -> str:
         for line in r.iter_lines(decode_unicode=True):
             if line and line.startswith("data:"):
                 event = json.loads(line[5:])
-                if event.get("failed"):
-                    return event["message"]
-                assert not event.get("ready"), event
-    raise AssertionError("progress ended without a failure")
+                if want(event):
+                    return event
+                assert not event.get("ready") and not event.get("failed"), event
+    raise AssertionError("progress ended first")
+
+
+def spawn_failure(hub, user: str, token: str, timeout: float = 90) -> str:
+    """Follow the spawn page's progress stream until the spawn fails; its message."""
+    return follow_progress(hub, user, token, lambda e: e.get("failed"), timeout)["message"]
 
 
 def test_spawn_on_a_node_then_stop(slurm_hub, slurm_cluster):
@@ -150,22 +155,12 @@ QUEUED = ["c.SlurmBackend.fail_fast = False", "c.SlurmBackend.pending_timeout = 
 
 
 def progress_until(hub, user: str, token: str, want, timeout: float = 60) -> dict:
-    """Follow the spawn page's progress stream until an event satisfies ``want``; that event."""
+    """Once the spawn is pending, the first progress event that satisfies ``want``."""
     deadline = time.monotonic() + timeout
     while (hub.server_model(user) or {}).get("pending") != "spawn":
         assert time.monotonic() < deadline, "the spawn never became pending"
         time.sleep(0.05)
-    with requests.get(
-        f"{hub.api_url}/users/{user}/server/progress", headers={"Authorization": f"token {token}"},
-        stream=True, timeout=timeout,
-    ) as r:
-        for line in r.iter_lines(decode_unicode=True):
-            if line and line.startswith("data:"):
-                event = json.loads(line[5:])
-                if want(event):
-                    return event
-                assert not event.get("ready") and not event.get("failed"), event
-    raise AssertionError("progress ended first")
+    return follow_progress(hub, user, token, want, timeout)
 
 
 @pytest.mark.parametrize("slurm_hub", [QUEUED], indirect=True)

@@ -16,7 +16,6 @@ import pytest
 import requests
 import yaml
 
-from portal.accounting.allocations import Allocator
 from portal.accounting.db import Database
 from portal.accounting.sessions import END_HOST_LOST, SessionLog
 from spawner.backends.swarm import gpu_model_label
@@ -25,6 +24,7 @@ from tests.fixtures.docker import (
     SWARM_MANAGER_IP,
     SWARM_WORKERS,
     TEST_IMAGE,
+    held_gpus,
     host_binds,
     remove_labelled,
     singleuser_cmd,
@@ -106,14 +106,6 @@ def node_of(hub, user: str, server: str = "") -> str:
     (service,) = [s for s in hub.manager.services(filters={"label": f"hybridhub.user={user}"}) if is_it(s)]
     (task,) = hub.manager.tasks(filters={"service": service["ID"], "desired-state": "running"})
     return hub.manager.inspect_node(task["NodeID"])["Description"]["Hostname"]
-
-
-def held_gpus(hub) -> dict[str, str]:
-    db = Database(hub.db_url)
-    try:
-        return {a.gpu_uuid: a.owner for a in Allocator(db).active()}
-    finally:
-        db.dispose()
 
 
 def answers(hub, user: str, server: str = "") -> int:

@@ -273,7 +273,7 @@ def test_leader_and_student_walk_through_in_chromium(portal, hub, acct, chromium
             assert "lab-vision" not in text and "carol" not in text, text
             shown = dict(zip(page.locator("#tile-refusals tr[data-reason]").evaluate_all(
                 "rows => rows.map(r => r.dataset.reason)"), map(int, page.locator(
-                    "#tile-refusals tr[data-reason] td.num").all_inner_texts())))
+                    "#tile-refusals tr[data-reason] td.num").all_inner_texts()), strict=True))
             mine = portal.call("alice", "GET", "api/dashboard").json()["refusals_24h"]
             everyone = portal.call("admin", "GET", "api/dashboard").json()["refusals_24h"]
             assert shown == mine and shown["budget"] >= 1, (shown, mine)

@@ -309,6 +309,8 @@ def test_node_crash_during_spawn_gives_node_fail_and_other_node_survives(slurm_h
         print(f"node kill -> NODE_FAIL on the spawn page: {lost_after:.1f} s")
         # the running server on the lost node: the hub finds it gone, its record says host lost
         hub.wait_stopped("carol", "lab", timeout=60)
+        print(f"node kill -> the running server on it reported lost, its reservation released: "
+              f"{time.monotonic() - t0:.1f} s")
         records = {r.server_name: r for r in session_records(hub, "carol")}
         failed, lost = records[""], records["lab"]
         assert failed.end_reason == END_FAILED_START and "NODE_FAIL" in failed.end_detail, failed

@@ -206,32 +206,24 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
 
     async def render_picker(self, spawner: Spawner | None = None) -> str:
         """The picker: classes, offerings, counts, prices, free now, remaining quota."""
-        if await asyncio.to_thread(courses.in_session, self.accounting.db, self.user.name, self.name):
-            return ""  # a running course session fixes the hardware: straight to the server
         groups = sorted(self.user_groups())
         offerings = allowed_offerings(self.resource_catalog, set(groups))
-        await asyncio.to_thread(self.sync_user_groups, self.hub_groups(), fresh_for=PICKER_SYNC_SECONDS)
-        free = await asyncio.gather(
-            *(self.backend_class(o).free_now(o, self.config) for o in offerings)
-        )
-        trust = await asyncio.to_thread(self.picker_trust, offerings, set(groups))
-        remaining_by_key = await asyncio.to_thread(self.picker_remaining, offerings, groups)
-        rows = []
-        for off, free_now in zip(offerings, free, strict=True):
-            remaining = remaining_by_key[off.key]
-            rows.append(
-                {
-                    "offering": off,
-                    "free_now": free_now,
-                    "simulated": self.backend_class(off).simulated,
-                    "remaining": remaining,
-                    "trust": trust[off.key],
-                }
-            )
-        outlook = await asyncio.to_thread(
-            remaining_forecasts, self.accounting.db,
-            [rem for r in rows for rem in r["remaining"].values()], self.accounting._now(),
-        )
+        free = asyncio.gather(*(self.backend_class(o).free_now(o, self.config) for o in offerings))
+        reads = await asyncio.to_thread(self._picker_reads, offerings, groups, self.hub_groups())
+        free = await free
+        if reads is None:
+            return ""  # a running course session fixes the hardware: straight to the server
+        trust, remaining_by_key, outlook = reads
+        rows = [
+            {
+                "offering": off,
+                "free_now": free_now,
+                "simulated": self.backend_class(off).simulated,
+                "remaining": remaining_by_key[off.key],
+                "trust": trust[off.key],
+            }
+            for off, free_now in zip(offerings, free, strict=True)
+        ]
         previous = self.user_options or (self.orm_spawner.user_options if self.orm_spawner else None) or {}
         choice = preselect(rows, previous, groups, self.default_hours)
         classes = [
@@ -244,6 +236,23 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             choice=choice,
             outlook=outlook,
         )
+
+    def _picker_reads(self, offerings: list[Offering], groups: list[str], hub_groups: tuple[dict, dict]):
+        """Every database read of the picker in one worker-thread call (one hop, not five, under load).
+
+        ``(trust, remaining per offering and group, forecasts)``; None while a course session
+        holds the user's server.
+        """
+        if courses.in_session(self.accounting.db, self.user.name, self.name):
+            return None
+        self.sync_user_groups(hub_groups, fresh_for=PICKER_SYNC_SECONDS)
+        trust = self.picker_trust(offerings, set(groups))
+        remaining = self.picker_remaining(offerings, groups)
+        outlook = remaining_forecasts(
+            self.accounting.db, [rem for per_group in remaining.values() for rem in per_group.values()],
+            self.accounting._now(),
+        )
+        return trust, remaining, outlook
 
     def picker_remaining(self, offerings: list[Offering], groups: list[str]) -> dict[str, dict]:
         """Per offering key, each group's remaining quota (runs in a worker thread)."""

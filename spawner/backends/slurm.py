@@ -662,9 +662,11 @@ class SlurmBackend(BackendMixin, Spawner):
                 self.log.warning("%s: squeue failed while starting (%s); retrying", self._label, e)
                 job = None
             state = job_state(job) if job else ""
-            if state == "PENDING" and queue_message(jobs.values(), job) != queued:
-                queued = queue_message(jobs.values(), job)
-                self._emit(20, queued)
+            if state == "PENDING":
+                message = queue_message(jobs.values(), job)
+                if message != queued:
+                    queued = message
+                    self._emit(20, queued)
             if state == "RUNNING" and job.get("batch_host") or state == "RUNNING" and job.get("nodes"):
                 break
             if job and state not in LIVE_STATES | ENDING_STATES:

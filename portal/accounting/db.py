@@ -8,10 +8,16 @@ upgrade a read snapshot.  PostgreSQL is reached through ``postgresql+psycopg://`
 The hub calls :meth:`Database.upgrade` at start-up: it runs ``alembic upgrade head``
 and refuses (:class:`SchemaTooNew`) a database whose revision this code does not know,
 which is what a database upgraded by a newer hybridhub looks like.
+
+A large transaction (the metering tick) goes through :meth:`Database.bulk_session`: on
+SQLite its commit only appends to the WAL, and the checkpoint that copies the WAL into
+the database file runs next in a background thread, as PostgreSQL's checkpointer does,
+instead of inside the commit.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +34,11 @@ from sqlalchemy.orm import Session, sessionmaker
 DEFAULT_URL = "sqlite:///hybridhub.sqlite"
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30.0
+#: SQLite's page cache per connection (its default is 2 MiB): a tick's inserts land at
+#: scattered places in the ledger's indexes, and every miss is a read from the file.
+SQLITE_CACHE_KIB = 65536
+#: SQLite's default WAL size (pages) at which a commit also checkpoints.
+SQLITE_AUTOCHECKPOINT_PAGES = 1000
 
 
 class SchemaTooNew(RuntimeError):
@@ -70,6 +81,7 @@ def _setup_sqlite(engine: Engine) -> None:
             cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = NORMAL")
         cur.execute("PRAGMA foreign_keys = ON")
+        cur.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
         cur.close()
 
     @event.listens_for(engine, "begin")
@@ -92,6 +104,9 @@ class Database:
         if self.dialect == "sqlite":
             _setup_sqlite(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._wal = self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"Database({make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -107,6 +122,40 @@ class Database:
         with self._sessions() as session:
             with session.begin():
                 yield session
+
+    @contextmanager
+    def bulk_session(self) -> Iterator[Session]:
+        """:meth:`session` for one large transaction; on a SQLite file its commit leaves
+        the checkpoint to a background thread (:meth:`wait_checkpoint` waits for it)."""
+        if not self._wal:
+            with self.session() as session:
+                yield session
+            return
+        with self.engine.connect() as conn:
+            raw = conn.connection.dbapi_connection  # outside the transaction (PRAGMA)
+            raw.execute("PRAGMA wal_autocheckpoint = 0")
+            try:
+                with Session(bind=conn, expire_on_commit=False) as session, session.begin():
+                    yield session
+            finally:
+                raw.execute(f"PRAGMA wal_autocheckpoint = {SQLITE_AUTOCHECKPOINT_PAGES}")
+        with self._checkpoint_lock:
+            if self._checkpointer is None or not self._checkpointer.is_alive():
+                self._checkpointer = threading.Thread(
+                    target=self._checkpoint, name="sqlite-checkpoint", daemon=True)
+                self._checkpointer.start()
+
+    def _checkpoint(self) -> None:
+        """A passive checkpoint: copies what it can without waiting for readers or writers."""
+        with self.engine.connect() as conn:
+            conn.connection.dbapi_connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def wait_checkpoint(self) -> None:
+        """Wait for the checkpoint :meth:`bulk_session` started, if it still runs."""
+        with self._checkpoint_lock:
+            checkpointer = self._checkpointer
+        if checkpointer is not None:
+            checkpointer.join()
 
     def current_revision(self) -> str | None:
         """The alembic revision stored in the database (None for an empty database)."""
@@ -147,5 +196,6 @@ class Database:
                     raw.execute("PRAGMA foreign_keys = ON")
 
     def dispose(self) -> None:
-        """Close all pooled connections."""
+        """Close all pooled connections (after a running checkpoint)."""
+        self.wait_checkpoint()
         self.engine.dispose()

@@ -743,7 +743,7 @@ class Accounting(BudgetAdmin):
         report = MeterReport(now=now_dt)
         now_us = (now_dt - _EPOCH) // _MICROSECOND
         interval_us = timedelta(seconds=self.meter_interval) // _MICROSECOND
-        with self.db.session() as s:
+        with self.db.bulk_session() as s:
             s.execute(
                 update(Budget)
                 .where(Budget.period == "monthly", Budget.period_start < month_start(now_dt))

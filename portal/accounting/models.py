@@ -88,6 +88,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+#: PostgreSQL storage for the tables every metering tick rewrites row by row (budgets,
+#: per-user usage, running reservations): half of each page is left free, so an update
+#: stays on its page (a HOT update) and touches no index.  Set by migration 0008.
+TICKED = {"fillfactor": 50}
+
+
 class Base(DeclarativeBase):
     """Declarative base for all hybridhub tables."""
 
@@ -122,7 +128,8 @@ class Budget(Base):
     """An amount per period for one group and resource class (optionally one model)."""
 
     __tablename__ = "budgets"
-    __table_args__ = (Index("ix_budgets_scope", "group_id", "resource_class", "model"),)
+    __table_args__ = (Index("ix_budgets_scope", "group_id", "resource_class", "model"),
+                      {"postgresql_with": TICKED})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     group_id: Mapped[int] = mapped_column(ForeignKey("groups.id", ondelete="CASCADE"))
@@ -147,6 +154,7 @@ class UserUsage(Base):
     __tablename__ = "user_usage"
     __table_args__ = (
         UniqueConstraint("budget_id", "username", "period_start", name="uq_user_usage"),
+        {"postgresql_with": TICKED},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -165,6 +173,7 @@ class Reservation(Base):
         Index("ix_reservations_state", "state"),
         Index("ix_reservations_user", "username", "state"),
         UniqueConstraint("idempotency_key", name="uq_reservations_idempotency_key"),
+        {"postgresql_with": TICKED},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -191,7 +200,13 @@ class Reservation(Base):
 
 
 class UsageEntry(Base):
-    """One append-only ledger line: an amount charged for a span of a reservation."""
+    """One append-only ledger line: an amount charged for a span of a reservation.
+
+    The line copies its reservation's ids without foreign keys: lines are only written
+    from the (locked) reservation row itself, by the metering tick's ``INSERT ... SELECT``
+    and by release, and reservations, budgets and groups are never deleted.  Checking
+    three keys per line cost a 10,000-server tick 0.1 s on PostgreSQL (migration 0008).
+    """
 
     __tablename__ = "usage_entries"
     __table_args__ = (
@@ -203,9 +218,9 @@ class UsageEntry(Base):
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    reservation_id: Mapped[int] = mapped_column(ForeignKey("reservations.id"))
-    budget_id: Mapped[int] = mapped_column(ForeignKey("budgets.id"))
-    group_id: Mapped[int] = mapped_column(ForeignKey("groups.id"))
+    reservation_id: Mapped[int] = mapped_column(Integer)
+    budget_id: Mapped[int] = mapped_column(Integer)
+    group_id: Mapped[int] = mapped_column(Integer)
     username: Mapped[str] = mapped_column(String(255))
     resource_class: Mapped[str] = mapped_column(String(64))
     model: Mapped[str | None] = mapped_column(String(64), nullable=True)

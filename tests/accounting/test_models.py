@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from portal.accounting.db import Database, SchemaTooNew, head_revision
+from portal.accounting.db import (
+    SQLITE_AUTOCHECKPOINT_PAGES,
+    Database,
+    SchemaTooNew,
+    alembic_config,
+    head_revision,
+)
 from portal.accounting.schema import metadata
 
 TABLES = {
@@ -50,3 +59,81 @@ def test_password_is_not_shown_in_messages():
     database = Database("postgresql+psycopg://hub:s3cret@db.example/hub")
     assert "s3cret" not in repr(database) and "s3cret" not in database.safe_url
     database.dispose()
+
+
+def _ledger_keys(database: Database) -> list:
+    return inspect(database.engine).get_foreign_keys("usage_entries")
+
+
+def test_meter_migration_keeps_the_ledger_and_drops_its_per_line_key_checks(db_factory):
+    """0008: the ledger loses its foreign keys (a tick's cost on PostgreSQL), keeps every
+    line, and the tables a tick rewrites leave room on their pages; downgrade restores."""
+    database = db_factory()
+    database.upgrade("0007_prices_demand")
+    now = "2026-11-10 12:00:00"
+    with database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO groups (id, name, kind, frozen, barred_untrusted,"
+                          " confidential_dirs, created_at) VALUES (1, 'g', 'lab', false,"
+                          f" false, '[]', '{now}')"))
+        conn.execute(text("INSERT INTO budgets (id, group_id, resource_class, unit, amount,"
+                          " period, period_start, used, reserved, frozen, created_at) VALUES"
+                          f" (1, 1, 'aws', 'hours', 10000000, 'monthly', '{now}', 5, 0, false,"
+                          f" '{now}')"))
+        conn.execute(text("INSERT INTO reservations (id, budget_id, group_id, username,"
+                          " server_name, resource_class, count, hours, billing_weight,"
+                          " price_per_hour, amount_reserved, amount_charged, state, created_at,"
+                          " idempotency_key) VALUES (1, 1, 1, 'alice', '', 'aws', 1, 1, 1, 0,"
+                          f" 1000000, 5, 'running', '{now}', 'k')"))
+        conn.execute(text("INSERT INTO usage_entries (reservation_id, budget_id, group_id,"
+                          " username, resource_class, amount, accelerator_hours, ts_from, ts_to,"
+                          f" created_at, idempotency_key) VALUES (1, 1, 1, 'alice', 'aws', 5, 1,"
+                          f" '{now}', '{now}', '{now}', 'e')"))
+    assert len(_ledger_keys(database)) == 3
+    database.upgrade()
+    assert _ledger_keys(database) == []
+    with database.engine.connect() as conn:
+        assert conn.execute(text("SELECT idempotency_key, amount FROM usage_entries")).all() \
+            == [("e", 5)]
+        if database.dialect == "postgresql":
+            options = dict(conn.execute(text(
+                "SELECT relname, reloptions FROM pg_class WHERE oid IN ('budgets'::regclass,"
+                " 'user_usage'::regclass, 'reservations'::regclass)")).all())
+            assert options == {t: ["fillfactor=50"]
+                               for t in ("budgets", "user_usage", "reservations")}
+    cfg = alembic_config(database.url)
+    with database.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0007_prices_demand")
+    assert sorted(k["referred_table"] for k in _ledger_keys(database)) == [
+        "budgets", "groups", "reservations"]
+
+
+def test_a_bulk_commit_on_sqlite_leaves_the_checkpoint_to_a_background_thread(
+        tmp_path, monkeypatch):
+    """A tick's transaction commits into the WAL only; the checkpoint that copies it into
+    the database file follows in its own thread, and the pooled connection gets SQLite's
+    usual autocheckpoint back."""
+    path = str(tmp_path / "wal.sqlite")  # SQLite's WAL only: PostgreSQL has a checkpointer
+    db = Database(f"sqlite:///{path}")
+    sizes: list[int] = []
+    checkpoint = Database._checkpoint
+
+    def watched(self) -> None:
+        sizes.append(os.path.getsize(path))
+        checkpoint(self)
+        sizes.append(os.path.getsize(path))
+
+    monkeypatch.setattr(Database, "_checkpoint", watched)
+    with db.bulk_session() as s:  # 6 MB: 1,500 pages, past the 1,000 that checkpoint a commit
+        s.execute(text("CREATE TABLE filler (x TEXT)"))
+        s.execute(text("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n"
+                       " WHERE i < 6000) INSERT INTO filler SELECT printf('%01000d', i) FROM n"))
+    db.wait_checkpoint()
+    assert len(sizes) == 2 and sizes[0] < 1_000_000 < 6_000_000 < sizes[1]
+    raw = db.engine.raw_connection()
+    try:
+        assert raw.driver_connection.execute("PRAGMA wal_autocheckpoint").fetchone() == (
+            SQLITE_AUTOCHECKPOINT_PAGES,)
+    finally:
+        raw.close()
+        db.dispose()

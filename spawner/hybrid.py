@@ -44,6 +44,7 @@ from spawner.options import (
     reservation_summary,
     validate_options,
 )
+from spawner.pagevars import SPAWN_PAGE_VARS, PageVar
 from spawner.refusals import RefusalLogMixin, admission_reason, error_text
 
 TEMPLATE_DIRS = [
@@ -208,7 +209,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
         """The picker: classes, offerings, counts, prices, free now, remaining quota."""
         groups = sorted(self.user_groups())
         offerings = allowed_offerings(self.resource_catalog, set(groups))
-        free = asyncio.gather(*(self.backend_class(o).free_now(o, self.config) for o in offerings))
+        free = asyncio.ensure_future(self.picker_free(offerings))
         reads = await asyncio.to_thread(self._picker_reads, offerings, groups, self.hub_groups())
         free = await free
         if reads is None:
@@ -237,8 +238,22 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             outlook=outlook,
         )
 
+    async def picker_free(self, offerings: list[Offering]) -> list[int | None]:
+        """The "free now" of each offering: one :meth:`free_now_many` per backend class, concurrently."""
+        by_class: dict[type, list[int]] = {}
+        for i, off in enumerate(offerings):
+            by_class.setdefault(self.backend_class(off), []).append(i)
+        counts = await asyncio.gather(
+            *(cls.free_now_many([offerings[i] for i in idx], self.config) for cls, idx in by_class.items())
+        )
+        free: list[int | None] = [None] * len(offerings)
+        for idx, got in zip(by_class.values(), counts, strict=True):
+            for i, n in zip(idx, got, strict=True):
+                free[i] = n
+        return free
+
     def _picker_reads(self, offerings: list[Offering], groups: list[str], hub_groups: tuple[dict, dict]):
-        """Every database read of the picker in one worker-thread call (one hop, not five, under load).
+        """Every database read of the picker and its page in one worker-thread call (one hop, not six).
 
         ``(trust, remaining per offering and group, forecasts)``; None while a course session
         holds the user's server.
@@ -248,6 +263,10 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
         self.sync_user_groups(hub_groups, fresh_for=PICKER_SYNC_SECONDS)
         trust = self.picker_trust(offerings, set(groups))
         remaining = self.picker_remaining(offerings, groups)
+        template_vars = self.config.JupyterHub.get("template_vars", {}) if "JupyterHub" in self.config else {}
+        for name in SPAWN_PAGE_VARS:  # the page around the picker: its banners, in this same call
+            if isinstance(template_vars.get(name), PageVar):
+                template_vars[name].prime(self.user.name, groups)
         outlook = remaining_forecasts(
             self.accounting.db, [rem for per_group in remaining.values() for rem in per_group.values()],
             self.accounting._now(),

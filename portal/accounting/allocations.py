@@ -154,7 +154,12 @@ class Allocator:
 
     def free_by_host(self, candidates: Sequence[Candidate]) -> dict[str, int]:
         """Free GPUs per candidate host."""
-        return _free_by_host(candidates, self.taken(g for c in candidates for g in c.gpus))
+        return self.free_by_host_many([candidates])[0]
+
+    def free_by_host_many(self, lists: Sequence[Sequence[Candidate]]) -> list[dict[str, int]]:
+        """:meth:`free_by_host` of each list of candidates, in one read."""
+        taken = self.taken({g for cands in lists for c in cands for g in c.gpus})
+        return [_free_by_host(cands, taken) for cands in lists]
 
     def allocate(
         self,

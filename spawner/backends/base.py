@@ -18,6 +18,7 @@ from traitlets import Any, HasTraits
 from traitlets.config import Config
 
 from portal.accounting.allocations import DEFAULT_URL as DEFAULT_DB_URL
+from portal.accounting.allocations import Candidate, allocator_for
 from spawner.errors import ConfinementError
 
 if TYPE_CHECKING:
@@ -30,6 +31,17 @@ def db_url_from_config(config: Config, section: str = "DockerBackend") -> str:
         if name in config and config[name].get(key):
             return str(config[name][key])
     return DEFAULT_DB_URL
+
+
+async def free_counts(db_url: str, lists: list[list[Candidate] | None]) -> list[int | None]:
+    """Free GPUs over each list of candidate hosts (None: capacity not tracked), from the
+    allocation database in ONE worker-thread read, however many offerings ask."""
+    tracked = [cands for cands in lists if cands is not None]
+    if not tracked:
+        return [None] * len(lists)
+    # the first allocator_for per process also checks the schema: inside the thread too
+    free = iter(await asyncio.to_thread(lambda: allocator_for(db_url).free_by_host_many(tracked)))
+    return [None if cands is None else sum(next(free).values()) for cands in lists]
 
 
 @dataclass(frozen=True)
@@ -142,6 +154,11 @@ class BackendMixin(HasTraits):
         "not tracked" rather than an invented number).
         """
         return None
+
+    @classmethod
+    async def free_now_many(cls, offerings: list[Offering], config: Config) -> list[int | None]:
+        """:meth:`free_now` of each offering; a backend that can read them at once overrides it."""
+        return list(await asyncio.gather(*(cls.free_now(o, config) for o in offerings)))
 
     async def _wait_until_answering(self, ip: str, port: int) -> None:
         """Return once the new server answers HTTP (any status) or has died, or after ``http_timeout``.

@@ -36,7 +36,7 @@ from traitlets import Bool, Dict, Float, Int, Unicode, default
 from traitlets.config import Config
 
 from portal.accounting.allocations import Allocator, Candidate, NoCapacity, Placement, allocator_for, utcnow
-from spawner.backends.base import BackendMixin, db_url_from_config
+from spawner.backends.base import BackendMixin, db_url_from_config, free_counts
 from spawner.errors import ConfinementError, no_capacity_error
 from spawner.inventory import GpuInventory, Host
 
@@ -559,12 +559,13 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
     @classmethod
     async def free_now(cls, offering, config: Config) -> int | None:
         """Free GPUs of ``offering``'s model over all hosts of its class (from the database)."""
-        cands = candidates_for(GpuInventory(config=config), offering)
-        if not cands:
-            return 0
-        url = db_url_from_config(config)  # the first allocator_for per process checks the schema: a thread too
-        free = await asyncio.to_thread(lambda: allocator_for(url).free_by_host(cands))
-        return sum(free.values())
+        return (await cls.free_now_many([offering], config))[0]
+
+    @classmethod
+    async def free_now_many(cls, offerings, config: Config) -> list[int | None]:
+        """Free GPUs of each offering, in one database read."""
+        inventory = GpuInventory(config=config)
+        return await free_counts(db_url_from_config(config), [candidates_for(inventory, o) for o in offerings])
 
     async def _allocate(self) -> Placement:
         offering, request = self.offering, self.request

@@ -19,7 +19,7 @@ from traitlets import Dict, Float, Unicode, default
 from traitlets.config import Config
 
 from portal.accounting.allocations import Candidate, NoCapacity, allocator_for
-from spawner.backends.base import BackendMixin, db_url_from_config
+from spawner.backends.base import BackendMixin, db_url_from_config, free_counts
 from spawner.errors import no_capacity_error
 
 
@@ -89,13 +89,14 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
     @classmethod
     async def free_now(cls, offering, config: Config) -> int | None:
         """Free simulated devices of ``offering`` (None: not in :attr:`simulated_inventory`)."""
+        return (await cls.free_now_many([offering], config))[0]
+
+    @classmethod
+    async def free_now_many(cls, offerings, config: Config) -> list[int | None]:
+        """Free simulated devices of each offering, in one database read."""
         inventory = config.LocalBackend.get("simulated_inventory", {}) if "LocalBackend" in config else {}
-        cands = simulated_candidates(inventory, offering)
-        if cands is None:
-            return None
-        # the first allocator_for per process upgrades the schema: a thread, like the read
-        allocator = await asyncio.to_thread(allocator_for, db_url_from_config(config, "LocalBackend"))
-        return sum((await asyncio.to_thread(allocator.free_by_host, cands)).values())
+        lists = [simulated_candidates(inventory, o) for o in offerings]
+        return await free_counts(db_url_from_config(config, "LocalBackend"), lists)
 
     @property
     def owner(self) -> str:

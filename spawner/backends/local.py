@@ -9,18 +9,35 @@ per-user home under ``home_root``.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import shlex
+import signal
+import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 from jupyterhub.spawner import LocalProcessSpawner
 from jupyterhub.utils import random_port
-from traitlets import Dict, Float, Unicode, default
+from traitlets import Bool, Dict, Float, Unicode, default
 from traitlets.config import Config
 
 from portal.accounting.allocations import Candidate, NoCapacity, allocator_for
 from spawner.backends.base import BackendMixin, db_url_from_config, free_counts
 from spawner.errors import no_capacity_error
+from spawner.prestart import import_env
+
+#: The server's command, as the local backend runs it cold.
+SINGLEUSER_CMD = [sys.executable, "-m", "jupyterhub.singleuser"]
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """End a process started ahead that will not be used (it has no launch: nothing to save)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.stdin.close()
+    proc.wait(timeout=5)  # a killed process is reaped at once
 
 
 def simulated_candidates(inventory: dict, offering) -> list[Candidate] | None:
@@ -56,10 +73,21 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
         "(answering fast here saves the hub's slower back-off poll).",
     ).tag(config=True)
 
+    prestart = Bool(
+        True,
+        help="Keep one server process started ahead, its modules imported, for the next launch "
+        "(spawner.prestart): a launch then skips the interpreter start and imports. The first launch "
+        "after the hub starts, a custom cmd, a confined launch (hide_paths) and a launch whose "
+        "import-time environment differs from the waiting process's start cold.",
+    ).tag(config=True)
+
+    #: The process started ahead in this hub, with the import-time environment it started with.
+    _ahead: ClassVar[tuple[dict[str, str], subprocess.Popen] | None] = None
+
     @default("cmd")
     def _default_cmd(self) -> list[str]:
         """The hub's own interpreter runs the server: no dependence on the caller's PATH."""
-        return [sys.executable, "-m", "jupyterhub.singleuser"]
+        return list(SINGLEUSER_CMD)
 
     @property
     def home_dir(self) -> str:
@@ -155,12 +183,50 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
             self.notebook_dir = self.notebook_dir or self.home_dir
             if not self.port:
                 self.port = random_port()
-            ip, port = await super().start()
+            env = self.get_env()
+            ahead = self.prestart and self.cmd == SINGLEUSER_CMD and not (self.shell_cmd or self.popen_kwargs)
+            if not (ahead and self._take_ahead(env)):
+                await super().start()
         except BaseException:
             await self._release("failed to start")
             raise
-        await self._wait_until_answering(ip or "127.0.0.1", port)
+        ip, port = self.ip or "127.0.0.1", self.port
+        await self._wait_until_answering(ip, port)
+        if ahead:  # once this one answers: it does not share the CPU with the next one's imports
+            self._start_ahead(import_env(env))
         return ip, port
+
+    def _take_ahead(self, env: dict[str, str]) -> bool:
+        """Hand this launch to the process started ahead, if it is alive and started alike."""
+        slot, LocalBackend._ahead = LocalBackend._ahead, None
+        if slot is None:
+            return False
+        started_with, proc = slot
+        if started_with != import_env(env) or proc.poll() is not None:
+            _end(proc)
+            return False
+        argv = ["jupyterhub-singleuser", *self.get_args()]
+        try:
+            proc.stdin.write((json.dumps({"argv": argv, "env": env, "cwd": os.getcwd()}) + "\n").encode())
+            proc.stdin.close()
+        except OSError:  # it died meanwhile
+            _end(proc)
+            return False
+        self.proc, self.pid = proc, proc.pid
+        self.log.info("Spawning %s in process %d, started ahead", shlex.join(SINGLEUSER_CMD + argv[1:]), proc.pid)
+        return True
+
+    def _start_ahead(self, started_with: dict[str, str]) -> None:
+        """Start the process for the next launch (it imports, then waits on stdin)."""
+        if LocalBackend._ahead is not None:
+            return
+        cmd = [sys.executable, "-m", "spawner.prestart", self.home_root]  # home_root names the hub in ps
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=started_with, start_new_session=True)
+        except OSError as e:
+            self.log.warning("could not start a server process ahead: %s", e)
+            return
+        LocalBackend._ahead = (started_with, proc)
 
     async def poll(self):
         """The process's status; a dead server gives its devices back."""

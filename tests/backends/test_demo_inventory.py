@@ -91,3 +91,13 @@ def test_the_picker_page_reads_in_two_worker_thread_calls_whatever_the_offerings
     assert page.status_code == 200 and page.text.count('<td class="free-now">') >= 6
     assert sorted(hops.read_text().split()) == sorted(
         ["free_counts.<locals>.<lambda>", "HybridSpawner._picker_reads"])
+
+
+def test_a_later_launch_runs_in_the_process_started_ahead_and_answers(hub):
+    """LocalBackend.prestart: after one launch a server process waits, imported; the next
+    launch is handed to it, and it serves through the hub like a cold one."""
+    for _ in range(2):
+        assert hub.spawn("dave", {**RTX4090, "count": 1, "group": "lab-vision"}).status_code in (201, 202)
+        hub.wait_ready("dave")
+        hub.stop_server("dave")
+    assert "started ahead" in hub.log()

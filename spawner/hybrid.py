@@ -15,6 +15,7 @@ import json
 import sys
 import time
 import uuid
+from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
@@ -159,7 +160,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
         cls = self.backend_classes.get(offering.backend)
         if cls is None:
             raise CatalogError(f"{offering.key}.backend", f"no backend class for {offering.backend!r}")
-        return import_item(cls) if isinstance(cls, str) else cls
+        return _import_class(cls) if isinstance(cls, str) else cls
 
     @property
     def accounting(self) -> Accounting:
@@ -207,8 +208,9 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
 
     async def render_picker(self, spawner: Spawner | None = None) -> str:
         """The picker: classes, offerings, counts, prices, free now, remaining quota."""
+        catalog = self.resource_catalog
         groups = sorted(self.user_groups())
-        offerings = allowed_offerings(self.resource_catalog, set(groups))
+        offerings = allowed_offerings(catalog, set(groups))
         free = asyncio.ensure_future(self.picker_free(offerings))
         reads = await asyncio.to_thread(self._picker_reads, offerings, groups, self.hub_groups())
         free = await free
@@ -227,16 +229,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
         ]
         previous = self.user_options or (self.orm_spawner.user_options if self.orm_spawner else None) or {}
         choice = preselect(rows, previous, groups, self.default_hours)
-        classes = [
-            (rc, [r for r in rows if r["offering"].resource_class == rc.name])
-            for rc in self.resource_catalog.classes
-        ]
-        return _jinja().get_template("picker.html").render(
-            classes=[(rc, rs, {r["trust"]["trust"] for r in rs}) for rc, rs in classes if rs],
-            groups=groups,
-            choice=choice,
-            outlook=outlook,
-        )
+        return picker_html(catalog, rows, groups, choice, {bid: f.label for bid, f in outlook.items()})
 
     async def picker_free(self, offerings: list[Offering]) -> list[int | None]:
         """The "free now" of each offering: one :meth:`free_now_many` per backend class, concurrently."""
@@ -253,24 +246,26 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
         return free
 
     def _picker_reads(self, offerings: list[Offering], groups: list[str], hub_groups: tuple[dict, dict]):
-        """Every database read of the picker and its page in one worker-thread call (one hop, not six).
+        """Every database read of the picker and its page in one worker-thread call and one
+        read transaction (:meth:`Database.reading`): one hop and one BEGIN, not six.
 
         ``(trust, remaining per offering and group, forecasts)``; None while a course session
         holds the user's server.
         """
-        if courses.in_session(self.accounting.db, self.user.name, self.name):
-            return None
-        self.sync_user_groups(hub_groups, fresh_for=PICKER_SYNC_SECONDS)
-        trust = self.picker_trust(offerings, set(groups))
-        remaining = self.picker_remaining(offerings, groups)
+        self.sync_user_groups(hub_groups, fresh_for=PICKER_SYNC_SECONDS)  # a write: before the reads
         template_vars = self.config.JupyterHub.get("template_vars", {}) if "JupyterHub" in self.config else {}
-        for name in SPAWN_PAGE_VARS:  # the page around the picker: its banners, in this same call
-            if isinstance(template_vars.get(name), PageVar):
-                template_vars[name].prime(self.user.name, groups)
-        outlook = remaining_forecasts(
-            self.accounting.db, [rem for per_group in remaining.values() for rem in per_group.values()],
-            self.accounting._now(),
-        )
+        with self.accounting.db.reading():
+            if courses.in_session(self.accounting.db, self.user.name, self.name):
+                return None
+            trust = self.picker_trust(offerings, set(groups))
+            remaining = self.picker_remaining(offerings, groups)
+            for name in SPAWN_PAGE_VARS:  # the page around the picker: its banners, in this same call
+                if isinstance(template_vars.get(name), PageVar):
+                    template_vars[name].prime(self.user.name, groups)
+            outlook = remaining_forecasts(
+                self.accounting.db, [rem for per_group in remaining.values() for rem in per_group.values()],
+                self.accounting._now(),
+            )
         return trust, remaining, outlook
 
     def picker_remaining(self, offerings: list[Offering], groups: list[str]) -> dict[str, dict]:
@@ -540,6 +535,45 @@ def preselect(rows: list[dict], previous: dict, groups: list[str], default_hours
     unit = rem.unit if rem is not None else "hours"
     return {"key": off.key, "count": count, "hours": hours, "group": group,
             "summary": reservation_summary(off, count, hours, group, unit) if group else ""}
+
+
+#: Rendered pickers by what they show (:func:`picker_html`), newest last.
+_picker_pages: OrderedDict[str, tuple[Catalog, str]] = OrderedDict()
+#: How many rendered pickers are kept (a lecture hall's students mostly see the same one).
+PICKER_PAGES_KEPT = 128
+
+
+def picker_html(catalog: Catalog, rows: list[dict], groups: list[str], choice: dict, outlook: dict[int, str]) -> str:
+    """``picker.html`` for these rows, memoized on every value it shows.
+
+    Rendering is a picker's largest cost on the hub's loop (Jinja escapes each of a few
+    thousand values), and a lecture hall's students see the same page: the same offerings,
+    free counts, remaining quota and choice.  The key is the repr of all the template's
+    inputs except the offerings themselves, which the catalog's identity fixes.
+    """
+    key = repr(([(r["offering"].key, r["free_now"], r["simulated"], r["remaining"], r["trust"]) for r in rows],
+                groups, choice, outlook))
+    hit = _picker_pages.get(key)
+    if hit is not None and hit[0] is catalog:
+        _picker_pages.move_to_end(key)
+        return hit[1]
+    classes = [(rc, [r for r in rows if r["offering"].resource_class == rc.name]) for rc in catalog.classes]
+    html = _jinja().get_template("picker.html").render(
+        classes=[(rc, rs, {r["trust"]["trust"] for r in rs}) for rc, rs in classes if rs],
+        groups=groups,
+        choice=choice,
+        outlook=outlook,
+    )
+    _picker_pages[key] = (catalog, html)
+    if len(_picker_pages) > PICKER_PAGES_KEPT:
+        _picker_pages.popitem(last=False)
+    return html
+
+
+@lru_cache(maxsize=64)
+def _import_class(dotted: str) -> type:
+    """A configured backend class by its dotted name, imported once."""
+    return import_item(dotted)
 
 
 @lru_cache(maxsize=8)

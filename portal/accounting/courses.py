@@ -39,6 +39,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    bindparam,
     or_,
     select,
     update,
@@ -364,20 +365,24 @@ def _sessions(s: Session, *where) -> list[CourseSessionInfo]:
     return [_info(s, row, gname) for row, gname in rows]
 
 
+#: Built once: every page view asks it (building a statement costs more than running it).
+_SEAT_SESSION = (
+    select(CourseSession, Group.name, CourseSeat)
+    .join(Group, Group.id == CourseSession.group_id)
+    .join(CourseSeat, CourseSeat.session_id == CourseSession.id)
+    .where(CourseSession.state == "running", CourseSeat.username == bindparam("username"),
+           CourseSeat.state != "stopped")
+    .order_by(CourseSession.started_at, CourseSession.id)
+)
+
+
 def _seat_session(
     s: Session, username: str, server_name: str
 ) -> tuple[CourseSessionInfo, CourseSeat] | None:
     """The running session holding ``username``'s server, with their seat."""
     if server_name != SESSION_SERVER:
         return None
-    row = s.execute(
-        select(CourseSession, Group.name, CourseSeat)
-        .join(Group, Group.id == CourseSession.group_id)
-        .join(CourseSeat, CourseSeat.session_id == CourseSession.id)
-        .where(CourseSession.state == "running", CourseSeat.username == username,
-               CourseSeat.state != "stopped")
-        .order_by(CourseSession.started_at, CourseSession.id)
-    ).first()
+    row = s.execute(_SEAT_SESSION, {"username": username}).first()
     return (_info(s, row[0], row[1]), row[2]) if row else None
 
 

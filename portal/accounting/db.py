@@ -70,6 +70,10 @@ def head_revision() -> str:
     return head
 
 
+#: Execution option marking the engine of :meth:`Database.reading` (a deferred, lock-free BEGIN on SQLite).
+READ_ONLY = "hybridhub_read_only"
+
+
 def _setup_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -86,7 +90,18 @@ def _setup_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # a read (Database.reading) takes no write lock: it waits for no writer, none waits for it
+        conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+
+
+def _refuse_writes(state: Any) -> None:
+    if state.is_insert or state.is_update or state.is_delete:
+        raise RuntimeError("a write inside Database.reading(); use Database.session()")
+
+
+def _refuse_flush(session: Session, *_: Any) -> None:
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("a write inside Database.reading(); use Database.session()")
 
 
 class Database:
@@ -104,6 +119,11 @@ class Database:
         if self.dialect == "sqlite":
             _setup_sqlite(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False, autoflush=False)
+        self._reading = threading.local()  # the thread's open Database.reading() session, if any
+        event.listen(self._read_sessions, "do_orm_execute", _refuse_writes)
+        event.listen(self._read_sessions, "before_flush", _refuse_flush)
         self._wal = self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_lock = threading.Lock()
@@ -118,10 +138,36 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on error."""
+        """A session in one transaction: committed on success, rolled back on error.
+
+        Inside :meth:`reading` on the same thread, the reading's own session (no new transaction).
+        """
+        shared = getattr(self._reading, "session", None)
+        if shared is not None:
+            yield shared
+            return
         with self._sessions() as session:
             with session.begin():
                 yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """One read-only transaction for every :meth:`session` this thread opens inside it.
+
+        A page that makes several reads (the picker: course seat, budgets, trust, banners,
+        forecasts) pays for one connection checkout, BEGIN and COMMIT instead of one per read,
+        and on SQLite takes no write lock.  Writing inside it is an error.
+        """
+        if getattr(self._reading, "session", None) is not None:
+            yield self._reading.session
+            return
+        with self._read_sessions() as session, session.begin():
+            self._reading.session = session
+            try:
+                yield session
+                _refuse_flush(session)
+            finally:
+                self._reading.session = None
 
     @contextmanager
     def bulk_session(self) -> Iterator[Session]:

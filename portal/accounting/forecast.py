@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from portal.accounting.db import Database
 from portal.accounting.models import UsageEntry
@@ -53,21 +53,25 @@ class Forecast:
                 "runs_out_at": self.runs_out_at, "label": self.label}
 
 
+_ue = UsageEntry.__table__
+#: Built once (each picker view asks it): units charged per budget between ``since`` and ``now``.
+_CHARGED = (
+    select(_ue.c.budget_id, func.sum(_ue.c.amount))
+    .where(_ue.c.budget_id.in_(bindparam("ids", expanding=True)), _ue.c.ts_from >= bindparam("since"),
+           _ue.c.ts_from < bindparam("now"))
+    .group_by(_ue.c.budget_id)
+)
+
+
 def burn_rates(db: Database, budget_ids: Iterable[int], now: datetime,
                days: int = WINDOW_DAYS) -> dict[int, float]:
     """Budget units charged per day over the ``days`` before ``now``, per budget."""
     ids = sorted(set(budget_ids))
     if not ids:
         return {}
-    ue = UsageEntry.__table__
-    query = (
-        select(ue.c.budget_id, func.sum(ue.c.amount))
-        .where(ue.c.budget_id.in_(ids), ue.c.ts_from >= now - timedelta(days=days),
-               ue.c.ts_from < now)
-        .group_by(ue.c.budget_id)
-    )
-    with db.engine.connect() as conn:
-        charged = {b: float(a or 0.0) for b, a in conn.execute(query).all()}
+    with db.session() as s:
+        rows = s.execute(_CHARGED, {"ids": ids, "since": now - timedelta(days=days), "now": now}).all()
+    charged = {b: float(a or 0.0) for b, a in rows}
     return {b: charged.get(b, 0.0) / days for b in ids}
 
 

@@ -187,6 +187,33 @@ def fmt_amount(value: float, unit: str) -> str:
 # ---------------------------------------------------------------- results
 
 
+# Statements every picker or page view runs, built once (building one costs more than running it).
+_GROUPS_NAMED = select(Group).where(Group.name.in_(bindparam("names", expanding=True)))
+_BUDGETS_OF = select(Budget).where(Budget.group_id.in_(bindparam("ids", expanding=True))).order_by(Budget.id)
+_USER_USAGE = select(UserUsage.used, UserUsage.reserved).where(
+    UserUsage.budget_id == bindparam("budget_id"),
+    UserUsage.username == bindparam("username"),
+    UserUsage.period_start == bindparam("period"),
+)
+_GROUP_NOTICES = (
+    select(Notice, Budget)
+    .join(Budget, Budget.id == Notice.budget_id)
+    .where(
+        Notice.group_id.in_(select(GroupMember.group_id).where(GroupMember.username == bindparam("username"))),
+        Notice.reservation_id.is_(None),
+        Notice.period_start == Budget.period_start,
+    )
+    .order_by(Notice.budget_id, Notice.id)
+)
+_STOPS_PENDING = (
+    select(Notice)
+    .join(Reservation, Reservation.id == Notice.reservation_id)
+    .where(Reservation.username == bindparam("username"), Reservation.state != "closed",
+           Notice.level == "stop_pending")
+    .order_by(Notice.id)
+)
+
+
 @dataclass(frozen=True)
 class Remaining:
     """What is left of the budget that applies to a launch."""
@@ -426,11 +453,9 @@ class Accounting(BudgetAdmin):
         out: dict[tuple[str, str, str | None], Remaining | None] = dict.fromkeys(keys)
         with self.db.session() as s:
             names = sorted({g for g, _, _ in keys})
-            groups = {g.name: g for g in s.scalars(select(Group).where(Group.name.in_(names)))}
+            groups = {g.name: g for g in s.scalars(_GROUPS_NAMED, {"names": names})}
             budgets: dict[tuple[int, str], list[Budget]] = {}
-            for b in s.scalars(
-                select(Budget).where(Budget.group_id.in_([g.id for g in groups.values()])).order_by(Budget.id)
-            ):
+            for b in s.scalars(_BUDGETS_OF, {"ids": [g.id for g in groups.values()]}):
                 budgets.setdefault((b.group_id, b.resource_class), []).append(b)
             user_spent: dict[int, int] = {}
             for key in keys:
@@ -453,11 +478,7 @@ class Accounting(BudgetAdmin):
     def _user_spent(session: Session, budget: Budget, username: str, now) -> int:
         """Units ``username`` used and holds of ``budget`` this period."""
         row = session.execute(
-            select(UserUsage.used, UserUsage.reserved).where(
-                UserUsage.budget_id == budget.id,
-                UserUsage.username == username,
-                UserUsage.period_start == period_start_for(budget, now),
-            )
+            _USER_USAGE, {"budget_id": budget.id, "username": username, "period": period_start_for(budget, now)}
         ).first()
         return (to_units(row.used) + to_units(row.reserved)) if row else 0
 
@@ -822,17 +843,7 @@ class Accounting(BudgetAdmin):
         now_dt = self._now(now)
         lines: list[str] = []
         with self.db.session() as s:
-            group_ids = select(GroupMember.group_id).where(GroupMember.username == username)
-            notices = s.execute(
-                select(Notice, Budget)
-                .join(Budget, Budget.id == Notice.budget_id)
-                .where(
-                    Notice.group_id.in_(group_ids),
-                    Notice.reservation_id.is_(None),
-                    Notice.period_start == Budget.period_start,
-                )
-                .order_by(Notice.budget_id, Notice.id)
-            ).all()
+            notices = s.execute(_GROUP_NOTICES, {"username": username}).all()
             rank = {"exhausted": 0, "95": 1, "80": 2}
             current = [
                 notice for notice, budget in notices
@@ -842,13 +853,7 @@ class Accounting(BudgetAdmin):
             # every threshold crossed is told, the highest first, budget by budget
             current.sort(key=lambda n: (n.budget_id, rank.get(n.level, 9), n.id))
             lines.extend(n.message for n in current)
-            stops = s.scalars(
-                select(Notice)
-                .join(Reservation, Reservation.id == Notice.reservation_id)
-                .where(Reservation.username == username, Reservation.state != "closed",
-                       Notice.level == "stop_pending")
-                .order_by(Notice.id)
-            ).all()
+            stops = s.scalars(_STOPS_PENDING, {"username": username}).all()
             lines.extend(n.message for n in stops)
         return lines
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, text
+from sqlalchemy import func, inspect, select, text, update
 
 from portal.accounting.db import (
     SQLITE_AUTOCHECKPOINT_PAGES,
@@ -17,6 +18,8 @@ from portal.accounting.db import (
     alembic_config,
     head_revision,
 )
+from portal.accounting.ledger import Accounting
+from portal.accounting.models import Group
 from portal.accounting.schema import metadata
 
 TABLES = {
@@ -137,3 +140,46 @@ def test_a_bulk_commit_on_sqlite_leaves_the_checkpoint_to_a_background_thread(
     finally:
         raw.close()
         db.dispose()
+
+
+def test_reads_inside_one_reading_share_its_transaction_and_a_write_there_is_refused(db):
+    """The picker's reads run in one read transaction; a write slipped into it fails and lands nowhere."""
+    acct = Accounting(db)
+    acct.ensure_budget("lab-a", "community", 10)
+    with db.reading() as shared:
+        with db.session() as inner:
+            assert inner is shared
+        left = acct.remaining_many([("lab-a", "community", None), ("lab-b", "community", None)])
+        assert left[("lab-a", "community", None)].amount_left == 10
+        assert left[("lab-b", "community", None)] is None
+        with pytest.raises(RuntimeError, match="write inside Database.reading"):
+            with db.session() as inner:
+                inner.execute(update(Group).values(frozen=True))
+    with pytest.raises(RuntimeError, match="write inside Database.reading"):
+        with db.reading() as s:
+            s.add(Group(name="lab-c"))
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Group).where(Group.frozen)) == 0
+        assert s.scalar(select(Group.id).where(Group.name == "lab-c")) is None
+
+
+
+def test_a_reading_does_not_wait_for_a_writer(db, db_factory):
+    """A page's reads go on while another process holds a write transaction open (SQLite:
+    no BEGIN IMMEDIATE for a reading, so no wait of up to the busy timeout on the writer)."""
+    acct = Accounting(db)
+    acct.ensure_budget("lab-a", "community", 10)
+    writer = db_factory()
+    read: list = []
+
+    def page() -> None:
+        with acct.db.reading():
+            read.append(acct.remaining_many([("lab-a", "community", None)]))
+
+    with writer.session() as w:
+        w.execute(update(Group).where(Group.name == "lab-a").values(confidential_dirs=["x"]))
+        reader = threading.Thread(target=page, daemon=True)
+        reader.start()
+        reader.join(timeout=10)  # the busy timeout a write lock would wait for is longer
+        assert not reader.is_alive(), "the reading waited for the writer's lock"
+    assert read and read[0][("lab-a", "community", None)].amount_left == 10

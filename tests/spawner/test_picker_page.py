@@ -1,0 +1,49 @@
+"""The picker's page is memoized on every value it shows: a repeat is the same page, any change shows."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from portal.accounting.ledger import Remaining
+from spawner.catalog import load_catalog
+from spawner.hybrid import picker_html, preselect
+
+CAT = load_catalog()
+TRUST = {"trust": "trusted", "words": "run by the university", "barred": [], "hidden": []}
+
+
+def rows(free: int, left: float) -> list[dict]:
+    rem = Remaining(amount_left=left, unit="hours", resets_at=None, budget_id=7, amount=10.0, used=0.0,
+                    reserved=10.0 - left)
+    return [{"offering": off, "free_now": free, "simulated": True, "remaining": {"lab-a": rem},
+             "trust": dict(TRUST)} for off in CAT.all_offerings()]
+
+
+def page(free: int, left: float, outlook: dict[int, str] | None = None) -> str:
+    rs = rows(free, left)
+    return picker_html(CAT, rs, ["lab-a"], preselect(rs, {}, ["lab-a"], 1.0), outlook or {})
+
+
+def free_counts(html: str) -> list[str]:
+    return re.findall(r'class="free-now">\s*(\S+)\s*</td>', html)
+
+
+def test_the_same_values_give_the_same_page_and_every_change_shows():
+    first = page(3, 4.0)
+    assert page(3, 4.0) is first  # memoized: not rendered again
+    n = len(CAT.all_offerings())
+    assert free_counts(first) == ["3"] * n
+    assert free_counts(page(2, 4.0)) == ["2"] * n
+    less = page(3, 2.5)
+    assert "2.50 accelerator-hours" in less and "4.00 accelerator-hours" not in less
+    dated = page(3, 4.0, {7: "2026-12-24 10:00 UTC"})
+    assert "runs out: 2026-12-24 10:00 UTC" in dated and "runs out" not in first
+
+
+def test_a_different_catalog_is_never_served_another_catalogs_page():
+    first = page(3, 4.0)
+    other = dataclasses.replace(CAT)  # equal values, another object: its own page
+    rs = rows(3, 4.0)
+    again = picker_html(other, rs, ["lab-a"], preselect(rs, {}, ["lab-a"], 1.0), {})
+    assert again == first and again is not first

@@ -46,7 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from portal.accounting.db import Database
+from portal.accounting.db import Database, read_memo
 from portal.accounting.ledger import Accounting, AdmissionError, fmt_amount
 from portal.accounting.models import Base, Group, Reservation, to_units, utcnow
 from portal.accounting.periods import ceil_units, cost, to_datetime
@@ -382,8 +382,14 @@ def _seat_session(
     """The running session holding ``username``'s server, with their seat."""
     if server_name != SESSION_SERVER:
         return None
+    memo = read_memo(s)  # a page asks it twice: the picker's course check and the banners
+    if memo is not None and ("seat", username) in memo:
+        return memo[("seat", username)]
     row = s.execute(_SEAT_SESSION, {"username": username}).first()
-    return (_info(s, row[0], row[1]), row[2]) if row else None
+    found = (_info(s, row[0], row[1]), row[2]) if row else None
+    if memo is not None:
+        memo[("seat", username)] = found
+    return found
 
 
 # ---------------------------------------------------------------- the spawner's hook

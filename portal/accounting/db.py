@@ -74,6 +74,16 @@ def head_revision() -> str:
 READ_ONLY = "hybridhub_read_only"
 
 
+#: ``Session.info`` key of a reading's memo: answers a reading asks more than once (see :func:`read_memo`).
+READ_MEMO = "hybridhub_read_memo"
+
+
+def read_memo(session: Session) -> dict | None:
+    """The memo of a :meth:`Database.reading` session (None outside one): one transaction sees
+    one snapshot, so a question asked twice in it has one answer."""
+    return session.info.get(READ_MEMO)
+
+
 def _setup_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -162,6 +172,7 @@ class Database:
             yield self._reading.session
             return
         with self._read_sessions() as session, session.begin():
+            session.info[READ_MEMO] = {}
             self._reading.session = session
             try:
                 yield session

@@ -188,8 +188,10 @@ def fmt_amount(value: float, unit: str) -> str:
 
 
 # Statements every picker or page view runs, built once (building one costs more than running it).
-_GROUPS_NAMED = select(Group).where(Group.name.in_(bindparam("names", expanding=True)))
-_BUDGETS_OF = select(Budget).where(Budget.group_id.in_(bindparam("ids", expanding=True))).order_by(Budget.id)
+_BUDGETS_OF_GROUPS = (
+    select(Budget, Group).join(Group, Group.id == Budget.group_id)
+    .where(Group.name.in_(bindparam("names", expanding=True))).order_by(Budget.id)
+)
 _USER_USAGE = select(UserUsage.used, UserUsage.reserved).where(
     UserUsage.budget_id == bindparam("budget_id"),
     UserUsage.username == bindparam("username"),
@@ -452,12 +454,12 @@ class Accounting(BudgetAdmin):
         now = self._now()
         out: dict[tuple[str, str, str | None], Remaining | None] = dict.fromkeys(keys)
         with self.db.session() as s:
-            names = sorted({g for g, _, _ in keys})
-            groups = {g.name: g for g in s.scalars(_GROUPS_NAMED, {"names": names})}
+            groups: dict[str, Group] = {}
             budgets: dict[tuple[int, str], list[Budget]] = {}
-            for b in s.scalars(_BUDGETS_OF, {"ids": [g.id for g in groups.values()]}):
+            for b, g in s.execute(_BUDGETS_OF_GROUPS, {"names": sorted({g for g, _, _ in keys})}):
+                groups[g.name] = g  # a group without a budget has nothing left: it need not be read
                 budgets.setdefault((b.group_id, b.resource_class), []).append(b)
-            user_spent: dict[int, int] = {}
+            seen: dict[tuple[int, bool], Remaining] = {}
             for key in keys:
                 group, resource_class, model = key
                 g = groups.get(group)
@@ -469,9 +471,11 @@ class Accounting(BudgetAdmin):
                     )
                 except NoBudget:
                     continue
-                if username is not None and budget.per_user_cap is not None and budget.id not in user_spent:
-                    user_spent[budget.id] = self._user_spent(s, budget, username, now)
-                out[key] = self._remaining_of(g, budget, active, user_spent.get(budget.id), now)
+                if (budget.id, active) not in seen:  # offerings of a class mostly share one budget
+                    spent = (self._user_spent(s, budget, username, now)
+                             if username is not None and budget.per_user_cap is not None else None)
+                    seen[(budget.id, active)] = self._remaining_of(g, budget, active, spent, now)
+                out[key] = seen[(budget.id, active)]
         return out
 
     @staticmethod

@@ -12,8 +12,11 @@ pytestmark = pytest.mark.usefixtures("hub_prereqs")
 
 RTX4090 = {"class": "community", "model": "rtx4090", "hours": 1}
 
-#: Extra hub config: every ``asyncio.to_thread`` call in the hub notes its function in a file.
+#: Extra hub config (read after jupyterhub_config.py): every ``asyncio.to_thread`` call in the
+#: hub notes its function in a file, and the objects then frozen out of garbage collection are logged.
 HOPS = """
+import gc as _gc
+print("hybridhub-test: frozen objects:", _gc.get_freeze_count(), flush=True)
 import asyncio as _aio
 _hh_to_thread = _aio.to_thread
 async def _hh_noted(func, /, *args, **kwargs):
@@ -91,6 +94,13 @@ def test_the_picker_page_reads_in_two_worker_thread_calls_whatever_the_offerings
     assert page.status_code == 200 and page.text.count('<td class="free-now">') >= 6
     assert sorted(hops.read_text().split()) == sorted(
         ["free_counts.<locals>.<lambda>", "HybridSpawner._picker_reads"])
+
+
+def test_the_hub_starts_with_its_startup_objects_out_of_garbage_collection(hub):
+    """A full collection walks every tracked object while the loop waits (130 ms here, in the
+    middle of a lecture hall's logins); the hub's config freezes what start-up made."""
+    frozen = re.search(r"hybridhub-test: frozen objects: (\d+)", hub.log())
+    assert frozen and int(frozen.group(1)) > 50_000
 
 
 def test_a_later_launch_runs_in_the_process_started_ahead_and_answers(hub):

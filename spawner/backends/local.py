@@ -183,8 +183,8 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
             self.notebook_dir = self.notebook_dir or self.home_dir
             if not self.port:
                 self.port = random_port()
-            env = self.get_env()
             ahead = self.prestart and self.cmd == SINGLEUSER_CMD and not (self.shell_cmd or self.popen_kwargs)
+            env = self.get_env() if ahead else {}  # a cold start builds its own (LocalProcessSpawner.start)
             if not (ahead and self._take_ahead(env)):
                 await super().start()
         except BaseException:

@@ -104,14 +104,17 @@ def _setup_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
 
 
+_WRITE_IN_READING = "a write inside Database.reading(); use Database.session()"
+
+
 def _refuse_writes(state: Any) -> None:
     if state.is_insert or state.is_update or state.is_delete:
-        raise RuntimeError("a write inside Database.reading(); use Database.session()")
+        raise RuntimeError(_WRITE_IN_READING)
 
 
-def _refuse_flush(session: Session, *_: Any) -> None:
+def _refuse_flush(session: Session, *_: Any) -> None:  # its commit flushes: this runs then at the latest
     if session.new or session.dirty or session.deleted:
-        raise RuntimeError("a write inside Database.reading(); use Database.session()")
+        raise RuntimeError(_WRITE_IN_READING)
 
 
 class Database:
@@ -176,7 +179,6 @@ class Database:
             self._reading.session = session
             try:
                 yield session
-                _refuse_flush(session)
             finally:
                 self._reading.session = None
 

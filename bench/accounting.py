@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import text  # noqa: E402
 
+from portal.accounting import meter_sql  # noqa: E402
 from portal.accounting.db import Database  # noqa: E402
 from portal.accounting.ledger import Accounting  # noqa: E402
 from portal.accounting.models import to_units  # noqa: E402
@@ -108,6 +109,8 @@ def fill(db: Database, rows: int, now: datetime, groups: int = GROUPS,
             batch = []
     if batch:
         _bulk(db, "usage_entries", ENTRY_COLS, batch)
+    with db.engine.begin() as conn:  # as the tick and release keep them
+        meter_sql.fold_hours(conn, meter_sql.ledger_lines())
     # Settle after the bulk load (statistics, and no autovacuum or checkpoint mid-measurement).
     if db.dialect == "postgresql":
         with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

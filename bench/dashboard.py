@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import statistics
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,14 +43,15 @@ RAW = [
      " ON r.id = e.reservation_id WHERE e.ts_from >= %(month)s GROUP BY 1"),
     ("SELECT b.id, g.name, b.amount, b.used, b.reserved FROM budgets b JOIN groups g"
      " ON g.id = b.group_id WHERE b.amount > 0 AND b.used + b.reserved >= 0.8 * b.amount"),
-    ("SELECT budget_id, sum(amount) / 7 FROM usage_entries WHERE ts_from >= %(week)s"
-     " AND ts_from < %(now)s GROUP BY 1"),
+    ("SELECT budget_id, sum(amount) / 7 FROM charged_hours WHERE hour >= %(week_h)s"
+     " AND hour < %(now_h)s GROUP BY 1"),
     ("SELECT resource_class, model, count(*), sum(count), sum(price_per_hour * count)"
      " FROM reservations WHERE state != 'closed' GROUP BY 1, 2"),
     ("SELECT reason, count(*) FROM refused_launches WHERE at >= %(day)s AND at <= %(now)s"
      " GROUP BY 1"),
 ]
 TICK = 10_000
+EPOCH = datetime(1970, 1, 1)
 
 
 def run(url: str, rows: int, samples: int) -> bool:
@@ -59,8 +60,10 @@ def run(url: str, rows: int, samples: int) -> bool:
     raw.execute("VACUUM ANALYZE usage_rollup")
     env = _jinja_env()
     viewer = Viewer("admin", True, None, frozenset())
-    params = {"month": month_start(now), "week": now - timedelta(days=7), "now": now,
-              "day": now - timedelta(hours=24)}
+    hour = timedelta(hours=1)
+    params = {"month": month_start(now), "now": now, "day": now - timedelta(hours=24),
+              "week_h": (now - timedelta(days=7) - EPOCH) // hour,
+              "now_h": -((EPOCH - now) // hour)}
 
     def figures():
         return dashboard(db, Scope(None, None), now, None)

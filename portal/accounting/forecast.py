@@ -1,7 +1,10 @@
 """Forecasts per budget: the burn rate over the last days and when the budget runs out.
 
 The rate is what the ledger charged to the budget in the window (default 7 days) divided
-by its length; the run-out date is ``now + remaining / rate``.  An idle budget (or one
+by its length, read from the budgets' charged hours
+(:class:`~portal.accounting.models.ChargedHour`): the window runs from the hour ``now - 7
+days`` falls in to the end of the hour ``now`` falls in (exact when ``now`` is on the
+hour); the run-out date is ``now + remaining / rate``.  An idle budget (or one
 that would last beyond :data:`HORIZON_DAYS`) never runs out ("never"); one that would
 last past its next reset says so.  The clock is an argument, so a synthetic history is
 forecast exactly in tests.
@@ -17,7 +20,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 
 from portal.accounting.db import Database
-from portal.accounting.models import UsageEntry
+from portal.accounting.models import ChargedHour
 
 #: Days of history the burn rate is measured over.
 WINDOW_DAYS = 7
@@ -53,14 +56,15 @@ class Forecast:
                 "runs_out_at": self.runs_out_at, "label": self.label}
 
 
-_ue = UsageEntry.__table__
-#: Built once (each picker view asks it): units charged per budget between ``since`` and ``now``.
+_ch = ChargedHour.__table__
+#: Built once (each picker view asks it): units charged per budget in hours [since, upto).
 _CHARGED = (
-    select(_ue.c.budget_id, func.sum(_ue.c.amount))
-    .where(_ue.c.budget_id.in_(bindparam("ids", expanding=True)), _ue.c.ts_from >= bindparam("since"),
-           _ue.c.ts_from < bindparam("now"))
-    .group_by(_ue.c.budget_id)
+    select(_ch.c.budget_id, func.sum(_ch.c.amount))
+    .where(_ch.c.budget_id.in_(bindparam("ids", expanding=True)), _ch.c.hour >= bindparam("since"),
+           _ch.c.hour < bindparam("upto"))
+    .group_by(_ch.c.budget_id)
 )
+_EPOCH, _HOUR = datetime(1970, 1, 1), timedelta(hours=1)
 
 
 def burn_rates(db: Database, budget_ids: Iterable[int], now: datetime,
@@ -69,8 +73,10 @@ def burn_rates(db: Database, budget_ids: Iterable[int], now: datetime,
     ids = sorted(set(budget_ids))
     if not ids:
         return {}
+    since = (now - timedelta(days=days) - _EPOCH) // _HOUR
+    upto = -((_EPOCH - now) // _HOUR)  # the end of the hour ``now`` is in
     with db.session() as s:
-        rows = s.execute(_CHARGED, {"ids": ids, "since": now - timedelta(days=days), "now": now}).all()
+        rows = s.execute(_CHARGED, {"ids": ids, "since": since, "upto": upto}).all()
     charged = {b: float(a or 0.0) for b, a in rows}
     return {b: charged.get(b, 0.0) / days for b in ids}
 

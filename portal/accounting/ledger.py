@@ -696,9 +696,10 @@ class Accounting(BudgetAdmin):
                              - to_units(r.amount_charged) - charge_u)
                 charge_u += max(0, shortfall)
                 if charge_u > 0 or upto > r.charged_until:
+                    key = f"res:{r.id}:final"
                     s.execute(insert(UsageEntry), [self._entry(
-                        r, r.charged_until, upto, from_units(charge_u), f"res:{r.id}:final",
-                        now_dt)])
+                        r, r.charged_until, upto, from_units(charge_u), key, now_dt)])
+                    meter_sql.fold_hours(s.connection(), meter_sql.ledger_lines(UsageEntry.idempotency_key == key))
             charge = from_units(charge_u)
             hold_u = max(0, to_units(r.amount_reserved) - to_units(r.amount_charged))
             rest = from_units(max(0, hold_u - charge_u))

@@ -3,8 +3,9 @@
 Every running reservation is charged by a handful of statements, whatever their number:
 one ``INSERT INTO usage_entries ... SELECT ... FROM reservations`` writes the ledger
 lines, then ``UPDATE ... FROM`` statements add them to budgets, per-user usage and the
-reservations.  The per-row rule is computed in SQL float for float as Python computed
-it (IEEE doubles on SQLite and PostgreSQL alike); times become integer microseconds.
+reservations, and one upsert to the budgets' charged hours.  The per-row rule is computed
+in SQL float for float as Python computed it (IEEE doubles on SQLite and PostgreSQL
+alike); times become integer microseconds.
 The same statements run on both databases (SQLite >= 3.35: ``UPDATE ... FROM`` and
 ``AS MATERIALIZED``; PostgreSQL >= 14: an exact ``EXTRACT(EPOCH ...)``);
 only the few constructs below compile differently.
@@ -34,14 +35,25 @@ from sqlalchemy import (
     union_all,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import Subquery
 from sqlalchemy.sql.functions import FunctionElement
 
-from portal.accounting.models import Budget, Group, Notice, Reservation, UsageEntry, UserUsage
+from portal.accounting.models import (
+    Budget,
+    ChargedHour,
+    Group,
+    Notice,
+    Reservation,
+    UsageEntry,
+    UserUsage,
+)
 
-_R, _B, _G, _U, _E, _N = (m.__table__ for m in (
-    Reservation, Budget, Group, UserUsage, UsageEntry, Notice))
+_R, _B, _G, _U, _E, _N, _H = (m.__table__ for m in (
+    Reservation, Budget, Group, UserUsage, UsageEntry, Notice, ChargedHour))
 _US_PER_HOUR = 3_600_000_000
 
 
@@ -203,7 +215,7 @@ def _pending(before: int):
     held = case((held > 0, held), else_=0)
     take = case((_units(e.c.amount) < held, _units(e.c.amount)), else_=held)
     return (
-        select(r.c.budget_id, r.c.username, r.c.user_period_start,
+        select(r.c.budget_id, r.c.username, r.c.user_period_start, e.c.ts_from,
                _units(e.c.amount).label("amount"), take.label("take"))
         .select_from(e.join(r, and_(r.c.id == e.c.reservation_id,
                                     r.c.charged_until == e.c.ts_from)))
@@ -213,7 +225,8 @@ def _pending(before: int):
 
 
 def apply_charges(conn: Connection, before: int) -> tuple[int, int]:
-    """Add this tick's ledger lines to budgets, per-user usage and the reservations.
+    """Add this tick's ledger lines to budgets, per-user usage, the reservations and the
+    budgets' charged hours.
 
     Returns (lines, stored units charged); raises if the reservations moved meanwhile.
     """
@@ -234,6 +247,7 @@ def apply_charges(conn: Connection, before: int) -> tuple[int, int]:
         _U.c.budget_id == u.c.budget_id, _U.c.username == u.c.username,
         _U.c.period_start == u.c.user_period_start,
     ).values(used=_U.c.used + u.c.amount, reserved=_U.c.reserved - u.c.take))
+    fold_hours(conn, p)
     e, r = _E, _R
     moved = conn.execute(update(r).where(
         e.c.id > before, e.c.reservation_id == r.c.id, e.c.ts_from == r.c.charged_until,
@@ -242,6 +256,27 @@ def apply_charges(conn: Connection, before: int) -> tuple[int, int]:
     if moved.rowcount not in (-1, count):
         raise RuntimeError("reservations changed under a metering tick; rolled back")
     return count, int(total)
+
+
+def ledger_lines(*where) -> Subquery:
+    """The ledger lines matching ``where`` as :func:`fold_hours` takes them."""
+    e = _E
+    return select(e.c.budget_id, e.c.ts_from, _units(e.c.amount).label("amount")).where(
+        *where).subquery("lines")
+
+
+def fold_hours(conn: Connection, lines: Subquery) -> None:
+    """Add ``lines`` (``budget_id``, ``ts_from``, ``amount`` in stored units) to
+    :class:`ChargedHour`: one upsert of a row per budget and hour their spans start in."""
+    h = _H
+    hour = _EpochUs(lines.c.ts_from) // literal(_US_PER_HOUR, BigInteger)
+    sums = (select(lines.c.budget_id, hour, func.sum(lines.c.amount))
+            .where(true()).group_by(lines.c.budget_id, hour))  # WHERE: SQLite's upsert needs one
+    insert = (pg_insert if conn.dialect.name == "postgresql" else sqlite_insert)(h)
+    stmt = insert.from_select(["budget_id", "hour", "amount"], sums)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["budget_id", "hour"],
+        set_={"amount": _units(h.c.amount) + _units(stmt.excluded.amount)}))
 
 
 #: Warning levels: name, percent of the amount, rank in the report (highest first).

@@ -92,6 +92,24 @@ def test_forecast_on_a_synthetic_history(acct, db):
     assert later[lab["id"]].label == "never"
 
 
+def test_forecast_counts_what_the_metering_ticks_charged(acct, db):
+    """The burn rate sees the tick's charges (its own upsert of the charged hours, in the
+    tick's transaction), hour by hour as they leave the window."""
+    oneoff(acct, "lab", "community", 100.0)
+    rid = acct.admit(username="carol", group="lab", resource_class="community",
+                     model="rtx4090", count=2, hours=12)
+    start = NOW - timedelta(days=WINDOW_DAYS, hours=1)  # an hour before the window opens
+    acct.mark_running(rid, start)
+    for hours in (1, 2, 3):  # a tick an hour, each charging an hour of two GPUs
+        assert acct.meter(start + timedelta(hours=hours)).charged == 1
+    lab = next(g for g in groups_view(db, None, NOW) if g["name"] == "lab")["budgets"][0]
+    assert lab["remaining"] == pytest.approx(100 - 2 * 12)  # the ticks charge out of the hold
+    burn = forecasts(db, [lab], NOW)[lab["id"]].burn_per_day
+    assert burn == pytest.approx(4 / WINDOW_DAYS)  # the hour before the window is not counted
+    later = forecasts(db, [lab], NOW + timedelta(hours=1))[lab["id"]].burn_per_day
+    assert later == pytest.approx(2 / WINDOW_DAYS)
+
+
 def test_refused_launches_per_day_offering_and_reason(db):
     day1, day2 = NOW - timedelta(days=1, hours=1), NOW
     record_refusal(db, username="alice", group="course", resource_class="enterprise",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from datetime import datetime
 
 import pytest
 from alembic import command
@@ -109,6 +110,43 @@ def test_meter_migration_keeps_the_ledger_and_drops_its_per_line_key_checks(db_f
         command.downgrade(cfg, "0007_prices_demand")
     assert sorted(k["referred_table"] for k in _ledger_keys(database)) == [
         "budgets", "groups", "reservations"]
+
+
+def _ledger_indexes(database: Database) -> list[str]:
+    """The ledger's indexes besides its primary and idempotency keys."""
+    return sorted(i["name"] for i in inspect(database.engine).get_indexes("usage_entries")
+                  if i["name"] != "uq_usage_entries_idempotency_key")
+
+
+def test_ledger_migration_drops_the_per_line_indexes_and_sums_charged_hours(db_factory):
+    """0009: the ledger keeps only its id and idempotency key (each further index cost a
+    1,000,000-row tick about 40 ms); the budgets' charged hours start from the old lines,
+    summed per budget and hour; downgrade restores the indexes."""
+    database = db_factory()
+    database.upgrade("0008_meter_at_scale")
+    lines = [(1, 5, "2026-11-10 12:00:00"), (1, 7, "2026-11-10 12:59:59.999999"),
+             (1, 11, "2026-11-10 13:00:00"), (2, 13, "2026-11-10 12:30:00")]
+    with database.engine.begin() as conn:
+        conn.execute(text("INSERT INTO usage_entries (reservation_id, budget_id, group_id,"
+                          " username, resource_class, amount, accelerator_hours, ts_from, ts_to,"
+                          " created_at, idempotency_key) VALUES (:b, :b, 1, 'a', 'aws', :amount, 1,"
+                          " :ts, :ts, :ts, :key)"),
+                     [{"b": b, "amount": a, "ts": datetime.fromisoformat(ts), "key": f"e{n}"}
+                      for n, (b, a, ts) in enumerate(lines)])
+    assert len(_ledger_indexes(database)) == 4
+    database.upgrade()
+    hour = 1794312000 // 3600  # 2026-11-10 12:00 UTC, in hours since the epoch
+    with database.engine.connect() as conn:
+        assert sorted(conn.execute(text("SELECT budget_id, hour, amount FROM charged_hours")).all()) \
+            == [(1, hour, 12), (1, hour + 1, 11), (2, hour, 13)]
+    assert _ledger_indexes(database) == []
+    cfg = alembic_config(database.url)
+    with database.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0008_meter_at_scale")
+    assert _ledger_indexes(database) == ["ix_usage_entries_budget", "ix_usage_entries_group_ts",
+                                         "ix_usage_entries_reservation", "ix_usage_entries_user"]
+    assert "charged_hours" not in inspect(database.engine).get_table_names()
 
 
 def test_a_bulk_commit_on_sqlite_leaves_the_checkpoint_to_a_background_thread(

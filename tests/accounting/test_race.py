@@ -20,6 +20,7 @@ import time
 import traceback
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timedelta
 
 from sqlalchemy import BigInteger, select, type_coerce
 
@@ -27,6 +28,7 @@ from portal.accounting.db import Database
 from portal.accounting.ledger import Accounting, NotMember, QuotaExceeded
 from portal.accounting.models import (
     Budget,
+    ChargedHour,
     Group,
     Reservation,
     UsageEntry,
@@ -42,6 +44,7 @@ SPEED = 120.0
 BASE = 1794312000.0
 METER_INTERVAL = 60.0
 GRACE = 300.0
+EPOCH, HOUR = datetime(1970, 1, 1), timedelta(hours=1)
 
 #: group -> members; ``outsider`` is in no group (admits as them are refused: NotMember).
 GROUPS = {
@@ -195,8 +198,10 @@ def _end_state(db: Database) -> dict:
             UsageEntry.reservation_id, UsageEntry.budget_id, UsageEntry.username,
             _units(UsageEntry.amount), UsageEntry.ts_from, UsageEntry.ts_to,
         ).order_by(UsageEntry.reservation_id, UsageEntry.ts_from)).all()
+        hours = s.execute(select(ChargedHour.budget_id, ChargedHour.hour,
+                                 _units(ChargedHour.amount))).all()
     return {"budgets": budgets, "users": users, "reservations": reservations,
-            "entries": entries}
+            "entries": entries, "hours": hours}
 
 
 def _check(state: dict, names: dict[int, str]) -> tuple[list[str], list[str]]:
@@ -278,6 +283,13 @@ def _check(state: dict, names: dict[int, str]) -> tuple[list[str], list[str]]:
             problems.append(f"{name}: reserved {u[4]} is negative")
         if caps[u.budget_id] is not None and u[3] + u[4] - over_u[k] > caps[u.budget_id]:
             problems.append(f"{name}: used+reserved-overcharge over the cap {caps[u.budget_id]}")
+    by_hour: Counter = Counter()
+    for e in state["entries"]:
+        by_hour[(e.budget_id, (e.ts_from - EPOCH) // HOUR)] += e.amount
+    stored_hours = {(h.budget_id, h.hour): h[2] for h in state["hours"]}
+    if stored_hours != dict(by_hour):
+        problems.append(f"charged hours {sorted(stored_hours.items())} != the ledger's "
+                        f"{sorted(by_hour.items())}")
     user_keys = {(u.budget_id, u.username, u.period_start) for u in state["users"]}
     for k in set(ledger_u) | set(held_u):
         if k not in user_keys:
@@ -312,6 +324,8 @@ def test_mixed_race_of_four_processes_keeps_every_balance_exact(db, clock):
       open reservations of that user, budget and period, and the cap in place of the amount;
     * every reservation's ``amount_charged`` == the sum of its ledger lines, and those lines
       tile ``[started_at, charged_until]`` without a gap or an overlap (no span charged twice);
+    * the budgets' charged hours (``charged_hours``, what forecasts read) == the ledger's
+      lines summed per budget and the hour their span starts in;
     * an idempotency key names one reservation: every worker that sent it got that id.
 
     Then every open reservation is released and the budgets must hold nothing reserved.

@@ -186,9 +186,10 @@ def configure_courses(
     earlier = getattr(template_vars.get("hybridhub_banners"), "read", None)  # add_hybridhub's
     template_vars["hybridhub_banners"] = PageVar("hybridhub_banners", lambda name, groups: [
         *(earlier(name, groups) if earlier else []), *courses.course_banners(db, name),
-    ])
+    ], db.reading)
     template_vars["hybridhub_course_sessions"] = PageVar(
         "hybridhub_course_sessions", lambda name, groups: courses.sessions_for_user(db, name, groups),
+        db.reading,
     )
     c.JupyterHub.template_vars = template_vars
 
@@ -253,13 +254,14 @@ def add_hybridhub(
     from spawner.home import running_servers
     from spawner.hybrid import accounting_for
 
-    accounting_for(db_url)  # upgrades the schema now; refuses a newer one
+    reading = accounting_for(db_url).db.reading  # upgrades the schema now; refuses a newer one
     c.JupyterHub.template_vars = {  # read in a worker thread, off the hub's loop (spawner.pagevars)
         **c.JupyterHub.get("template_vars", {}),
         "hybridhub_banners": PageVar(
-            "hybridhub_banners", lambda name, groups: accounting_for(db_url).banners_for(name)),
+            "hybridhub_banners", lambda name, groups: accounting_for(db_url).banners_for(name), reading),
         "hybridhub_running": PageVar(
-            "hybridhub_running", lambda name, groups: running_servers(accounting_for(db_url), catalog, name)),
+            "hybridhub_running", lambda name, groups: running_servers(accounting_for(db_url), catalog, name),
+            reading),
     }
     configure_services(
         c, db_url=db_url, meter_interval=meter_interval, grace_seconds=grace_seconds,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 #: A reader: (username, group names) -> the value; it runs in a worker thread.
@@ -37,11 +38,24 @@ SPAWN_PAGE_VARS = ("hybridhub_banners",)
 
 
 class PageVar:
-    """A ``template_vars`` value whose ``read(username, groups)`` runs off the loop."""
+    """A ``template_vars`` value whose ``read(username, groups)`` runs off the loop, inside
+    ``reading()`` when given (one read-only transaction, :meth:`Database.reading`: on SQLite
+    a plain ``BEGIN``, so the page does not wait for a writer's lock)."""
 
-    def __init__(self, name: str, read: Reader):
+    def __init__(self, name: str, read: Reader,
+                 reading: Callable[[], AbstractContextManager] = nullcontext):
         self.name = name
         self.read = read
+        self.reading = reading
+
+    def __deepcopy__(self, memo: dict) -> PageVar:
+        """traitlets copies config values; the readers and their database are shared, not copied."""
+        return self
+
+    def value(self, username: str, groups: list[str]) -> list:
+        """``read``, inside ``reading()`` (in the caller's worker thread)."""
+        with self.reading():
+            return self.read(username, groups)
 
     def __call__(self, user) -> PageValue | list:
         """Called by JupyterHub on its loop: no database access, only the user's names."""
@@ -53,7 +67,7 @@ class PageVar:
         """Read the value now, in the caller's worker thread, for the page about to render."""
         if len(_primed) > 10_000:
             _primed.clear()
-        _primed[(self.name, username)] = (time.monotonic(), self.read(username, groups))
+        _primed[(self.name, username)] = (time.monotonic(), self.value(username, groups))
 
 
 class PageValue:
@@ -71,7 +85,7 @@ class PageValue:
         if primed is not None and time.monotonic() - primed[0] < PRIMED_SECONDS:
             value = primed[1]
         else:
-            value = await asyncio.to_thread(self.var.read, self.username, self.groups)
+            value = await asyncio.to_thread(self.var.value, self.username, self.groups)
         _last[(self.var.name, self.username)] = value
         return value
 

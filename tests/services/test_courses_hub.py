@@ -20,7 +20,6 @@ from portal.accounting.db import Database
 from portal.accounting.ledger import Accounting
 from portal.accounting.models import Reservation
 from portal.hubapi import HubApi
-from portal.hubconfig import DEMO_USER_PASSWORD
 from portal.services.course_scheduler import SERVICE_SCOPES, CourseScheduler
 from spawner.catalog import load_catalog
 from tests.fixtures.courses import make_course, servers, stop_all_servers
@@ -46,15 +45,6 @@ def make_scheduler(hub: Hub, token: str, acct: Accounting, clock, concurrency=5,
     schedule = CourseSchedule(acct, load_catalog(backend_override="local"), clock=clock)
     return CourseScheduler(schedule, HubApi(hub.api_url, token), concurrency=concurrency,
                            start_timeout=180, **kw)
-
-
-def signed_in(hub: Hub, user: str) -> requests.Session:
-    """A browser-like session logged in to the hub as ``user`` (pages take no API tokens)."""
-    session = requests.Session()
-    session.get(f"{hub.url}/hub/login", timeout=30)
-    session.post(f"{hub.url}/hub/login", timeout=60, data={
-        "username": user, "password": DEMO_USER_PASSWORD, "_xsrf": session.cookies.get("_xsrf")})
-    return session
 
 
 def closed_reasons(acct: Accounting, users: list[str]) -> Counter:
@@ -111,7 +101,7 @@ async def test_thirty_students_on_the_local_backend(course_hub, caplog):
     # 10 and 2 minutes before the end: recorded once, on the banner, in the log
     clock.advance(1800 - 600)
     await scheduler.tick()
-    home = signed_in(hub, "stu05").get(f"{hub.url}/hub/home", timeout=30)
+    home = hub.signed_in("stu05").get(f"{hub.url}/hub/home", timeout=30)
     assert "ends at" in home.text and "in 10 minutes" in home.text and "Exam" in home.text
     clock.advance(8 * 60)
     await scheduler.tick()

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from portal.hubconfig import DEMO_USER_PASSWORD
 from tests.fixtures.env import require
 from tests.fixtures.hub import (
     Hub,
@@ -80,16 +79,6 @@ def pg_hub(hub_prereqs, tmp_path_factory):  # noqa: F811
         hub.stop()
         _stop_user_processes(workdir)
         drop_pg_database(name)
-
-
-def signed_in(hub: Hub, user: str) -> requests.Session:
-    """A browser-like session logged in as ``user``."""
-    s = requests.Session()
-    s.get(f"{hub.url}/hub/login", timeout=30)
-    r = s.post(f"{hub.url}/hub/login", timeout=60, data={
-        "username": user, "password": DEMO_USER_PASSWORD, "_xsrf": s.cookies.get("_xsrf")})
-    assert r.status_code == 200, r.text
-    return s
 
 
 def hold_lock(hub: Hub, tables: str, seconds: float, locked: threading.Event) -> threading.Thread:
@@ -167,7 +156,7 @@ REQUESTS = {
 def test_a_locked_table_stalls_only_the_request_that_needs_it(pg_hub, what):
     hub = pg_hub
     user, call, tables = REQUESTS[what]
-    session = signed_in(hub, user)
+    session = hub.signed_in(user)
     if what != "spawn":
         assert call(hub, session).status_code == 200  # warm up (templates compiled, groups synced)
 

@@ -892,7 +892,11 @@ class Accounting(BudgetAdmin):
         since: float | datetime | None = None,
         until: float | datetime | None = None,
     ) -> dict[str, float]:
-        """Ledger totals: ``amount`` (budget units) and ``accelerator_hours``, filtered."""
+        """Ledger totals: ``amount`` (budget units) and ``accelerator_hours``, filtered.
+
+        An audit read that scans the ledger (it keeps no index by group, user or time, see
+        :class:`UsageEntry`); pages read the rollup (:mod:`portal.accounting.reports`).
+        """
         query = select(
             func.coalesce(func.sum(UsageEntry.amount), 0.0),
             func.coalesce(func.sum(UsageEntry.accelerator_hours), 0.0),

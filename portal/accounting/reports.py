@@ -210,7 +210,8 @@ def usage_report(db: Database, where: UsageFilter = UsageFilter()) -> list[Usage
 
     Reads the daily rollup plus the ledger entries newer than its mark (exactly the
     ledger's totals, whenever the rollup was last refreshed); a span that does not start
-    and end at midnight is aggregated from the ledger alone.
+    and end at midnight is aggregated from the ledger alone (a scan: the ledger is indexed
+    by id only).
     """
     ue, ru, rt = UsageEntry.__table__, UsageRollup.__table__, Reservation.__table__
     live = select(

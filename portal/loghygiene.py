@@ -1,7 +1,8 @@
 """Log hygiene for the hub and its services: no secrets, no tracebacks for user errors.
 
 :func:`install` puts a log-record factory in front of every logger of the process
-(JupyterHub's, tornado's, ours), so each record is scrubbed once, when it is made:
+(JupyterHub's, tornado's, ours), so each record that a handler will take is scrubbed once,
+when it is made (one that every handler drops by its level is left as it is: nobody reads it):
 
 * cookie values, ``token``/``Authorization`` values and 32+ character hex secrets are
   replaced by ``[secret]`` (JupyterHub's ``_xsrf_utils`` logs its xsrf id, which embeds
@@ -73,6 +74,27 @@ def clean(record: logging.LogRecord) -> logging.LogRecord:
     return record
 
 
+def _reaches_a_handler(record: logging.LogRecord) -> bool:
+    """Whether a handler on the record's way up takes its level (else it is dropped unread).
+
+    The hub's logger passes DEBUG records to a handler at INFO, so most records made during
+    a page are dropped; scrubbing those cost more than the page's own log line.
+    """
+    logger = logging.root if record.name == "root" else logging.Logger.manager.loggerDict.get(record.name)
+    if not isinstance(logger, logging.Logger):  # made by hand (makeLogRecord): scrub it
+        return True
+    seen = False
+    while logger is not None:
+        for handler in logger.handlers:
+            seen = True
+            if record.levelno >= handler.level:
+                return True
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return not seen and logging.lastResort is not None and record.levelno >= logging.lastResort.level
+
+
 def install() -> None:
     """Scrub every log record made in this process from now on (idempotent)."""
     if _installed:
@@ -80,7 +102,8 @@ def install() -> None:
     previous = logging.getLogRecordFactory()
 
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
-        return clean(previous(*args, **kwargs))
+        record = previous(*args, **kwargs)
+        return clean(record) if _reaches_a_handler(record) else record
 
     logging.setLogRecordFactory(factory)
     _installed.append(factory)

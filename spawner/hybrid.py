@@ -551,7 +551,16 @@ def picker_html(catalog: Catalog, rows: list[dict], groups: list[str], choice: d
     free counts, remaining quota and choice.  The key is the repr of all the template's
     inputs except the offerings themselves, which the catalog's identity fixes.
     """
-    key = repr(([(r["offering"].key, r["free_now"], r["simulated"], r["remaining"], r["trust"]) for r in rows],
+    shown: dict[int, str] = {}  # offerings share their budget's Remaining: each repr'd once
+
+    def once(rem) -> str:
+        text = shown.get(id(rem))
+        if text is None:
+            text = shown[id(rem)] = repr(rem)
+        return text
+
+    key = repr(([(r["offering"].key, r["free_now"], r["simulated"],
+                  [(g, once(rem)) for g, rem in r["remaining"].items()], r["trust"]) for r in rows],
                 groups, choice, outlook))
     hit = _picker_pages.get(key)
     if hit is not None and hit[0] is catalog:

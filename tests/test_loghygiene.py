@@ -59,3 +59,23 @@ def test_a_user_error_loses_its_traceback_and_is_a_warning(records):
     assert refused.levelname == "WARNING"
     assert fault.levelname == "ERROR" and "Traceback" in fault.exc_text
     assert loghygiene.SECRET in fault.exc_text  # tracebacks are scrubbed too
+
+
+def test_only_records_that_a_handler_takes_are_scrubbed(records):
+    """The hub's logger makes DEBUG records for a handler at INFO: those are dropped unread, and
+    scrubbing them was most of a page's logging cost; what a handler takes is still scrubbed."""
+    logger, seen = records
+    token = secrets.token_hex(16)
+    made: list[logging.LogRecord] = []
+    logger.handlers[-1].setLevel(logging.INFO)
+    logger.addFilter(lambda r: made.append(r) or True)  # sees every record, before the handlers
+    logger.propagate = False  # the hub's logger does not propagate (pytest's root handlers take all)
+    try:
+        logger.debug("dropped %s", token)
+        logger.info("kept %s", token)
+    finally:
+        logger.filters.clear()
+        logger.propagate = True
+    dropped, kept = made
+    assert dropped.args == (token,)  # not scrubbed: no handler takes DEBUG
+    assert seen == [kept] and kept.getMessage() == f"kept {loghygiene.SECRET}"

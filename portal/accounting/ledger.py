@@ -675,8 +675,14 @@ class Accounting(BudgetAdmin):
     def release(
         self, reservation_id: int, reason: str, now: float | datetime | None = None
     ) -> Released:
-        """Charge the time used since the last tick, give back the rest, close.  Idempotent."""
+        """Charge the time used since the last tick, give back the rest, close.  Idempotent.
+
+        Locks in a metering tick's order (:func:`meter_sql.apply_charges`): the reservation,
+        the budget, the user's usage, then the budget's charged hours.  The other way round, a
+        tick that holds the budget and upserts the same hour deadlocks with this release.
+        """
         now_dt = self._now(now)
+        final_key = None
         with self.db.session() as s:
             r = s.scalar(
                 select(Reservation).where(Reservation.id == reservation_id).with_for_update()
@@ -696,10 +702,9 @@ class Accounting(BudgetAdmin):
                              - to_units(r.amount_charged) - charge_u)
                 charge_u += max(0, shortfall)
                 if charge_u > 0 or upto > r.charged_until:
-                    key = f"res:{r.id}:final"
+                    final_key = f"res:{r.id}:final"
                     s.execute(insert(UsageEntry), [self._entry(
-                        r, r.charged_until, upto, from_units(charge_u), key, now_dt)])
-                    meter_sql.fold_hours(s.connection(), meter_sql.ledger_lines(UsageEntry.idempotency_key == key))
+                        r, r.charged_until, upto, from_units(charge_u), final_key, now_dt)])
             charge = from_units(charge_u)
             hold_u = max(0, to_units(r.amount_reserved) - to_units(r.amount_charged))
             rest = from_units(max(0, hold_u - charge_u))
@@ -721,6 +726,8 @@ class Accounting(BudgetAdmin):
                     .values(used=UserUsage.used + charge, reserved=UserUsage.reserved - hold)
                     .execution_options(synchronize_session=False)
                 )
+            if final_key is not None:
+                meter_sql.fold_hours(s.connection(), meter_sql.ledger_lines(UsageEntry.idempotency_key == final_key))
             r.amount_charged = from_units(to_units(r.amount_charged) + charge_u)
             r.charged_until = upto
             r.state = "closed"

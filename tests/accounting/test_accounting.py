@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from portal.accounting.ledger import (
     Accounting,
@@ -15,7 +15,7 @@ from portal.accounting.ledger import (
     NotMember,
     QuotaExceeded,
 )
-from portal.accounting.models import Budget, UsageEntry
+from portal.accounting.models import Budget, ChargedHour, UsageEntry
 
 G = "course-ml101"
 #: Amounts are exact millionths and each charge is rounded up: one unit per entry.
@@ -433,3 +433,40 @@ def test_fifty_simultaneous_launches_admit_exactly_what_fits(db, db_factory, clo
     assert outcomes.count("admitted") == 7 and outcomes.count("refused") == 43
     row = budget_row(db, bid)
     assert row.reserved == pytest.approx(21) and len(setup.open_reservations()) == 7
+
+
+def test_a_release_beside_a_tick_holding_its_budget_waits_and_never_deadlocks(db, db_factory, clock):
+    """A tick updates budgets, then upserts their charged hours; a release must lock in that
+    order too.  Here another connection holds the budget as a tick does mid-way, and upserts the
+    hour the release's last line starts in, while the release waits.  (Found by test_race on
+    PostgreSQL: the release folded its hour first, and one of the two was killed as a deadlock.)"""
+    acct = Accounting(db, clock=clock)
+    acct.sync_groups({G: ["alice"]})
+    bid = acct.ensure_budget(G, "aws", 10)
+    rid = admit(acct, hours=2)
+    acct.mark_running(rid)
+    hour = int(clock() // HOUR)
+    clock.advance(600)
+    failed: list[BaseException] = []
+
+    def release() -> None:
+        try:
+            acct.release(rid, "user stopped")
+        except BaseException as e:  # reported below
+            failed.append(e)
+
+    tick = db_factory()
+    with tick.session() as s:
+        s.execute(text("UPDATE budgets SET used = used WHERE id = :b"), {"b": bid})
+        worker = threading.Thread(target=release)
+        worker.start()
+        worker.join(0.5)  # the release now waits for the budget (or, the old way, holds the hour)
+        s.execute(text("INSERT INTO charged_hours (budget_id, hour, amount) VALUES (:b, :h, 0) "
+                       "ON CONFLICT (budget_id, hour) DO UPDATE SET amount = charged_hours.amount"),
+                  {"b": bid, "h": hour})
+    worker.join(30)
+    assert not worker.is_alive() and not failed, failed
+    assert acct.open_reservations() == []
+    with db.session() as s:
+        charged = s.scalar(select(func.sum(ChargedHour.amount)).where(ChargedHour.budget_id == bid))
+    assert charged == pytest.approx(ledger_total(db, rid)[0])

@@ -20,7 +20,7 @@
 import os
 from pathlib import Path
 
-from portal.hubconfig import configure_hub
+from hybridhub.hub.config import configure_hub
 
 c = get_config()  # noqa: F821  (provided by JupyterHub)
 

@@ -32,11 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import text  # noqa: E402
 
-from portal.accounting import meter_sql  # noqa: E402
-from portal.accounting.db import Database  # noqa: E402
-from portal.accounting.ledger import Accounting  # noqa: E402
-from portal.accounting.models import to_units  # noqa: E402
-from portal.accounting.periods import month_start  # noqa: E402
+from hybridhub.accounting import meter_sql  # noqa: E402
+from hybridhub.accounting.db import Database  # noqa: E402
+from hybridhub.accounting.ledger import Accounting  # noqa: E402
+from hybridhub.accounting.models import to_units  # noqa: E402
+from hybridhub.accounting.periods import month_start  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get(
     "HYBRIDHUB_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT))
 
 from markupsafe import Markup  # noqa: E402
 
-from portal.accounting.dashboard import Scope, dashboard  # noqa: E402
-from portal.accounting.periods import month_start  # noqa: E402
-from portal.accounting.reports import refresh_rollup, totals_by  # noqa: E402
-from portal.web.base import Viewer, _jinja_env  # noqa: E402
-from portal.web.charts import stacked_bars  # noqa: E402
+from hybridhub.accounting.dashboard import Scope, dashboard  # noqa: E402
+from hybridhub.accounting.periods import month_start  # noqa: E402
+from hybridhub.accounting.reports import refresh_rollup, totals_by  # noqa: E402
+from hybridhub.web.base import Viewer, _jinja_env  # noqa: E402
+from hybridhub.web.charts import stacked_bars  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from usage_report import _ms, ledger_bench_main, loaded_ledger  # noqa: E402  (not copied)

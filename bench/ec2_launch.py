@@ -32,8 +32,8 @@ os.environ.pop("AWS_PROFILE", None)
 
 from moto.server import ThreadedMotoServer  # noqa: E402
 
-from spawner.backends import ec2 as ec2mod  # noqa: E402
-from spawner.catalog import load_catalog  # noqa: E402
+from hybridhub.backends import ec2 as ec2mod  # noqa: E402
+from hybridhub.catalog import load_catalog  # noqa: E402
 from tests.fixtures.moto import (  # noqa: E402
     EC2_TEST_CATALOG,
     AnsweringServer,

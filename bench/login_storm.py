@@ -42,7 +42,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from portal.hubconfig import DEMO_USER_PASSWORD  # noqa: E402
+from hybridhub.hub.config import DEMO_USER_PASSWORD  # noqa: E402
 from tests.fixtures.hub import Hub, _stop_user_processes  # noqa: E402
 
 PEER_CONFIG = Path(__file__).resolve().parent / "peer_jupyterhub_config.py"
@@ -60,7 +60,7 @@ def students(n: int) -> list[str]:
 def in_course(names: list[str]) -> list[str]:
     """Config lines: the demo's hub groups, the students in its course ``course-ml101``."""
     return [
-        "from portal.hubconfig import DEMO_GROUPS",
+        "from hybridhub.hub.config import DEMO_GROUPS",
         "import copy",
         "_groups = copy.deepcopy(DEMO_GROUPS)",
         f"_groups['course-ml101']['users'] += {names!r}",

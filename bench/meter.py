@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sqlalchemy import text  # noqa: E402
 
 from bench.accounting import fill, with_databases  # noqa: E402
-from portal.accounting.db import Database  # noqa: E402
-from portal.accounting.ledger import Accounting  # noqa: E402
+from hybridhub.accounting.db import Database  # noqa: E402
+from hybridhub.accounting.ledger import Accounting  # noqa: E402
 
 TARGET_S = 0.2
 INTERVAL = 60

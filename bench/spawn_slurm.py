@@ -1,7 +1,7 @@
 """Spawn latency on the slurm backend: through the hub vs ``sbatch`` of the same job by hand.
 
 Measures, in the same run and interleaved, (a) ``sbatch`` by hand of the job script the backend
-builds (:func:`spawner.backends.slurm.sbatch_script` with an equivalent JobSpec: 1 x H100 on
+builds (:func:`hybridhub.backends.slurm.sbatch_script` with an equivalent JobSpec: 1 x H100 on
 partition ``h100``, the venv's ``jupyterhub-singleuser`` on a known port) to its first HTTP answer,
 probed from the host at node hhn1's address, then ``scancel`` until Slurm says it ended; and
 (c) POST /hub/api/users/carol/server with the 1 x H100 offering through a real hub to ``ready``
@@ -37,7 +37,7 @@ from bench._common import (  # noqa: E402
     singleuser_env,
     through_hub,
 )
-from spawner.backends.slurm import JobSpec, sbatch_script  # noqa: E402
+from hybridhub.backends.slurm import JobSpec, sbatch_script  # noqa: E402
 from tests.fixtures.hub import VENV_BIN, Hub, free_port  # noqa: E402
 from tests.fixtures.slurm import HOST_IP, NODE_IP, SLURM_DIR, hub_slurm_config, run_script  # noqa: E402
 

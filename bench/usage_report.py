@@ -5,7 +5,7 @@ servers, ``--rows`` ledger rows), folds all but the newest 10,000 entries (one m
 tick's worth) into the daily rollup as the portal does every minute, and times that
 refresh; then times, interleaved in the same run:
 
-- ``portal.accounting.reports.usage_report``: what ``GET /api/usage`` (and the usage page and CSV)
+- ``hybridhub.accounting.reports.usage_report``: what ``GET /api/usage`` (and the usage page and CSV)
   runs, per day, group, class, model and user over the whole ledger (the admin's view),
   rows returned as Python objects: the rollup plus the entries newer than its mark;
 - the same aggregate written by hand in raw SQL over the ledger on a bare psycopg
@@ -33,9 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from portal.accounting.db import Database  # noqa: E402
-from portal.accounting.models import from_units  # noqa: E402
-from portal.accounting.reports import UsageFilter, refresh_rollup, usage_report  # noqa: E402
+from hybridhub.accounting.db import Database  # noqa: E402
+from hybridhub.accounting.models import from_units  # noqa: E402
+from hybridhub.accounting.reports import UsageFilter, refresh_rollup, usage_report  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get(
     "HYBRIDHUB_BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -1,4 +1,4 @@
-"""portal.loghygiene: secrets scrubbed from every record, user errors without tracebacks.
+"""hybridhub.loghygiene: secrets scrubbed from every record, user errors without tracebacks.
 
 The hub test (tests/spawner/test_quota_hostile.py) checks a real hub's log; these check the rules.
 """
@@ -11,7 +11,7 @@ import secrets
 import pytest
 from tornado.web import HTTPError
 
-from portal import loghygiene
+from hybridhub import loghygiene
 
 
 @pytest.fixture

@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select, text
 
-from portal.accounting.ledger import (
+from hybridhub.accounting.ledger import (
     Accounting,
     BudgetUnavailable,
     NoBudget,
     NotMember,
     QuotaExceeded,
 )
-from portal.accounting.models import Budget, ChargedHour, UsageEntry
+from hybridhub.accounting.models import Budget, ChargedHour, UsageEntry
 
 G = "course-ml101"
 #: Amounts are exact millionths and each charge is rounded up: one unit per entry.

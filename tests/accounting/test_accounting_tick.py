@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select, text
 
-from portal.accounting.ledger import Accounting, QuotaExceeded
-from portal.accounting.models import Budget, Notice, Reservation, UsageEntry, UserUsage, from_units, to_units
-from portal.accounting.periods import ceil_units
+from hybridhub.accounting.ledger import Accounting, QuotaExceeded
+from hybridhub.accounting.models import Budget, Notice, Reservation, UsageEntry, UserUsage, from_units, to_units
+from hybridhub.accounting.periods import ceil_units
 from tests.fixtures.db import FakeClock
 
 START = 1794312000.0  # 2026-11-10 12:00:00 UTC

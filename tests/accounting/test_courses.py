@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from portal.accounting.courses import (
+from hybridhub.accounting.courses import (
     END_REASON,
     ClassDoesNotFit,
     CourseSchedule,
@@ -24,12 +24,12 @@ from portal.accounting.courses import (
     session_launch,
     sessions_for_user,
 )
-from portal.accounting.ledger import Accounting
-from portal.accounting.models import Budget, Reservation
-from portal.accounting.periods import to_datetime
-from portal.hubapi import HubApiError
-from portal.services.course_scheduler import CourseScheduler, same_hardware
-from spawner.catalog import load_catalog
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.accounting.models import Budget, Reservation
+from hybridhub.accounting.periods import to_datetime
+from hybridhub.catalog import load_catalog
+from hybridhub.hubapi import HubApiError
+from hybridhub.services.course_scheduler import CourseScheduler, same_hardware
 
 COURSE = "course-ml101"
 STUDENTS = [f"s{i:02d}" for i in range(6)]

@@ -10,14 +10,14 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from portal.accounting.dashboard import Scope, dashboard
-from portal.accounting.demand import demand_csv, demand_report, record_refusal, refusals_by_reason
-from portal.accounting.forecast import WINDOW_DAYS, forecasts
-from portal.accounting.ledger import Accounting
-from portal.accounting.mail import NoticeMail, ThresholdMailer
-from portal.accounting.models import SCALE
-from portal.accounting.reports import UsageFilter, refresh_rollup, usage_csv, usage_report
-from portal.web.budgets import groups_view
+from hybridhub.accounting.dashboard import Scope, dashboard
+from hybridhub.accounting.demand import demand_csv, demand_report, record_refusal, refusals_by_reason
+from hybridhub.accounting.forecast import WINDOW_DAYS, forecasts
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.accounting.mail import NoticeMail, ThresholdMailer
+from hybridhub.accounting.models import SCALE
+from hybridhub.accounting.reports import UsageFilter, refresh_rollup, usage_csv, usage_report
+from hybridhub.web.budgets import groups_view
 
 NOW = datetime(2026, 11, 10, 12, 0)  # the clock fixture's time
 
@@ -261,7 +261,7 @@ def test_threshold_mail_is_off_without_a_host(db):
 def test_the_meter_service_gets_the_mail_settings(monkeypatch, tmp_path):
     from traitlets.config import Config
 
-    from portal.hubconfig import configure_services
+    from hybridhub.hub.config import configure_services
 
     monkeypatch.setenv("HYBRIDHUB_SMTP_HOST", "smtp.example.org")
     monkeypatch.setenv("HYBRIDHUB_LEADER_ADDRESSES", '{"lab": ["pi@example.org"]}')

@@ -1,6 +1,6 @@
 """Exact amounts and no free time, on SQLite and PostgreSQL (the ``db`` fixture).
 
-Amounts are integer millionths in the database (``portal.accounting.models.Amount``); admission has
+Amounts are integer millionths in the database (``hybridhub.accounting.models.Amount``); admission has
 no tolerance; time served past a reservation's end is charged; every threshold crossed
 is recorded; the migration to integers keeps every total.
 """
@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import MetaData, func, select, text
 
-from portal.accounting.ledger import Accounting, QuotaExceeded, fmt_amount
-from portal.accounting.models import SCALE, Budget, Reservation, UsageEntry, to_units
+from hybridhub.accounting.ledger import Accounting, QuotaExceeded, fmt_amount
+from hybridhub.accounting.models import SCALE, Budget, Reservation, UsageEntry, to_units
 from tests.fixtures.db import FakeClock
 
 G = "course-ml101"

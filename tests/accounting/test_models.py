@@ -12,16 +12,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text, update
 
-from portal.accounting.db import (
+from hybridhub.accounting.db import (
     SQLITE_AUTOCHECKPOINT_PAGES,
     Database,
     SchemaTooNew,
     alembic_config,
     head_revision,
 )
-from portal.accounting.ledger import Accounting
-from portal.accounting.models import Group
-from portal.accounting.schema import metadata
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.accounting.models import Group
+from hybridhub.accounting.schema import metadata
 
 TABLES = {
     "groups", "group_members", "budgets", "user_usage", "reservations", "usage_entries",

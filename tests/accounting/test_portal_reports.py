@@ -12,11 +12,11 @@ from html import unescape
 
 import pytest
 
-from portal.accounting import audit
-from portal.accounting.budget_csv import CsvImportError, import_budgets, parse_budgets
-from portal.accounting.budgets import BudgetError
-from portal.accounting.ledger import Accounting
-from portal.accounting.reports import (
+from hybridhub.accounting import audit
+from hybridhub.accounting.budget_csv import CsvImportError, import_budgets, parse_budgets
+from hybridhub.accounting.budgets import BudgetError
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.accounting.reports import (
     CSV_COLUMNS,
     UsageFilter,
     refresh_rollup,
@@ -25,7 +25,7 @@ from portal.accounting.reports import (
     usage_csv,
     usage_report,
 )
-from portal.web.charts import stacked_bars
+from hybridhub.web.charts import stacked_bars
 
 T0 = datetime(2026, 11, 2, 9, 0)  # a Monday
 

@@ -1,4 +1,4 @@
-"""portal.accounting.sessions and portal.accounting.trust on SQLite and PostgreSQL: records, end reasons, policies."""
+"""hybridhub.accounting.sessions and .trust on SQLite and PostgreSQL: records, end reasons, policies."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import inspect
 
-from portal.accounting.ledger import Accounting
-from portal.accounting.sessions import (
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.accounting.sessions import (
     CSV_COLUMNS,
     END_COURSE,
     END_HOST_LOST,
@@ -19,7 +19,7 @@ from portal.accounting.sessions import (
     SessionLog,
     sessions_csv,
 )
-from portal.accounting.trust import PolicyError, TrustPolicy, normalize_confidential_dirs
+from hybridhub.accounting.trust import PolicyError, TrustPolicy, normalize_confidential_dirs
 
 T0 = datetime(2026, 11, 10, 12, 0, 0)
 

@@ -24,9 +24,9 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import BigInteger, select, type_coerce
 
-from portal.accounting.db import Database
-from portal.accounting.ledger import Accounting, NotMember, QuotaExceeded
-from portal.accounting.models import (
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.ledger import Accounting, NotMember, QuotaExceeded
+from hybridhub.accounting.models import (
     Budget,
     ChargedHour,
     Group,
@@ -34,7 +34,7 @@ from portal.accounting.models import (
     UsageEntry,
     UserUsage,
 )
-from portal.accounting.periods import month_start, to_datetime
+from hybridhub.accounting.periods import month_start, to_datetime
 
 RACE_SECONDS = float(os.environ.get("HYBRIDHUB_RACE_SECONDS", "60"))
 WORKERS = 4

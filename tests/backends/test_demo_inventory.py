@@ -5,8 +5,8 @@ import re
 import pytest
 import requests
 
-from portal.accounting.allocations import allocator_for
-from portal.hubconfig import DEMO_INVENTORY, DEMO_USER_PASSWORD
+from hybridhub.accounting.allocations import allocator_for
+from hybridhub.hub.config import DEMO_INVENTORY, DEMO_USER_PASSWORD
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")
 

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from portal.accounting.allocations import Allocator, Candidate, NoCapacity, Placement, choose_host
-from portal.accounting.db import Database
+from hybridhub.accounting.allocations import Allocator, Candidate, NoCapacity, Placement, choose_host
+from hybridhub.accounting.db import Database
 
 
 def gpus(host: str, n: int) -> tuple[str, ...]:
@@ -54,7 +54,7 @@ def test_release_by_host(db: Database):
 def test_unique_index_refuses_a_second_active_row(db: Database):
     from sqlalchemy.exc import IntegrityError
 
-    from portal.accounting.allocations import GpuAllocation
+    from hybridhub.accounting.allocations import GpuAllocation
 
     def row(owner: str) -> GpuAllocation:
         """An active allocation of GPU-1 on host a."""

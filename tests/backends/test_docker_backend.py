@@ -9,11 +9,11 @@ from datetime import timedelta
 import pytest
 from tornado import web
 
-from portal.accounting.allocations import Allocator, GpuAllocation
-from portal.accounting.db import Database
-from portal.accounting.models import utcnow
-from spawner.backends.docker import DockerBackend, Reconciler, known_owners_from_hub_db
-from spawner.inventory import GpuInventory
+from hybridhub.accounting.allocations import Allocator, GpuAllocation
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.models import utcnow
+from hybridhub.backends.docker import DockerBackend, Reconciler, known_owners_from_hub_db
+from hybridhub.backends.inventory import GpuInventory
 from tests.fixtures.docker import DATA, TEST_IMAGE, fake_gpus
 
 pytestmark = pytest.mark.docker

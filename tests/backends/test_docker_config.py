@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from spawner.backends.docker import ContainerSpec, DockerBackend, HomeMount, container_config
-from spawner.backends.swarm import SwarmBackend
+from hybridhub.backends.docker import ContainerSpec, DockerBackend, HomeMount, container_config
+from hybridhub.backends.swarm import SwarmBackend
 
 
 def production_spec(**overrides) -> ContainerSpec:

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from portal.accounting.db import Database
-from portal.accounting.demand import demand_report
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.demand import demand_report
 from tests.fixtures.docker import h100_host, held_gpus, hub_docker_config, remove_labelled
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from tornado import web
 
-from spawner.backends.docker import ContainerSpec, HomeMount
-from spawner.backends.swarm import SwarmBackend, gpu_model_label, service_config
+from hybridhub.backends.docker import ContainerSpec, HomeMount
+from hybridhub.backends.swarm import SwarmBackend, gpu_model_label, service_config
 
 pytestmark = pytest.mark.docker
 
@@ -47,7 +47,7 @@ def test_service_config_asks_for_gpus_and_is_confined():
 
 
 def test_gpu_model_label():
-    from spawner.catalog import load_catalog
+    from hybridhub.catalog import load_catalog
 
     cat = load_catalog()
     assert gpu_model_label(cat.by_key("enterprise/h100")) == "h10080gb"

@@ -10,7 +10,7 @@ import pytest
 from tornado import web
 from traitlets import TraitError
 
-from spawner.backends.ec2 import (
+from hybridhub.backends.ec2 import (
     NEURON_DLAMI_PARAMETER,
     TAG_HUB,
     TAG_SERVER,
@@ -23,7 +23,7 @@ from spawner.backends.ec2 import (
     spot_banners_for,
     spot_request_notice,
 )
-from spawner.backends.ec2 import backend as ec2mod
+from hybridhub.backends.ec2 import backend as ec2mod
 
 
 def user_data_of(moto, instance_id: str) -> str:

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from spawner.backends.ec2 import TAG_HUB, TAG_USER
-from spawner.backends.ec2.userdata import extract_script
+from hybridhub.backends.ec2 import TAG_HUB, TAG_USER
+from hybridhub.backends.ec2.userdata import extract_script
 from tests.fixtures.hub import free_port, hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 from tests.fixtures.moto import EC2_TEST_CATALOG, REGION
 
@@ -113,7 +113,7 @@ def ec2_hub_config(
     lines += [f"c.Ec2Backend.{k} = {v!r}" for k, v in settings.items()]
     if reconcile_interval:
         lines += [
-            "from portal.services.ec2_reconcile import reconciler_service",
+            "from hybridhub.services.ec2_reconcile import reconciler_service",
             f"_svc, _role = reconciler_service(hub_id={hub_id!r}, region={REGION!r}, "
             f"endpoint_url={moto.url!r}, interval={reconcile_interval!r}, db_url={db_url!r}, "
             "resource_classes=['aws'])",
@@ -124,8 +124,8 @@ def ec2_hub_config(
 
 
 def open_reservations(db_url: str, user: str):
-    from portal.accounting.db import Database
-    from portal.accounting.ledger import Accounting
+    from hybridhub.accounting.db import Database
+    from hybridhub.accounting.ledger import Accounting
 
     return Accounting(Database(db_url)).open_reservations(user)
 
@@ -253,6 +253,6 @@ def test_hub_killed_mid_launch_leaks_nothing(moto, ec2_hub_setup, hub_factory): 
     # the dead hub's reconciler noticed its hub was gone and exited
     time.sleep(1.5)
     out = subprocess.run(
-        ["pgrep", "-f", f"portal.services.ec2_reconcile --hub-id {hub_id}"], capture_output=True, text=True
+        ["pgrep", "-f", f"hybridhub.services.ec2_reconcile --hub-id {hub_id}"], capture_output=True, text=True
     ).stdout.split()
     assert len(out) == 1, out

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from spawner.backends.ec2.userdata import (
+from hybridhub.backends.ec2.userdata import (
     BootstrapSpec,
     env_file_text,
     extract_script,

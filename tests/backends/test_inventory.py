@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from traitlets.config import Config
 
-from spawner.catalog import load_catalog
-from spawner.inventory import (
+from hybridhub.backends.inventory import (
     GpuInventory,
     InventoryError,
     model_tokens,
     offering_matches,
     parse_nvidia_smi_csv,
 )
+from hybridhub.catalog import load_catalog
 from tests.fixtures.docker import DATA
 
 
@@ -104,7 +104,7 @@ def test_model_tokens_normalise_vendor_and_spacing():
     ],
 )
 def test_offering_matches_inventory_model(offering, gpu_name, memory, expected):
-    from spawner.inventory import Gpu
+    from hybridhub.backends.inventory import Gpu
 
     off = catalog().by_key(offering)
     assert offering_matches(off, Gpu(0, "GPU-1", gpu_name, memory)) is expected

@@ -4,8 +4,8 @@
 `nvidia-smi --query-gpu=index,uuid,name,memory.total --format=csv,noheader` on a lent H200 machine.
 """
 
-from spawner.catalog import load_catalog
-from spawner.inventory import offering_matches, parse_nvidia_smi_csv
+from hybridhub.backends.inventory import offering_matches, parse_nvidia_smi_csv
+from hybridhub.catalog import load_catalog
 from tests.fixtures.docker import DATA
 
 

@@ -12,9 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from portal.accounting.db import Database
-from portal.accounting.models import Reservation
-from portal.accounting.sessions import END_FAILED_START, END_HOST_LOST, END_STOPPED_BY_USER, SessionLog
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.models import Reservation
+from hybridhub.accounting.sessions import END_FAILED_START, END_HOST_LOST, END_STOPPED_BY_USER, SessionLog
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 from tests.fixtures.slurm import hub_slurm_config
 from tests.spawner.test_trust_hub import login

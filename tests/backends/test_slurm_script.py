@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from spawner.backends.slurm import (
+from hybridhub.backends.slurm import (
     JobSpec,
     SlurmBackend,
     exit_status,
@@ -23,8 +23,8 @@ from spawner.backends.slurm import (
     sbatch_script,
     slurm_time,
 )
-from spawner.catalog import CatalogError, load_catalog
-from spawner.provenance import end_reason
+from hybridhub.catalog import CatalogError, load_catalog
+from hybridhub.spawner.provenance import end_reason
 
 
 def spec(**kw) -> JobSpec:
@@ -269,7 +269,7 @@ def test_queue_position_counts_pending_jobs_of_the_partition_ahead():
 
 
 def test_every_configurable_trait_has_help():
-    from spawner.backends.slurm import SlurmCommands
+    from hybridhub.backends.slurm import SlurmCommands
 
     for cls in (SlurmBackend, SlurmCommands):
         own = list(cls.class_own_traits(config=True))

@@ -16,10 +16,10 @@ import pytest
 import requests
 import yaml
 
-from portal.accounting.db import Database
-from portal.accounting.sessions import END_HOST_LOST, SessionLog
-from spawner.backends.swarm import gpu_model_label
-from spawner.catalog import load_catalog
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.sessions import END_HOST_LOST, SessionLog
+from hybridhub.backends.swarm import gpu_model_label
+from hybridhub.catalog import load_catalog
 from tests.fixtures.docker import (
     SWARM_MANAGER_IP,
     SWARM_WORKERS,

@@ -16,9 +16,9 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from portal.accounting.db import Database
-from portal.accounting.sessions import END_HOST_LOST, END_STOPPED_BY_USER, SessionLog
-from portal.accounting.trust import TrustPolicy
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.sessions import END_HOST_LOST, END_STOPPED_BY_USER, SessionLog
+from hybridhub.accounting.trust import TrustPolicy
 from tests.fixtures.docker import DATA, engine_url, hub_docker_config, remove_labelled
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 from tests.fixtures.trust import deterministic_notebook, probe, verify

@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from portal.hubconfig import DEMO_USER_PASSWORD
+from hybridhub.hub.config import DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
 from tests.fixtures.courses import stop_all_servers
 from tests.fixtures.env import docs_artifact

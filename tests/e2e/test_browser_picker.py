@@ -3,7 +3,7 @@
 
 import pytest
 
-from portal.hubconfig import DEMO_USER_PASSWORD
+from hybridhub.hub.config import DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
 from tests.fixtures.env import docs_artifact
 

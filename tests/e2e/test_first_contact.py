@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from portal.hubconfig import DEMO_USER_PASSWORD
+from hybridhub.hub.config import DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
 from tests.fixtures.env import require
 

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,12 +38,39 @@ def readme_site_config() -> str:
 
 
 @pytest.fixture(scope="module")
-def site_venv(tmp_path_factory) -> Path:
+def wheel(tmp_path_factory) -> Path:
+    """The hybridhub wheel, built from this checkout as a site would build it."""
+    dist = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)], check=True)
+    (built,) = dist.glob("hybridhub-*.whl")
+    return built
+
+
+def top_level_names(wheel: Path) -> set[str]:
+    """The import names a wheel installs: its top-level packages and modules."""
+    names = set()
+    with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+            first = name.split("/", 1)[0]
+            if first.endswith((".dist-info", ".data")):
+                continue
+            names.add(first.removesuffix(".py"))
+    return names
+
+
+def test_wheel_installs_one_package_and_the_lab_extension(wheel):
+    assert top_level_names(wheel) == {"hybridhub", "hybridhub_lab"}
+    with zipfile.ZipFile(wheel) as z:
+        files = set(z.namelist())
+    for data in ("hybridhub/spawner/templates/picker.html", "hybridhub/web/templates/base.html",
+                 "hybridhub/web/static/vega-lite.min.js", "hybridhub/accounting/alembic.ini"):
+        assert data in files, data
+
+
+@pytest.fixture(scope="module")
+def site_venv(tmp_path_factory, wheel) -> Path:
     """A fresh virtual environment outside the checkout with the hybridhub wheel installed."""
     work = tmp_path_factory.mktemp("site")
-    dist = work / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)], check=True)
-    (wheel,) = dist.glob("hybridhub-*.whl")
     venv = work / "venv"
     subprocess.run(["python3", "-m", "venv", str(venv)], check=True, env={"PATH": MINIMAL_PATH})
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(wheel)], check=True,
@@ -105,10 +133,13 @@ def test_wheel_installed_hub_spawns_through_rest(site_hub):
     url, venv = site_hub["url"], site_hub["venv"]
     api = requests.Session()
     api.headers["Authorization"] = f"token {site_hub['token']}"
-    for path in ("spawner", "portal"):
-        found = subprocess.run([str(venv / "bin" / "python"), "-c", f"import {path}; print({path}.__file__)"],
-                               capture_output=True, text=True, check=True, env={"PATH": MINIMAL_PATH}, cwd=venv)
-        assert str(ROOT) not in found.stdout and str(venv) in found.stdout, found.stdout
+    found = subprocess.run([str(venv / "bin" / "python"), "-c", "import hybridhub; print(hybridhub.__file__)"],
+                           capture_output=True, text=True, check=True, env={"PATH": MINIMAL_PATH}, cwd=venv)
+    assert str(ROOT) not in found.stdout and str(venv) in found.stdout, found.stdout
+    for name in ("spawner", "portal"):  # names of other PyPI packages: we must not install them
+        other = subprocess.run([str(venv / "bin" / "python"), "-c", f"import {name}"],
+                               capture_output=True, env={"PATH": MINIMAL_PATH}, cwd=venv)
+        assert other.returncode != 0, name
 
     assert api.post(f"{url}/hub/api/users/rosa").status_code == 201
     assert api.post(f"{url}/hub/api/groups/lab-site", json={"users": ["rosa"]}).status_code == 201

@@ -21,17 +21,17 @@ import pytest
 import requests
 from sqlalchemy import update
 
+from hybridhub.accounting.courses import CourseSchedule, reservation_key
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.lab_session import session_state
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.accounting.models import Budget
+from hybridhub.accounting.periods import to_datetime
+from hybridhub.catalog import load_catalog
+from hybridhub.hub.config import DEMO_USER_PASSWORD
+from hybridhub.web.app import SERVICE_NAME
+from hybridhub.web.lab import may_read_session
 from hybridhub_lab.upstream import PortalUnavailable, SessionSource, session_url
-from portal.accounting.courses import CourseSchedule, reservation_key
-from portal.accounting.db import Database
-from portal.accounting.lab_session import session_state
-from portal.accounting.ledger import Accounting
-from portal.accounting.models import Budget
-from portal.accounting.periods import to_datetime
-from portal.hubconfig import DEMO_USER_PASSWORD
-from portal.web.app import SERVICE_NAME
-from portal.web.lab import may_read_session
-from spawner.catalog import load_catalog
 from tests.fixtures.browser import login
 from tests.fixtures.courses import stop_all_servers
 from tests.fixtures.docker import h100_host, hub_docker_config, remove_labelled
@@ -345,7 +345,7 @@ def test_lab_in_a_container_on_a_gpu_host_shows_its_gpus(hub_factory, docker_eng
 
 
 def test_user_data_installs_the_lab_extension_only_when_asked():
-    from spawner.backends.ec2.userdata import BootstrapSpec, render_script
+    from hybridhub.backends.ec2.userdata import BootstrapSpec, render_script
 
     with_lab = render_script(BootstrapSpec(env={}, home_storage="none",
                                            lab_spec="/opt/wheels/hybridhub-0.1.0-py3-none-any.whl"))

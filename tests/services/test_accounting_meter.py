@@ -9,9 +9,9 @@ from tornado import web
 from tornado.httpserver import HTTPServer
 from tornado.testing import bind_unused_port
 
-from portal.accounting.ledger import Accounting
-from portal.hubapi import HubApi, server_path
-from portal.services.meter import Meter, from_env, hub_stopper
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.hubapi import HubApi, server_path
+from hybridhub.services.meter import Meter, from_env, hub_stopper
 
 G = "course-ml101"
 TOKEN = "secret-service-token-123"

@@ -15,13 +15,13 @@ import pytest
 import requests
 from sqlalchemy import select
 
-from portal.accounting.courses import END_REASON, CourseSchedule
-from portal.accounting.db import Database
-from portal.accounting.ledger import Accounting
-from portal.accounting.models import Reservation
-from portal.hubapi import HubApi
-from portal.services.course_scheduler import SERVICE_SCOPES, CourseScheduler
-from spawner.catalog import load_catalog
+from hybridhub.accounting.courses import END_REASON, CourseSchedule
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.accounting.models import Reservation
+from hybridhub.catalog import load_catalog
+from hybridhub.hubapi import HubApi
+from hybridhub.services.course_scheduler import SERVICE_SCOPES, CourseScheduler
 from tests.fixtures.courses import make_course, servers, stop_all_servers
 from tests.fixtures.db import FakeClock
 from tests.fixtures.hub import Hub, hub_factory, hub_prereqs  # noqa: F401  (fixtures)

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from portal.services.ec2_reconcile import (
+from hybridhub.backends.ec2 import TAG_HUB
+from hybridhub.services.ec2_reconcile import (
     SERVICE_SCOPES,
     Ec2Reconciler,
     HubServer,
     reconciler_service,
     server_from_model,
 )
-from spawner.backends.ec2 import TAG_HUB
 
 
 @dataclass
@@ -154,7 +154,7 @@ def test_service_definition(monkeypatch):
         db_url="sqlite:///x.sqlite",
         resource_classes=["aws"],
     )
-    assert service["command"][1:3] == ["-m", "portal.services.ec2_reconcile"]
+    assert service["command"][1:3] == ["-m", "hybridhub.services.ec2_reconcile"]
     assert "--hub-id" in service["command"] and "h1" in service["command"]
     assert service["environment"]["AWS_PROFILE"] == "lab"
     assert role["services"] == [service["name"]] and role["scopes"] == SERVICE_SCOPES

@@ -1,4 +1,4 @@
-"""portal.services.notebook_compare: the cell-by-cell comparison of saved outputs with a re-run (pure, no I/O)."""
+"""hybridhub.services.notebook_compare: the cell-by-cell comparison of saved outputs with a re-run (pure, no I/O)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from portal.services.notebook_compare import REPORT_FORMAT, Tolerance, compare_notebooks, compare_text, strip_outputs
+from hybridhub.services.notebook_compare import REPORT_FORMAT, Tolerance, compare_notebooks, compare_text, strip_outputs
 
 
 def stream(text: str, name: str = "stdout"):

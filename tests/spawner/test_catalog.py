@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from spawner.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
+from hybridhub.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
 
 
 def test_default_catalog_has_three_classes_with_documented_offerings():

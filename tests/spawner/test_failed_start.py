@@ -2,10 +2,10 @@
 
 import pytest
 
-from portal.accounting.db import Database
-from portal.accounting.ledger import Accounting
-from portal.accounting.sessions import END_FAILED_START, SessionLog
-from portal.hubconfig import DEMO_USER_PASSWORD
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.accounting.sessions import END_FAILED_START, SessionLog
+from hybridhub.hub.config import DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
 
 MISSING = "/nonexistent/bin/jupyterhub-singleuser"

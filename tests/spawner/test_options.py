@@ -2,8 +2,8 @@
 
 import pytest
 
-from spawner.catalog import load_catalog
-from spawner.options import LaunchRequest, OptionError, form_to_options, validate_options
+from hybridhub.catalog import load_catalog
+from hybridhub.spawner.options import LaunchRequest, OptionError, form_to_options, validate_options
 
 CAT = load_catalog()
 GOOD = {"class": "enterprise", "model": "h100", "count": 2, "hours": 3, "group": "lab-vision"}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from portal.accounting.ledger import Remaining
-from spawner.catalog import load_catalog
-from spawner.hybrid import picker_html, preselect
+from hybridhub.accounting.ledger import Remaining
+from hybridhub.catalog import load_catalog
+from hybridhub.spawner.hybrid import picker_html, preselect
 
 CAT = load_catalog()
 TRUST = {"trust": "trusted", "words": "run by the university", "barred": [], "hidden": []}

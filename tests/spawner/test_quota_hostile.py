@@ -12,9 +12,9 @@ import re
 import pytest
 import requests
 
-from portal.accounting.db import Database
-from portal.accounting.ledger import Accounting
-from portal.hubconfig import DEMO_USER_PASSWORD
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.hub.config import DEMO_USER_PASSWORD
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")
 

@@ -4,9 +4,9 @@ import time
 
 import pytest
 
-from portal.accounting.db import Database
-from portal.accounting.ledger import Accounting
-from portal.hubconfig import DEMO_USER_PASSWORD
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.hub.config import DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
 
 OPTS = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "course-ml101"}

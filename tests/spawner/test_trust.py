@@ -1,4 +1,4 @@
-"""spawner.trust: trust levels, the bar, env filtering and hiding confidential folders (no hub)."""
+"""hybridhub.spawner.trust: trust levels, the bar, env filtering and hiding confidential folders (no hub)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 from traitlets.config import Config
 
-from spawner.catalog import load_catalog
-from spawner.trust import (
+from hybridhub.catalog import load_catalog
+from hybridhub.spawner.trust import (
     BarredFromUntrusted,
     Confinement,
     ConfinementError,
@@ -101,7 +101,7 @@ def test_plan_bars_only_the_charged_group_and_only_untrusted():
 def _local_child(tmp_path):
     from jupyterhub.objects import Hub, Server
 
-    from spawner.backends.local import LocalBackend
+    from hybridhub.backends.local import LocalBackend
 
     user = MiniUser(name="alice", escaped_name="alice", url="/user/alice/", groups=[])
     c = Config()
@@ -118,7 +118,8 @@ def test_confine_local_child_prefixes_the_launcher_and_filters_env(tmp_path, mon
     assert child.get_env()["AWS_SECRET_ACCESS_KEY"] == "very-secret"
     plan = Confinement("untrusted", (HiddenDir("secret", ("lab",)),))
     confine_backend(child, plan)
-    assert child.cmd[:5] == [sys.executable, "-m", "spawner.confine", "--hide", str(tmp_path / "alice" / "secret")]
+    assert child.cmd[:5] == [sys.executable, "-m", "hybridhub.backends.local.confine", "--hide",
+                             str(tmp_path / "alice" / "secret")]
     env = child.get_env()
     assert "AWS_SECRET_ACCESS_KEY" not in env
     assert env["HYBRIDHUB_TRUST"] == "untrusted"
@@ -133,7 +134,7 @@ def test_trusted_confinement_changes_nothing(tmp_path):
 
 
 def test_confine_docker_child_adds_read_only_tmpfs_mounts():
-    from spawner.backends.docker import DockerBackend
+    from hybridhub.backends.docker import DockerBackend
 
     user = MiniUser(name="alice", escaped_name="alice", url="/user/alice/", groups=[])
     child = DockerBackend(user=user, config=Config(), orm_spawner=None)
@@ -158,7 +159,7 @@ def test_confine_launcher_hides_the_folder_for_the_command_only(tmp_path):
     (secret / "scan.dcm").write_text("patient data")
     (tmp_path / "home" / "public.txt").write_text("ok")
     out = subprocess.run(
-        [sys.executable, "-m", "spawner.confine", "--hide", str(secret), "--", "sh", "-c",
+        [sys.executable, "-m", "hybridhub.backends.local.confine", "--hide", str(secret), "--", "sh", "-c",
          f"ls -A {secret}; cat {tmp_path}/home/public.txt; echo; touch {secret}/x 2>/dev/null || echo ro"],
         capture_output=True, text=True, timeout=30,
     )
@@ -175,7 +176,7 @@ def test_confine_launcher_hides_the_folder_for_the_command_only(tmp_path):
     ("ec2", 0, "host lost"),
 ])
 def test_end_reason_from_poll_status(backend_kind, status, reason):
-    from spawner.provenance import end_reason
+    from hybridhub.spawner.provenance import end_reason
 
     backend = SimpleNamespace(offering=SimpleNamespace(backend=backend_kind))
     assert end_reason(backend, status)[0] == reason
@@ -184,8 +185,8 @@ def test_end_reason_from_poll_status(backend_kind, status, reason):
 
 
 def test_every_hybridspawner_setting_has_help():
-    from spawner.guard import TrustAndProvenanceMixin
-    from spawner.hybrid import HybridSpawner
+    from hybridhub.spawner.guard import TrustAndProvenanceMixin
+    from hybridhub.spawner.hybrid import HybridSpawner
 
     own = {**TrustAndProvenanceMixin.class_own_traits(config=True), **HybridSpawner.class_own_traits(config=True)}
     assert {"trust_words", "untrusted_env_deny", "untrusted_env_allow"} <= set(own)

@@ -18,11 +18,11 @@ import nbformat
 import pytest
 import requests
 
-from portal.accounting.db import Database
-from portal.accounting.ledger import Accounting
-from portal.accounting.sessions import END_QUOTA, END_STOPPED_BY_USER, SessionLog
-from portal.accounting.trust import TrustPolicy
-from portal.hubconfig import DEMO_USER_PASSWORD
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.accounting.sessions import END_QUOTA, END_STOPPED_BY_USER, SessionLog
+from hybridhub.accounting.trust import TrustPolicy
+from hybridhub.hub.config import DEMO_USER_PASSWORD
 from tests.fixtures.env import docs_artifact
 from tests.fixtures.hub import Hub, _stop_user_processes
 from tests.fixtures.trust import deterministic_notebook, probe, verify

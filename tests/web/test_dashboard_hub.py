@@ -15,14 +15,14 @@ from datetime import timedelta
 import pytest
 import requests
 
-from portal.accounting.courses import CourseSchedule
-from portal.accounting.demand import record_refusal
-from portal.accounting.models import utcnow
-from portal.accounting.periods import month_start
-from portal.accounting.trust import TrustPolicy
-from portal.hubconfig import DEMO_ADMIN_PASSWORD, DEMO_GROUPS, DEMO_USER_PASSWORD
-from portal.web.app import SERVICE_NAME
-from spawner.catalog import load_catalog
+from hybridhub.accounting.courses import CourseSchedule
+from hybridhub.accounting.demand import record_refusal
+from hybridhub.accounting.models import utcnow
+from hybridhub.accounting.periods import month_start
+from hybridhub.accounting.trust import TrustPolicy
+from hybridhub.catalog import load_catalog
+from hybridhub.hub.config import DEMO_ADMIN_PASSWORD, DEMO_GROUPS, DEMO_USER_PASSWORD
+from hybridhub.web.app import SERVICE_NAME
 from tests.fixtures.browser import login
 from tests.fixtures.env import docs_artifact
 from tests.fixtures.hub import Hub, _stop_user_processes

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from portal.accounting.ledger import Accounting
-from portal.hubconfig import DEMO_USER_PASSWORD
-from portal.web.app import SERVICE_NAME
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.hub.config import DEMO_USER_PASSWORD
+from hybridhub.web.app import SERVICE_NAME
 from tests.fixtures.portal import Portal, accounting_on, ready_portal
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")

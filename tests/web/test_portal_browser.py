@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from portal.hubconfig import DEMO_ADMIN_PASSWORD, DEMO_USER_PASSWORD
+from hybridhub.hub.config import DEMO_ADMIN_PASSWORD, DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
 from tests.fixtures.portal import wait_for_portal
 

@@ -8,7 +8,7 @@ import importlib
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from portal.web.app import HANDLER_MODULES
+from hybridhub.web.app import HANDLER_MODULES
 from tests.fixtures.env import require
 from tests.fixtures.hub import Hub
 from tests.fixtures.portal import wait_for_portal

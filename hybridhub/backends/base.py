@@ -1,0 +1,207 @@
+"""What every backend shares.
+
+A backend is a JupyterHub ``Spawner`` subclass that also carries
+:class:`BackendMixin`.  :class:`spawner.HybridSpawner` builds one as a child
+for the offering the user picked (the ProfilesSpawner/wrapspawner pattern),
+sets :attr:`BackendMixin.offering` and :attr:`BackendMixin.request`, and
+delegates ``start``/``poll``/``stop``/``progress``/state to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+from traitlets import Any, HasTraits
+from traitlets.config import Config
+
+from hybridhub.accounting.allocations import DEFAULT_URL as DEFAULT_DB_URL
+from hybridhub.accounting.allocations import Candidate, allocator_for
+from hybridhub.errors import ConfinementError
+
+if TYPE_CHECKING:
+    from hybridhub.catalog import Offering
+
+
+def db_url_from_config(config: Config, section: str = "DockerBackend") -> str:
+    """The allocation database: ``<section>.allocation_db_url``, else the hub's ``HybridSpawner.db_url``."""
+    for name, key in ((section, "allocation_db_url"), ("HybridSpawner", "db_url")):
+        if name in config and config[name].get(key):
+            return str(config[name][key])
+    return DEFAULT_DB_URL
+
+
+async def free_counts(db_url: str, lists: list[list[Candidate] | None]) -> list[int | None]:
+    """Free GPUs over each list of candidate hosts (None: capacity not tracked), from the
+    allocation database in ONE worker-thread read, however many offerings ask."""
+    tracked = [cands for cands in lists if cands is not None]
+    if not tracked:
+        return [None] * len(lists)
+    # the first allocator_for per process also checks the schema: inside the thread too
+    free = iter(await asyncio.to_thread(lambda: allocator_for(db_url).free_by_host_many(tracked)))
+    return [None if cands is None else sum(next(free).values()) for cands in lists]
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    """What a backend may know of its launch besides the offering and the request."""
+
+    reservation_id: int | None = None
+    db_url: str = ""  #: the portal database (GPU allocations)
+    hub_db: object = None  #: the hub's own database session (who owns which server)
+
+
+class ProgressFeed:
+    """The progress events of one ``start()``, followed live by the hub's spawn page."""
+
+    def __init__(self) -> None:
+        self.events: list[dict] = []
+        self.done = False
+        self._changed = asyncio.Event()
+
+    def emit(self, progress: int, message: str) -> None:
+        """Add an event (``progress`` 0-100)."""
+        self.events.append({"progress": progress, "message": message})
+        self._changed.set()
+
+    def finish(self) -> None:
+        """The start is over: followers return once they have every event."""
+        self.done = True
+        self._changed.set()
+
+    async def follow(self):
+        """Every event, as it is emitted, until :meth:`finish`."""
+        sent = 0
+        while True:
+            while sent < len(self.events):
+                yield self.events[sent]
+                sent += 1
+            if self.done:
+                return
+            self._changed.clear()
+            if sent < len(self.events):
+                continue
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=1)
+            except TimeoutError:
+                pass
+
+
+async def answers_http(ip: str, port: int, path: str, timeout: float = 2.0) -> bool:
+    """Whether a server at ``ip:port`` answers ``GET path`` with an HTTP status line (any status).
+
+    A refused connect costs a syscall, not an HTTP client request (for an IP, no resolver thread either);
+    a server that accepts but says nothing within ``timeout`` has not answered yet.
+    """
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {ip}:{port}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        status = (await asyncio.wait_for(reader.readline(), timeout)).split()
+        return len(status) >= 2 and status[0].startswith(b"HTTP/") and status[1].isdigit()
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()
+
+
+class BackendMixin(HasTraits):
+    """Interface and hooks shared by the ``local``, ``docker``, ``swarm`` and ``ec2`` backends."""
+
+    #: True when the backend only simulates the hardware (the picker says so).
+    simulated: ClassVar[bool] = False
+    #: While waiting for a new server, ask ``poll()`` whether it died every this many failed probes (0: never).
+    died_check_every: ClassVar[int] = 1
+
+    offering = Any(help="The catalog Offering being launched (set by HybridSpawner).")
+    request = Any(help="The validated LaunchRequest (set by HybridSpawner).")
+    context = Any(help="The LaunchContext: reservation id and databases (set by HybridSpawner).")
+
+    #: The current start's progress events (backends that report stages open one in ``start()``).
+    _feed: ProgressFeed | None = None
+
+    def _open_feed(self) -> ProgressFeed:
+        """A fresh feed for this start (call first thing in ``start()``; ``finish()`` it at the end)."""
+        self._feed = ProgressFeed()
+        return self._feed
+
+    def _emit(self, progress: int, message: str) -> None:
+        """Tell the spawn page (and the log) how the start is going."""
+        if self._feed is None:
+            self._open_feed()
+        self._feed.emit(progress, message)
+        self.log.info("%s: %s", getattr(self, "_label", type(self).__name__), message)
+
+    async def progress(self):
+        """The current start's events as they come; the spawner's own when the backend keeps none."""
+        if self._feed is None:
+            async for event in super().progress():
+                yield event
+            return
+        async for event in self._feed.follow():
+            yield event
+
+    @classmethod
+    async def free_now(cls, offering: Offering, config: Config) -> int | None:
+        """How many accelerators of ``offering`` could be launched right now.
+
+        ``None`` means the backend does not track capacity (the picker shows
+        "not tracked" rather than an invented number).
+        """
+        return None
+
+    @classmethod
+    async def free_now_many(cls, offerings: list[Offering], config: Config) -> list[int | None]:
+        """:meth:`free_now` of each offering; a backend that can read them at once overrides it."""
+        return list(await asyncio.gather(*(cls.free_now(o, config) for o in offerings)))
+
+    async def _wait_until_answering(self, ip: str, port: int) -> None:
+        """Return once the new server answers HTTP (any status) or has died, or after ``http_timeout``.
+
+        Probing every ``ready_poll_interval`` seconds here spares the hub's slower back-off poll: JupyterHub's
+        own check (``wait_for_http_server``) then passes on its first try (a 5xx is left to that check).  A probe
+        is a bare TCP connect and, once that is accepted, one ``GET`` whose status line is read.
+        """
+        path = f"{self.server.base_url if self.server else '/'}api"
+        deadline = time.monotonic() + self.http_timeout
+        checks = 0
+        while time.monotonic() < deadline:
+            if await answers_http(ip, port, path):
+                return
+            checks += 1
+            every = self.died_check_every
+            if every and checks % every == 0 and await self.poll() is not None:
+                return  # died: the hub reports it
+            await asyncio.sleep(self.ready_poll_interval)
+
+    def accelerator_env(self) -> dict[str, str]:
+        """Environment describing the assigned hardware, visible inside the server."""
+        if self.offering is None or self.request is None:
+            return {}
+        return {
+            "HYBRIDHUB_CLASS": self.offering.resource_class,
+            "HYBRIDHUB_MODEL": self.offering.model,
+            "HYBRIDHUB_COUNT": str(self.request.count),
+            "HYBRIDHUB_GROUP": self.request.group,
+        }
+
+    def provenance(self) -> dict[str, object]:
+        """Where this server runs (host, device ids, image), for provenance records."""
+        return {}
+
+    async def image_identity(self) -> dict[str, str]:
+        """``image_id`` / ``image_digest`` of the running server's image, where known."""
+        return {}
+
+    def hide_paths(self, paths: list[str]) -> None:
+        """Start the server without these folders of the home (untrusted hardware).
+
+        Backends that can (local: a private mount namespace; containers: tmpfs mounts)
+        override this; the rest refuse, and the launch with them.
+        """
+        raise ConfinementError(f"the {type(self).__name__} backend cannot leave confidential folders out")

@@ -1,0 +1,586 @@
+"""HybridSpawner: one picker over community GPUs, enterprise GPUs and AWS Neuron.
+
+It renders the resource picker, re-validates ``user_options`` (form or REST)
+against the catalog and the user's groups, asks accounting to admit the
+launch, then delegates start/poll/stop to the backend of the chosen class,
+built as a child spawner.  ``get_state``/``load_state`` keep the offering, the
+request, the reservation and the backend's own state, so a restarted hub
+re-adopts running servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import OrderedDict
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jinja2
+from jupyterhub.spawner import Spawner
+from tornado import web
+from traitlets import Dict, Float, Integer, Unicode, default, observe
+from traitlets.utils.importstring import import_item
+
+from hybridhub.accounting import courses
+from hybridhub.accounting.db import DEFAULT_URL, Database
+from hybridhub.accounting.forecast import remaining_forecasts
+from hybridhub.accounting.ledger import Accounting, AdmissionError
+from hybridhub.accounting.models import GROUP_KINDS
+from hybridhub.backends.base import LaunchContext
+from hybridhub.catalog import Catalog, CatalogError, Offering, load_catalog
+from hybridhub.errors import start_failed, user_error
+from hybridhub.spawner.guard import TrustAndProvenanceMixin
+from hybridhub.spawner.options import (
+    DEFAULT_HOURS_STEP,
+    DEFAULT_MIN_HOURS,
+    LaunchRequest,
+    OptionError,
+    allowed_offerings,
+    form_to_options,
+    reservation_summary,
+    validate_options,
+)
+from hybridhub.spawner.pagevars import SPAWN_PAGE_VARS, PageVar
+from hybridhub.spawner.refusals import RefusalLogMixin, admission_reason, error_text
+
+#: The spawner's Jinja templates (package data, in a checkout and a wheel alike).
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+
+DEFAULT_BACKENDS = {
+    "local": "hybridhub.backends.local.LocalBackend",
+    "docker": "hybridhub.backends.docker.DockerBackend",
+    "swarm": "hybridhub.backends.swarm.SwarmBackend",
+    "ec2": "hybridhub.backends.ec2.Ec2Backend",
+    "slurm": "hybridhub.backends.slurm.SlurmBackend",
+}
+
+
+def templates_dir() -> Path:
+    """The spawner's templates folder (the picker and the hub pages it extends)."""
+    return TEMPLATES
+
+
+@lru_cache(maxsize=1)
+def _jinja() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates_dir())), autoescape=True
+    )
+
+
+_databases: dict[str, Accounting] = {}
+
+
+def accounting_for(db_url: str) -> Accounting:
+    """One migrated database and Accounting per URL in this process."""
+    if db_url not in _databases:
+        db = Database(db_url)
+        db.upgrade()
+        _databases[db_url] = Accounting(db)
+    return _databases[db_url]
+
+
+#: How long the picker trusts its own last mirror of a user's groups (admission always mirrors).
+PICKER_SYNC_SECONDS = 60.0
+
+
+class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
+    """Launch notebook servers on the hardware the user picks, within their group's quota."""
+
+    catalog = Dict(
+        help="Resource catalog: class name -> class settings with 'offerings' "
+        "(see hybridhub.catalog.DEFAULT_CATALOG). Empty means the shipped default catalog.",
+    ).tag(config=True)
+
+    catalog_file = Unicode(
+        "",
+        help="Path to a YAML file holding the catalog; wins over `catalog` when set.",
+    ).tag(config=True)
+
+    backend_override = Unicode(
+        "",
+        help="Map every offering to this backend (the embedded demo uses 'local', so every "
+        "class runs as a simulated local process). Empty keeps each offering's backend.",
+    ).tag(config=True)
+
+    backend_classes = Dict(
+        help="Backend name -> spawner class (or import string) implementing it. "
+        f"Defaults: {DEFAULT_BACKENDS}.",
+    ).tag(config=True)
+
+    db_url = Unicode(
+        DEFAULT_URL,
+        help="SQLAlchemy URL of the accounting database (SQLite or postgresql+psycopg://).",
+    ).tag(config=True)
+
+    default_hours = Float(
+        2.0, help="Hours pre-filled in the picker's 'requested hours' field."
+    ).tag(config=True)
+
+    min_launch_hours = Float(
+        DEFAULT_MIN_HOURS,
+        help="Shortest launch a user may ask for, in hours, for offerings without their own "
+        "'min_hours' (no launch is too short to pay for).",
+    ).tag(config=True)
+
+    hours_resolution = Float(
+        DEFAULT_HOURS_STEP,
+        help="Requested hours must be a whole multiple of this, for offerings without their "
+        "own 'hours_step' (0: any number).",
+    ).tag(config=True)
+
+    max_options_bytes = Integer(
+        16 * 1024,
+        help="Largest spawn options accepted, in bytes of JSON; bigger ones are refused with "
+        "413 before they are validated.",
+    ).tag(config=True)
+
+    # --- catalog -----------------------------------------------------------------
+
+    @default("backend_classes")
+    def _default_backend_classes(self):
+        return dict(DEFAULT_BACKENDS)
+
+    @property
+    def resource_catalog(self) -> Catalog:
+        """The validated catalog (cached per configuration)."""
+        return _catalog_for(self.catalog_file, json.dumps(self.catalog, sort_keys=True), self.backend_override)
+
+    def backend_class(self, offering: Offering) -> type:
+        """The spawner class implementing ``offering.backend``."""
+        cls = self.backend_classes.get(offering.backend)
+        if cls is None:
+            raise CatalogError(f"{offering.key}.backend", f"no backend class for {offering.backend!r}")
+        return _import_class(cls) if isinstance(cls, str) else cls
+
+    @property
+    def accounting(self) -> Accounting:
+        """The accounting service for :attr:`db_url`."""
+        return accounting_for(self.db_url)
+
+    # --- the user's groups --------------------------------------------------------
+
+    def user_groups(self) -> set[str]:
+        """Names of the JupyterHub groups the user belongs to."""
+        return {g.name for g in self.user.groups}
+
+    def hub_groups(self) -> tuple[dict[str, list[str]], dict[str, str]]:
+        """The user's hub groups: name -> member names, and name -> kind (for those with one)."""
+        groups = self.user.groups
+        return (
+            {g.name: [u.name for u in g.users] for g in groups},
+            {g.name: g.properties["kind"] for g in groups if (g.properties or {}).get("kind") in GROUP_KINDS},
+        )
+
+    #: (database, groups as mirrored) -> when this process last wrote them (see sync_user_groups).
+    _synced: ClassVar[dict[tuple[str, str], float]] = {}
+
+    def sync_user_groups(self, hub_groups: tuple[dict, dict] | None = None, *, fresh_for: float = 0) -> None:
+        """Mirror the user's hub groups (and their members) into the accounting database.
+
+        With ``fresh_for`` (a page view), skip the write when this process mirrored exactly
+        these groups less than that many seconds ago; admission always writes.
+        """
+        members, kinds = hub_groups or self.hub_groups()
+        key = (self.db_url, json.dumps([members, kinds], sort_keys=True))
+        now = time.monotonic()
+        if fresh_for and now - self._synced.get(key, -fresh_for) < fresh_for:
+            return
+        self.accounting.sync_groups(members, kinds=kinds)
+        if len(self._synced) > 10_000:
+            self._synced.clear()
+        self._synced[key] = now
+
+    # --- picker --------------------------------------------------------------------
+
+    @default("options_form")
+    def _default_options_form(self):
+        return self.render_picker
+
+    async def render_picker(self, spawner: Spawner | None = None) -> str:
+        """The picker: classes, offerings, counts, prices, free now, remaining quota."""
+        catalog = self.resource_catalog
+        groups = sorted(self.user_groups())
+        offerings = allowed_offerings(catalog, set(groups))
+        free = asyncio.ensure_future(self.picker_free(offerings))
+        reads = await asyncio.to_thread(self._picker_reads, offerings, groups, self.hub_groups())
+        free = await free
+        if reads is None:
+            return ""  # a running course session fixes the hardware: straight to the server
+        trust, remaining_by_key, outlook = reads
+        rows = [
+            {
+                "offering": off,
+                "free_now": free_now,
+                "simulated": self.backend_class(off).simulated,
+                "remaining": remaining_by_key[off.key],
+                "trust": trust[off.key],
+            }
+            for off, free_now in zip(offerings, free, strict=True)
+        ]
+        previous = self.user_options or (self.orm_spawner.user_options if self.orm_spawner else None) or {}
+        choice = preselect(rows, previous, groups, self.default_hours)
+        return picker_html(catalog, rows, groups, choice, {bid: f.label for bid, f in outlook.items()})
+
+    async def picker_free(self, offerings: list[Offering]) -> list[int | None]:
+        """The "free now" of each offering: one :meth:`free_now_many` per backend class, concurrently."""
+        by_class: dict[type, list[int]] = {}
+        for i, off in enumerate(offerings):
+            by_class.setdefault(self.backend_class(off), []).append(i)
+        counts = await asyncio.gather(
+            *(cls.free_now_many([offerings[i] for i in idx], self.config) for cls, idx in by_class.items())
+        )
+        free: list[int | None] = [None] * len(offerings)
+        for idx, got in zip(by_class.values(), counts, strict=True):
+            for i, n in zip(idx, got, strict=True):
+                free[i] = n
+        return free
+
+    def _picker_reads(self, offerings: list[Offering], groups: list[str], hub_groups: tuple[dict, dict]):
+        """Every database read of the picker and its page in one worker-thread call and one
+        read transaction (:meth:`Database.reading`): one hop and one BEGIN, not six.
+
+        ``(trust, remaining per offering and group, forecasts)``; None while a course session
+        holds the user's server.
+        """
+        self.sync_user_groups(hub_groups, fresh_for=PICKER_SYNC_SECONDS)  # a write: before the reads
+        template_vars = self.config.JupyterHub.get("template_vars", {}) if "JupyterHub" in self.config else {}
+        with self.accounting.db.reading():
+            if courses.in_session(self.accounting.db, self.user.name, self.name):
+                return None
+            trust = self.picker_trust(offerings, set(groups))
+            remaining = self.picker_remaining(offerings, groups)
+            for name in SPAWN_PAGE_VARS:  # the page around the picker: its banners, in this same call
+                if isinstance(template_vars.get(name), PageVar):
+                    template_vars[name].prime(self.user.name, groups)
+            outlook = remaining_forecasts(
+                self.accounting.db, [rem for per_group in remaining.values() for rem in per_group.values()],
+                self.accounting._now(),
+            )
+        return trust, remaining, outlook
+
+    def picker_remaining(self, offerings: list[Offering], groups: list[str]) -> dict[str, dict]:
+        """Per offering key, each group's remaining quota (runs in a worker thread)."""
+        left = self.accounting.remaining_many(
+            [(g, off.resource_class, off.name) for off in offerings for g in groups], username=self.user.name
+        )
+        return {off.key: {g: left[(g, off.resource_class, off.name)] for g in groups} for off in offerings}
+
+    def options_from_form(self, formdata):
+        """Map form fields to the canonical ``user_options`` (validated in apply_user_options)."""
+        return form_to_options(formdata)
+
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        return HybridSpawner._apply_options
+
+    async def _apply_options(self, user_options: dict[str, Any]) -> None:
+        """Validate options from the form or REST; a bad field is a 400 naming it.
+
+        Async (JupyterHub awaits ``apply_user_options``): the course-schedule lookup and a
+        refusal's record run in worker threads, off the hub's loop.
+        """
+        size = len(json.dumps(user_options, default=str))
+        if size > self.max_options_bytes:
+            self.log.warning("refused options of %s for %s: %d bytes, limit %d",
+                             self.user.name, self._log_name, size, self.max_options_bytes)
+            raise user_error(413, f"Invalid option user_options: {size} bytes is over the "
+                                  f"limit of {self.max_options_bytes} bytes")
+        try:  # a running course session fixes this server's hardware (403 naming it)
+            user_options, self.course = await asyncio.to_thread(
+                courses.session_launch, self.accounting.db, self.user.name, self.name, user_options
+            )
+        except courses.SessionLocked as e:
+            await asyncio.to_thread(self.note_refusal, "course_lock", str(e), user_options)
+            if self.orm_spawner is not None:  # a later start without options gets the session's
+                self.orm_spawner.user_options = e.session_options
+            raise user_error(e.status, str(e)) from None
+        groups = self.user_groups()
+        default_group = next(iter(groups)) if len(groups) == 1 else None
+        try:
+            request, offering = validate_options(
+                user_options, self.resource_catalog, groups, default_group=default_group,
+                min_hours=self.min_launch_hours, hours_step=self.hours_resolution,
+                scheduled=self.course is not None,  # the session's own length, to its end
+            )
+        except OptionError as e:
+            self.log.warning("refused options of %s for %s: %s", self.user.name,
+                             self._log_name, e)
+            raise user_error(400, f"Invalid option {e}") from None
+        self.launch = request
+        self.offering = offering
+        if self.course is not None:
+            self.offering = self.course.apply(offering)
+            self.user_options = user_options  # what the hub shows is what runs
+
+    # --- state -----------------------------------------------------------------------
+
+    launch: LaunchRequest | None = None
+    offering: Offering | None = None
+    reservation_id: int | None = None
+    course: courses.SessionLaunch | None = None
+    backend = None
+    _backend_state: dict | None = None
+
+    def get_state(self):
+        """Persist what a restarted hub needs to find the server and its reservation."""
+        state = super().get_state()
+        if self.launch is not None:
+            state["request"] = self.launch.as_user_options()
+            state["reservation_id"] = self.reservation_id
+            state["session_id"] = self.session_id
+        if self.backend is not None:
+            state["backend_state"] = self.backend.get_state()
+        elif self._backend_state:
+            state["backend_state"] = self._backend_state
+        return state
+
+    def load_state(self, state):
+        """Restore the request, reservation and backend state saved by :meth:`get_state`."""
+        super().load_state(state)
+        request = state.get("request")
+        if not request:
+            return
+        offering = self.resource_catalog.offering(request["class"], request["model"])
+        if offering is None:
+            self.log.warning("Saved offering %s/%s no longer in catalog", request["class"], request["model"])
+            return
+        self.launch = LaunchRequest(
+            request["class"], request["model"], int(request["count"]), float(request["hours"]), request["group"]
+        )
+        self.offering = offering
+        self.reservation_id = state.get("reservation_id")
+        self.session_id = state.get("session_id")
+        self._backend_state = state.get("backend_state") or {}
+
+    def clear_state(self):
+        """Forget the launch once the server is gone."""
+        super().clear_state()
+        if self.backend is not None:
+            self.backend.clear_state()
+        self.launch = self.offering = self.reservation_id = self.backend = None
+        self.session_id = self.confinement = None
+        self._backend_state = None
+
+    # --- backend child ---------------------------------------------------------------
+
+    _SHARED_TRAITS = (
+        "api_token", "oauth_client_id", "oauth_access_scopes", "cert_paths", "admin_access",
+        "user_options", "server_token_scopes", "oauth_roles",
+    )
+
+    def _build_backend(self):
+        cls = self.backend_class(self.offering)
+        child = cls(
+            user=self.user,
+            orm_spawner=self.orm_spawner,
+            hub=self.hub,
+            authenticator=self.authenticator,
+            config=self.config,
+            proxy_spec=self.proxy_spec,
+            cookie_options=self.cookie_options,
+            cookie_host_prefix_enabled=self.cookie_host_prefix_enabled,
+            public_url=self.public_url,
+            public_hub_url=self.public_hub_url,
+            internal_ssl=self.internal_ssl,
+            internal_trust_bundles=self.internal_trust_bundles,
+            internal_certs_location=self.internal_certs_location,
+            offering=self.offering,
+            request=self.launch,
+            context=LaunchContext(self.reservation_id, self.db_url, self.db),
+            log=self.log,
+        )
+        for name in self._SHARED_TRAITS:
+            if self.has_trait(name) and child.has_trait(name):
+                setattr(child, name, getattr(self, name))
+        if self._backend_state:
+            child.load_state(self._backend_state)
+        return child
+
+    def _ensure_backend(self):
+        if self.backend is None and self.offering is not None:
+            self.backend = self._build_backend()
+        return self.backend
+
+    @observe("api_token")
+    def _forward_token(self, change):
+        if self.backend is not None:
+            self.backend.api_token = change["new"]
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def _admit(self) -> int:
+        req, off = self.launch, self.offering
+        try:
+            return self.accounting.admit(
+                username=self.user.name,
+                group=req.group,
+                resource_class=req.resource_class,
+                model=req.model,
+                count=req.count,
+                hours=req.hours,
+                billing_weight=off.billing_weight,
+                price_per_hour=off.price_per_hour,
+                server_name=self.name,
+                idempotency_key=(self.course and self.course.reservation_key)
+                or f"launch:{self.user.name}:{self.name}:{uuid.uuid4()}",
+            )
+        except AdmissionError as e:
+            self.log.info("refused launch of %s for %s: %s", self.user.name, self._log_name, e)
+            self.note_refusal(admission_reason(e), str(e))
+            summary = reservation_summary(off, req.count, req.hours, req.group, getattr(e, "unit", "hours"))
+            raise user_error(403, f"This launch reserves {summary}: {e}") from None
+
+    def _prepare_launch(self, hub_groups: tuple[dict, dict]) -> None:
+        """Mirror the user's groups, plan the confinement (403 if barred) and admit (runs in a thread)."""
+        self.sync_user_groups(hub_groups)
+        try:
+            self.confinement = self.plan_confinement(set(hub_groups[0]))
+        except web.HTTPError as e:
+            self.note_refusal("barred", error_text(e))
+            raise
+        self.reservation_id = self._admit()
+
+    async def start(self):
+        """Admit the launch against the group's budget, then start it on the backend."""
+        if self.launch is None:
+            await self._apply_options(self.user_options)
+        # the hub's ORM objects are read on the hub's thread; the accounting steps take one worker-thread hop
+        await asyncio.to_thread(self._prepare_launch, self.hub_groups())
+        self.backend = None
+        self._backend_state = None
+        backend = self._ensure_backend()
+        try:
+            self.confine(backend)
+            result = await backend.start()
+        except BaseException as e:
+            await asyncio.to_thread(self.accounting.release, self.reservation_id, "failed to start")
+            if isinstance(e, asyncio.CancelledError | TimeoutError):
+                raise  # the hub reports a start timeout itself
+            if isinstance(e, web.HTTPError) and e.status_code == 429:
+                await asyncio.to_thread(self.note_refusal, "capacity", error_text(e))
+            if isinstance(e, web.HTTPError) and e.status_code < 500 and getattr(e, "jupyterhub_message", None):
+                raise  # a refusal (no capacity now): the message says so, nothing started
+            self.log.error("Backend %s could not start %s", self.offering.backend, self._log_name, exc_info=e)
+            await self.record_failed_start(backend, e)
+            if isinstance(e, web.HTTPError) and getattr(e, "jupyterhub_message", None):
+                raise  # already says what happened
+            raise start_failed(f"{self.offering.model} × {self.launch.count}", self.offering.backend, e) from e
+        await asyncio.to_thread(self.accounting.mark_running, self.reservation_id)
+        await self.record_start(backend)
+        return result
+
+    async def poll(self):
+        """Ask the backend; a server found dead has its reservation closed."""
+        backend = self._ensure_backend()
+        if backend is None:
+            return 0
+        status = await backend.poll()
+        if status is not None and self.reservation_id is not None:
+            await asyncio.to_thread(self.accounting.release, self.reservation_id, "exited")
+            await self.record_end(backend, status)
+        return status
+
+    async def stop(self, now=False):
+        """Stop on the backend and release the unused rest of the reservation."""
+        backend = self._ensure_backend()
+        if backend is not None:
+            await backend.stop(now=now)
+        if self.reservation_id is not None:
+            await asyncio.to_thread(self.accounting.release, self.reservation_id, "stopped")
+            await self.record_end()
+
+    async def progress(self):
+        """Forward the backend's progress events to the hub's spawn page."""
+        if self.backend is None:
+            yield {"progress": 10, "message": "Checking quota and capacity"}
+        while self.backend is None and self._spawn_pending:
+            await asyncio.sleep(0.1)  # progress() is called before start() admits and builds the backend
+        if self.backend is None:
+            return
+        notice = self.confinement_notice()
+        if notice:
+            yield {"progress": 15, "message": notice}
+        async for event in self.backend.progress():
+            yield event
+
+
+def preselect(rows: list[dict], previous: dict, groups: list[str], default_hours: float) -> dict[str, Any]:
+    """The picker's initial choice: the previous launch if still offered, else the cheapest launchable offering.
+
+    Returns the offering key, count, hours, group and the "this launch reserves" line for it.
+    """
+    launchable = [r for r in rows if not (groups and len(r["trust"]["barred"]) == len(groups))]
+    row = next((r for r in launchable if r["offering"].key == f"{previous.get('class')}/{previous.get('model')}"), None)
+    kept = row is not None
+    if not kept and launchable:
+        row = min(launchable, key=lambda r: (r["offering"].price_per_hour * r["offering"].counts[0], r["offering"].key))
+    group = previous.get("group") if previous.get("group") in groups else (groups[0] if groups else "")
+    if row is None:
+        return {"key": None, "count": None, "hours": default_hours, "group": group, "summary": ""}
+    off = row["offering"]
+    count = previous["count"] if kept and previous.get("count") in off.counts else off.counts[0]
+    hours = previous.get("hours") if isinstance(previous.get("hours"), int | float) else default_hours
+    hours = min(float(hours), off.max_hours)
+    rem = row["remaining"].get(group)
+    unit = rem.unit if rem is not None else "hours"
+    return {"key": off.key, "count": count, "hours": hours, "group": group,
+            "summary": reservation_summary(off, count, hours, group, unit) if group else ""}
+
+
+#: Rendered pickers by what they show (:func:`picker_html`), newest last.
+_picker_pages: OrderedDict[str, tuple[Catalog, str]] = OrderedDict()
+#: How many rendered pickers are kept (a lecture hall's students mostly see the same one).
+PICKER_PAGES_KEPT = 128
+
+
+def picker_html(catalog: Catalog, rows: list[dict], groups: list[str], choice: dict, outlook: dict[int, str]) -> str:
+    """``picker.html`` for these rows, memoized on every value it shows.
+
+    Rendering is a picker's largest cost on the hub's loop (Jinja escapes each of a few
+    thousand values), and a lecture hall's students see the same page: the same offerings,
+    free counts, remaining quota and choice.  The key is the repr of all the template's
+    inputs except the offerings themselves, which the catalog's identity fixes.
+    """
+    shown: dict[int, str] = {}  # offerings share their budget's Remaining: each repr'd once
+
+    def once(rem) -> str:
+        text = shown.get(id(rem))
+        if text is None:
+            text = shown[id(rem)] = repr(rem)
+        return text
+
+    key = repr(([(r["offering"].key, r["free_now"], r["simulated"],
+                  [(g, once(rem)) for g, rem in r["remaining"].items()], r["trust"]) for r in rows],
+                groups, choice, outlook))
+    hit = _picker_pages.get(key)
+    if hit is not None and hit[0] is catalog:
+        _picker_pages.move_to_end(key)
+        return hit[1]
+    classes = [(rc, [r for r in rows if r["offering"].resource_class == rc.name]) for rc in catalog.classes]
+    html = _jinja().get_template("picker.html").render(
+        classes=[(rc, rs, {r["trust"]["trust"] for r in rs}) for rc, rs in classes if rs],
+        groups=groups,
+        choice=choice,
+        outlook=outlook,
+    )
+    _picker_pages[key] = (catalog, html)
+    if len(_picker_pages) > PICKER_PAGES_KEPT:
+        _picker_pages.popitem(last=False)
+    return html
+
+
+@lru_cache(maxsize=64)
+def _import_class(dotted: str) -> type:
+    """A configured backend class by its dotted name, imported once."""
+    return import_item(dotted)
+
+
+@lru_cache(maxsize=8)
+def _catalog_for(path: str, config_json: str, backend_override: str) -> Catalog:
+    return load_catalog(
+        json.loads(config_json) or None, path=path or None, backend_override=backend_override or None
+    )

@@ -1,0 +1,80 @@
+"""``GET /api/users/{name}/session``: one server's session for the JupyterLab extension.
+
+Called by the server extension in the single-user server (:mod:`hybridhub_lab`) with that
+server's own ``JUPYTERHUB_API_TOKEN``.  That token holds no portal scope (on untrusted
+hardware it is clamped to the hub's default ``server`` role: ``access:servers!server=<u>/<s>``
+and ``users:activity!user=<u>``), so this one read-only route does not ask for
+``access:services``; instead the caller must be ``<name>`` *and* hold access to the server
+asked for (``access:servers!server=<name>/<server>``, or the wider ``!user=<name>`` form a
+personal token has).  A server's token therefore reads only its own server's session, and
+no token reads another user's.
+"""
+
+from __future__ import annotations
+
+from asyncio import to_thread
+from typing import Any
+
+from hybridhub.accounting.lab_session import session_state
+from hybridhub.web.base import ApiError, PortalHandler, forbidden, responses
+
+
+def may_read_session(model: dict[str, Any], username: str, server_name: str) -> bool:
+    """Whether the hub token described by ``model`` may read ``username``'s ``server_name``."""
+    if model.get("kind", "user") != "user" or model.get("name") != username:
+        return False
+    scopes = set(model.get("scopes") or ())
+    return bool(scopes & {
+        "access:servers", f"access:servers!user={username}",
+        f"access:servers!server={username}/{server_name}",
+    })
+
+
+class LabSessionHandler(PortalHandler):
+    """``GET /api/users/{name}/session?server=<name>``: the session record the Lab shows."""
+
+    async def prepare(self) -> None:
+        """Identify the token with the hub; the scope check is :func:`may_read_session`."""
+        model = await self.hub_auth.get_user(self, sync=False)
+        if not model:
+            raise ApiError(403, "a hub token (Authorization: token ...) is needed")
+        self._hub_auth_user_cache = model
+
+    async def get(self, username: str) -> None:
+        server = self.get_argument("server", "")
+        if len(server) > 255 or not server.isprintable():
+            raise ApiError(400, "server must be at most 255 printable characters", "server")
+        if not may_read_session(self.current_user, username, server):
+            raise forbidden(f"read the session of {username}'s server {server!r}")
+        self.write_json(await to_thread(session_state, self.accounting, username, server))
+
+
+handlers = [(r"api/users/([^/]+)/session", LabSessionHandler)]
+
+_NULLABLE_OBJECT = {"type": ["object", "null"]}
+openapi_paths: dict[str, Any] = {
+    "/api/users/{name}/session": {"get": {
+        "summary": "One server's session as JupyterLab shows it (the server's own token)",
+        "description": "Hardware, time left, cost so far and the warnings due, from the state "
+                       "the meter and course scheduler act on. Only the server's owner, with "
+                       "access to that server, may read it.",
+        "operationId": "getLabSession",
+        "parameters": [
+            {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "server", "in": "query", "required": False,
+             "schema": {"type": "string", "maxLength": 255}, "description": "server name ('' = default)"},
+        ],
+        "responses": responses({"description": "the session", "content": {"application/json": {"schema": {
+            "type": "object",
+            "required": ["user", "server", "now", "session", "reservation", "budget", "course",
+                         "ends_at", "stop_at", "warnings"],
+            "properties": {
+                "user": {"type": "string"}, "server": {"type": "string"},
+                "now": {"type": "string"}, "ends_at": {"type": ["string", "null"]},
+                "stop_at": {"type": ["string", "null"]},
+                "session": _NULLABLE_OBJECT, "reservation": _NULLABLE_OBJECT,
+                "budget": _NULLABLE_OBJECT, "course": _NULLABLE_OBJECT,
+                "warnings": {"type": "array", "items": {"type": "object", "required": ["id", "kind", "message"]}},
+            }}}}}, 400, 403),
+    }},
+}

@@ -1,6 +1,0 @@
-"""hybridhub's JupyterHub spawner: a resource picker over three hardware classes."""
-
-from spawner.catalog import Catalog, CatalogError, Offering, load_catalog
-from spawner.hybrid import HybridSpawner
-
-__all__ = ["Catalog", "CatalogError", "HybridSpawner", "Offering", "load_catalog"]

@@ -3,7 +3,9 @@
 The catalog is configuration (a dict on ``HybridSpawner.catalog`` or a YAML
 file named by ``HybridSpawner.catalog_file``).  :func:`load_catalog` validates
 it and raises :class:`CatalogError` naming the offending key, so a bad config
-stops the hub at start-up instead of failing a student's launch later.
+stops the hub at start-up instead of failing a student's launch later.  Each offering's
+backend checks the fields it owns (``instance_type``, ``gres``, ...) in its own
+``check_offering`` (:func:`hybridhub.backends.check_catalog`).
 """
 
 from __future__ import annotations
@@ -17,9 +19,8 @@ from typing import Any
 import yaml
 
 TRUST_LEVELS = ("trusted", "untrusted")
-BACKENDS = ("local", "docker", "swarm", "ec2", "slurm")
-#: A Slurm GRES name and type, e.g. ``gpu:h100`` (the count comes from the launch).
-GRES_PATTERN = re.compile(r"^[a-z][a-z0-9_]*:[A-Za-z0-9_.-]+$")
+#: A backend's name: an entry point of the ``hybridhub.backends`` group (see :mod:`hybridhub.backends`).
+BACKEND_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
 #: Default notebook image: the same on every class, so a workflow moves unchanged.
 DEFAULT_IMAGE = "quay.io/jupyter/pytorch-notebook:2025-06-02"
@@ -65,6 +66,10 @@ class Offering:
     def key(self) -> str:
         """Stable identifier ``class/name`` used in forms, the database and state."""
         return f"{self.resource_class}/{self.name}"
+
+    def config_key(self, field: str) -> str:
+        """The catalog key of one of this offering's settings, as :class:`CatalogError` names it."""
+        return f"{self.resource_class}.offerings.{self.name}.{field}"
 
     def allowed_for(self, groups: set[str]) -> bool:
         """Whether a user in ``groups`` may launch this offering (empty list: everyone)."""
@@ -219,18 +224,11 @@ def _offering(cls_name: str, cls_cfg: dict, name: str, cfg: Any, image: str) -> 
     ):
         raise CatalogError(f"{where}.counts", f"must be a non-empty list of positive integers, got {counts!r}")
     backend = cfg.get("backend", cls_cfg.get("backend", "local"))
-    if backend not in BACKENDS:
-        raise CatalogError(f"{where}.backend", f"must be one of {list(BACKENDS)}, got {backend!r}")
+    if not isinstance(backend, str) or not BACKEND_NAME.match(backend):
+        raise CatalogError(f"{where}.backend", f"must be a backend's name ({BACKEND_NAME.pattern}), got {backend!r}")
     trust = cfg.get("trust", cls_cfg.get("trust", "trusted"))
     if trust not in TRUST_LEVELS:
         raise CatalogError(f"{where}.trust", f"must be one of {list(TRUST_LEVELS)}, got {trust!r}")
-    if backend == "ec2" and not cfg.get("instance_type"):
-        raise CatalogError(f"{where}.instance_type", "is required for the ec2 backend")
-    if backend == "slurm" and not GRES_PATTERN.match(str(cfg.get("gres", ""))):
-        raise CatalogError(
-            f"{where}.gres",
-            f"must be a Slurm GRES name:type like 'gpu:h100' for the slurm backend, got {cfg.get('gres')!r}",
-        )
     extra = cfg.get("extra", {})
     if not isinstance(extra, dict):
         raise CatalogError(f"{where}.extra", "must be a mapping")

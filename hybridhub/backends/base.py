@@ -1,10 +1,27 @@
-"""What every backend shares.
+"""The backend contract, and what every backend shares.
 
-A backend is a JupyterHub ``Spawner`` subclass that also carries
-:class:`BackendMixin`.  :class:`spawner.HybridSpawner` builds one as a child
-for the offering the user picked (the ProfilesSpawner/wrapspawner pattern),
-sets :attr:`BackendMixin.offering` and :attr:`BackendMixin.request`, and
-delegates ``start``/``poll``/``stop``/``progress``/state to it.
+A backend is a JupyterHub ``Spawner`` subclass that also carries :class:`BackendMixin`,
+registered in the ``hybridhub.backends`` entry-point group (:mod:`hybridhub.backends`).
+:class:`hybridhub.spawner.HybridSpawner` builds one as a child for the offering the user
+picked (the ProfilesSpawner/wrapspawner pattern), sets :attr:`BackendMixin.offering`,
+:attr:`BackendMixin.request` and :attr:`BackendMixin.context`, and delegates
+``start``/``poll``/``stop``/``progress``/state to it.
+
+What a backend must implement (checked when the hub starts, :func:`hybridhub.backends.check_contract`):
+
+- ``start()``, ``poll()``, ``stop()`` -- JupyterHub's own Spawner contract (:data:`REQUIRED_HOOKS`).
+
+What it may override, each with a documented default in :class:`BackendMixin`:
+
+- ``get_state()`` / ``load_state()`` / ``clear_state()`` -- what finds the server again after a hub
+  restart (JupyterHub's; default: nothing kept);
+- :meth:`BackendMixin.check_offering` -- the schema of its own offering fields (default: none);
+- :meth:`BackendMixin.free_now` / :meth:`BackendMixin.free_now_many` -- capacity (default: not tracked);
+- :meth:`BackendMixin.host_labels` -- the inventory labels of hosts an offering may land on, whose
+  ``trust`` lowers the offering's (default: none);
+- :meth:`BackendMixin.provenance` / :meth:`BackendMixin.image_identity` -- where a server runs;
+- :meth:`BackendMixin.hide_paths` -- confinement on untrusted hardware (default: refuse);
+- :meth:`BackendMixin.end_reason` and :attr:`BackendMixin.watches_machine` -- how a gone server ended.
 """
 
 from __future__ import annotations
@@ -22,7 +39,12 @@ from hybridhub.accounting.allocations import Candidate, allocator_for
 from hybridhub.errors import ConfinementError
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from hybridhub.catalog import Offering
+
+#: Spawner methods every backend must implement itself (JupyterHub's base raises NotImplementedError).
+REQUIRED_HOOKS = ("start", "poll", "stop")
 
 
 def db_url_from_config(config: Config, section: str = "DockerBackend") -> str:
@@ -111,10 +133,12 @@ async def answers_http(ip: str, port: int, path: str, timeout: float = 2.0) -> b
 
 
 class BackendMixin(HasTraits):
-    """Interface and hooks shared by the ``local``, ``docker``, ``swarm`` and ``ec2`` backends."""
+    """The hooks HybridSpawner calls on a backend, with their defaults (see the module's docstring)."""
 
     #: True when the backend only simulates the hardware (the picker says so).
     simulated: ClassVar[bool] = False
+    #: True when ``poll()`` watches a whole machine (an instance): any status then means the machine is gone.
+    watches_machine: ClassVar[bool] = False
     #: While waiting for a new server, ask ``poll()`` whether it died every this many failed probes (0: never).
     died_check_every: ClassVar[int] = 1
 
@@ -145,6 +169,23 @@ class BackendMixin(HasTraits):
             return
         async for event in self._feed.follow():
             yield event
+
+    @classmethod
+    def check_offering(cls, offering: Offering) -> None:
+        """Refuse an offering this backend cannot launch, raising :class:`~hybridhub.catalog.CatalogError`
+        with the key at fault (``offering.config_key("gres")``).  Called for every offering when the
+        hub starts.  Default: every offering is accepted."""
+
+    @classmethod
+    def host_labels(cls, offering: Offering, config: Config) -> list[Mapping[str, str]]:
+        """The inventory labels of each host ``offering`` may land on (their ``trust`` lowers the
+        offering's).  Default: none (the catalog's trust level stands)."""
+        return []
+
+    def end_reason(self, status: object) -> str | None:
+        """How a server that ``poll()`` found gone with ``status`` ended, or None to let the spawner
+        judge (:func:`hybridhub.spawner.provenance.end_reason`).  Default: None."""
+        return None
 
     @classmethod
     async def free_now(cls, offering: Offering, config: Config) -> int | None:

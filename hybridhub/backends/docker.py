@@ -21,7 +21,7 @@ import asyncio
 import json
 import logging
 import posixpath
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -219,6 +219,11 @@ class ContainerBackendMixin(BackendMixin):
     died_check_every: ClassVar[int] = 0
     #: The state key and trait naming where the server runs.
     placement_key: ClassVar[tuple[str, str]] = ("host", "host_name")
+
+    @classmethod
+    def host_labels(cls, offering, config: Config) -> list[Mapping[str, str]]:
+        """The inventory labels of every host the offering may land on."""
+        return [host.labels for host, _gpus in GpuInventory(config=config).candidates(offering)]
 
     hub_label = Unicode(
         "hybridhub",

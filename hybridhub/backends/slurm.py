@@ -46,7 +46,11 @@ from traitlets import Bool, Dict, Float, Int, List, Unicode, default
 from traitlets.config import Config, LoggingConfigurable
 
 from hybridhub.backends.base import BackendMixin
+from hybridhub.catalog import CatalogError
 from hybridhub.errors import no_capacity_error, user_error
+
+#: A Slurm GRES name and type, e.g. ``gpu:h100`` (the count comes from the launch).
+GRES_PATTERN = re.compile(r"^[a-z][a-z0-9_]*:[A-Za-z0-9_.-]+$")
 
 #: Job states in which the job still holds (or waits for) its node.
 LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "SUSPENDED", "RESIZING", "REQUEUED"}
@@ -501,6 +505,14 @@ def _commands(config: Config) -> SlurmCommands:
 
 class SlurmBackend(BackendMixin, Spawner):
     """Run the server as a Slurm batch job holding the offering's GRES on one node."""
+
+    @classmethod
+    def check_offering(cls, offering) -> None:
+        """A Slurm offering names its GRES as ``name:type`` (the count comes from the launch)."""
+        if not GRES_PATTERN.match(offering.gres or ""):
+            raise CatalogError(offering.config_key("gres"),
+                               f"must be a Slurm GRES name:type like 'gpu:h100' for the slurm backend, "
+                               f"got {offering.gres!r}")
 
     died_check_every = 4  # while the new server boots, ask squeue (via poll) every 4 probes
 

@@ -18,6 +18,7 @@ from jupyterhub.utils import random_port
 from traitlets.config import Config
 
 from hybridhub import loghygiene
+from hybridhub.backends import check_catalog
 from hybridhub.catalog import CatalogError, load_catalog
 from hybridhub.spawner.hybrid import templates_dir
 from hybridhub.spawner.pagevars import PageVar
@@ -247,7 +248,8 @@ def add_hybridhub(
     ]
     override = c.HybridSpawner.get("backend_override", "") or None
     try:
-        catalog = load_catalog(path=catalog_file or None, backend_override=override)
+        catalog = check_catalog(load_catalog(path=catalog_file or None, backend_override=override),
+                                c.HybridSpawner.get("backend_classes", {}))
     except CatalogError as e:
         sys.exit(f"hybridhub: invalid resource catalog: {e}")
 

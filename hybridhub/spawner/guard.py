@@ -1,4 +1,4 @@
-"""Trust enforcement and session provenance for :class:`spawner.HybridSpawner`.
+"""Trust enforcement and session provenance for :class:`hybridhub.spawner.HybridSpawner`.
 
 :class:`TrustAndProvenanceMixin` holds the settings and the steps HybridSpawner runs
 around a launch:
@@ -82,7 +82,7 @@ class TrustAndProvenanceMixin(HasTraits):
 
     def trust_of(self, offering) -> str:
         """The offering's trust level, lowered by any untrusted host it may land on."""
-        return offering_trust(offering, self.config)
+        return offering_trust(offering, self.backend_class(offering).host_labels(offering, self.config))
 
     def words_for(self, trust: str) -> str:
         """The plain words for a trust level."""

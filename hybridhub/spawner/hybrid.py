@@ -23,15 +23,15 @@ import jinja2
 from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Dict, Float, Integer, Unicode, default, observe
-from traitlets.utils.importstring import import_item
 
+from hybridhub import backends
 from hybridhub.accounting import courses
 from hybridhub.accounting.db import DEFAULT_URL, Database
 from hybridhub.accounting.forecast import remaining_forecasts
 from hybridhub.accounting.ledger import Accounting, AdmissionError
 from hybridhub.accounting.models import GROUP_KINDS
 from hybridhub.backends.base import LaunchContext
-from hybridhub.catalog import Catalog, CatalogError, Offering, load_catalog
+from hybridhub.catalog import Catalog, Offering, load_catalog
 from hybridhub.errors import start_failed, user_error
 from hybridhub.spawner.guard import TrustAndProvenanceMixin
 from hybridhub.spawner.options import (
@@ -49,14 +49,6 @@ from hybridhub.spawner.refusals import RefusalLogMixin, admission_reason, error_
 
 #: The spawner's Jinja templates (package data, in a checkout and a wheel alike).
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-
-DEFAULT_BACKENDS = {
-    "local": "hybridhub.backends.local.LocalBackend",
-    "docker": "hybridhub.backends.docker.DockerBackend",
-    "swarm": "hybridhub.backends.swarm.SwarmBackend",
-    "ec2": "hybridhub.backends.ec2.Ec2Backend",
-    "slurm": "hybridhub.backends.slurm.SlurmBackend",
-}
 
 
 def templates_dir() -> Path:
@@ -107,8 +99,9 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
     ).tag(config=True)
 
     backend_classes = Dict(
-        help="Backend name -> spawner class (or import string) implementing it. "
-        f"Defaults: {DEFAULT_BACKENDS}.",
+        help="Backend name -> spawner class (or import string) implementing it, added to (and "
+        "overriding) the backends installed in the `hybridhub.backends` entry-point group, which "
+        "include the shipped ones: local, docker, swarm, slurm, ec2.",
     ).tag(config=True)
 
     db_url = Unicode(
@@ -140,21 +133,15 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
 
     # --- catalog -----------------------------------------------------------------
 
-    @default("backend_classes")
-    def _default_backend_classes(self):
-        return dict(DEFAULT_BACKENDS)
-
     @property
     def resource_catalog(self) -> Catalog:
         """The validated catalog (cached per configuration)."""
-        return _catalog_for(self.catalog_file, json.dumps(self.catalog, sort_keys=True), self.backend_override)
+        return _catalog_for(self.catalog_file, json.dumps(self.catalog, sort_keys=True), self.backend_override,
+                            tuple(sorted(self.backend_classes.items())))
 
     def backend_class(self, offering: Offering) -> type:
-        """The spawner class implementing ``offering.backend``."""
-        cls = self.backend_classes.get(offering.backend)
-        if cls is None:
-            raise CatalogError(f"{offering.key}.backend", f"no backend class for {offering.backend!r}")
-        return _import_class(cls) if isinstance(cls, str) else cls
+        """The spawner class implementing ``offering.backend`` (:mod:`hybridhub.backends`' registry)."""
+        return backends.backend_class(offering.backend, self.backend_classes, key=offering.config_key("backend"))
 
     @property
     def accounting(self) -> Accounting:
@@ -573,14 +560,9 @@ def picker_html(catalog: Catalog, rows: list[dict], groups: list[str], choice: d
     return html
 
 
-@lru_cache(maxsize=64)
-def _import_class(dotted: str) -> type:
-    """A configured backend class by its dotted name, imported once."""
-    return import_item(dotted)
-
-
 @lru_cache(maxsize=8)
-def _catalog_for(path: str, config_json: str, backend_override: str) -> Catalog:
-    return load_catalog(
+def _catalog_for(path: str, config_json: str, backend_override: str, classes: tuple) -> Catalog:
+    catalog = load_catalog(
         json.loads(config_json) or None, path=path or None, backend_override=backend_override or None
     )
+    return backends.check_catalog(catalog, dict(classes))

@@ -12,8 +12,6 @@ from typing import Any
 
 from hybridhub.accounting.sessions import END_EXITED, END_HOST_LOST, END_STOPPED_BY_USER
 
-#: Backends whose ``poll`` watches a whole machine: any status there means it is gone.
-MACHINE_BACKENDS = ("ec2",)
 #: Keys of ``provenance()`` that become their own columns (the rest stay in ``details``).
 _COLUMNS = ("host", "instance_id", "instance_type", "image")
 
@@ -35,8 +33,8 @@ async def describe(backend: Any) -> dict[str, Any]:
 def end_reason(backend: Any, status: Any) -> tuple[str, str]:
     """``(reason, detail)`` for a server that ``poll`` found gone with ``status``.
 
-    A backend may say itself (``end_reason(status)``); otherwise, on a machine backend
-    (:data:`MACHINE_BACKENDS`: its ``poll`` reports the instance, not a process) any
+    A backend may say itself (``end_reason(status)``); otherwise, on a backend that
+    ``watches_machine`` (its ``poll`` reports the instance, not a process) any
     status means the machine is gone (``host lost``); elsewhere a text status means the
     host stopped answering (``host lost``), exit status 0 means the user shut the server
     down from inside it, and any other status that it exited by itself.
@@ -46,8 +44,7 @@ def end_reason(backend: Any, status: Any) -> tuple[str, str]:
         reason = own(status)
         if reason:
             return reason, str(status)
-    offering = getattr(backend, "offering", None)
-    if getattr(offering, "backend", None) in MACHINE_BACKENDS:
+    if getattr(backend, "watches_machine", False):
         return END_HOST_LOST, f"the instance is gone (status {status})"
     if isinstance(status, str):
         return END_HOST_LOST, status

@@ -73,14 +73,12 @@ def host_trust(labels: Mapping[str, str] | None) -> str | None:
     return value if value in TRUST_LEVELS else UNTRUSTED
 
 
-def offering_trust(offering: Offering, config: Any = None) -> str:
-    """The trust of ``offering``: its catalog level, lowered by any host it may land on."""
+def offering_trust(offering: Offering, host_labels: Iterable[Mapping[str, str] | None] = ()) -> str:
+    """The trust of ``offering``: its catalog level, lowered by any host it may land on
+    (``host_labels``: each such host's inventory labels, from its backend's ``host_labels``)."""
     level = offering.trust
-    if offering.backend in ("docker", "swarm") and config is not None:
-        from hybridhub.backends.inventory import GpuInventory
-
-        for host, _gpus in GpuInventory(config=config).candidates(offering):
-            level = least_trusted(level, host_trust(host.labels))
+    for labels in host_labels:
+        level = least_trusted(level, host_trust(labels))
     return level
 
 

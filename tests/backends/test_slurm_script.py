@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from hybridhub.backends import check_catalog
 from hybridhub.backends.slurm import (
     JobSpec,
     SlurmBackend,
@@ -153,7 +154,7 @@ def test_catalog_slurm_offering_has_partition_and_gres():
 def test_catalog_refuses_slurm_offering_without_valid_gres(gres):
     cfg = slurm_catalog(**({"gres": gres} if gres else {}))
     with pytest.raises(CatalogError, match="enterprise.offerings.h100.gres"):
-        load_catalog(cfg)
+        check_catalog(load_catalog(cfg))  # the slurm backend checks its own field
 
 
 # --- poll(): what a status command's answer means (real subprocesses in place of squeue) -------

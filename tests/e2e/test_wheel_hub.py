@@ -17,6 +17,7 @@ import sys
 import time
 import zipfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -78,22 +79,26 @@ def site_venv(tmp_path_factory, wheel) -> Path:
     return venv
 
 
-@pytest.fixture
-def site_hub(site_venv, hub_prereqs, tmp_path) -> Iterator[dict]:
-    """A hub started from the site's own config and venv (nothing from this checkout)."""
+@contextmanager
+def running_site_hub(venv: Path, tmp_path: Path, site_lines: str, catalog: str | None = None) -> Iterator[dict]:
+    """A hub started from the site's own config and ``venv`` (nothing from this checkout):
+    ``site_lines`` of the site's own, then the README's snippet with ``catalog`` (YAML) as its catalog file."""
     etc = tmp_path / "etc"
     etc.mkdir()
     token = secrets.token_hex(16)
     port = random_port()
     db_url = f"sqlite:///{tmp_path / 'hybridhub.sqlite'}"
     config = readme_site_config().replace("postgresql+psycopg://hub@db.example.edu/hybridhub", db_url)
-    config = config.replace('catalog_file="/etc/hybridhub/catalog.yaml", ', "")
+    if catalog is None:
+        config = config.replace('catalog_file="/etc/hybridhub/catalog.yaml", ', "")
+    else:
+        (etc / "catalog.yaml").write_text(catalog)
+        config = config.replace("/etc/hybridhub/catalog.yaml", str(etc / "catalog.yaml"))
     (etc / "jupyterhub_config.py").write_text(
         f"c.JupyterHub.bind_url = 'http://127.0.0.1:{port}'\n"
         f"c.JupyterHub.hub_port = {random_port()}\n"
         f"c.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{random_port()}'\n"
-        "c.HybridSpawner.backend_override = 'local'  # no GPU hosts in a test\n"
-        f"c.LocalBackend.home_root = {str(tmp_path / 'homes')!r}\n"
+        + site_lines +
         "c.Spawner.args = ['--allow-root']\n"
         "c.JupyterHub.authenticator_class = 'dummy'  # the site's own SSO in real life\n"
         "c.Authenticator.allow_all = True\n"
@@ -106,7 +111,7 @@ def site_hub(site_venv, hub_prereqs, tmp_path) -> Iterator[dict]:
     log_path = tmp_path / "hub.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(site_venv / "bin" / "jupyterhub"), "-f", str(etc / "jupyterhub_config.py")],
+            [str(venv / "bin" / "jupyterhub"), "-f", str(etc / "jupyterhub_config.py")],
             cwd=tmp_path, env={"PATH": MINIMAL_PATH, "HOME": str(tmp_path)},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -121,7 +126,7 @@ def site_hub(site_venv, hub_prereqs, tmp_path) -> Iterator[dict]:
             except requests.RequestException:
                 pass
             time.sleep(0.3)
-        yield {"url": url, "token": token, "log": log_path, "venv": site_venv}
+        yield {"url": url, "token": token, "log": log_path, "venv": venv}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -129,10 +134,47 @@ def site_hub(site_venv, hub_prereqs, tmp_path) -> Iterator[dict]:
         _stop_user_processes(tmp_path)
 
 
+@pytest.fixture
+def site_hub(site_venv, hub_prereqs, tmp_path) -> Iterator[dict]:
+    """The README's site hub, every offering on the local backend (no GPU hosts in a test)."""
+    site_lines = ("c.HybridSpawner.backend_override = 'local'  # no GPU hosts in a test\n"
+                  f"c.LocalBackend.home_root = {str(tmp_path / 'homes')!r}\n")
+    with running_site_hub(site_venv, tmp_path, site_lines) as hub:
+        yield hub
+
+
+def site_admin(hub: dict) -> requests.Session:
+    """A REST session with the site's admin service token."""
+    api = requests.Session()
+    api.headers["Authorization"] = f"token {hub['token']}"
+    return api
+
+
+def add_lab_group(hub: dict, api: requests.Session, user: str, budget: str = "5") -> None:
+    """``user`` in group lab-site (kind lab) with a community budget, set through the installed CLI."""
+    url = hub["url"]
+    assert api.post(f"{url}/hub/api/users/{user}").status_code == 201
+    assert api.post(f"{url}/hub/api/groups/lab-site", json={"users": [user]}).status_code == 201
+    assert api.put(f"{url}/hub/api/groups/lab-site/properties", json={"kind": "lab"}).ok
+    cli = subprocess.run(
+        [str(hub["venv"] / "bin" / "hybridhub-quota"), "--url", f"{url}/services/hybridhub-portal/",
+         "--token", hub["token"], "set", "lab-site", "community", budget],
+        capture_output=True, text=True, env={"PATH": MINIMAL_PATH},
+    )
+    assert cli.returncode == 0, cli.stderr
+
+
+def wait_ready(hub: dict, api: requests.Session, user: str) -> None:
+    """Until the user's default server is ready (two minutes at most)."""
+    deadline = time.monotonic() + 120
+    while not api.get(f"{hub['url']}/hub/api/users/{user}").json()["servers"].get("", {}).get("ready"):
+        assert time.monotonic() < deadline, hub["log"].read_text()[-4000:]
+        time.sleep(0.2)
+
+
 def test_wheel_installed_hub_spawns_through_rest(site_hub):
     url, venv = site_hub["url"], site_hub["venv"]
-    api = requests.Session()
-    api.headers["Authorization"] = f"token {site_hub['token']}"
+    api = site_admin(site_hub)
     found = subprocess.run([str(venv / "bin" / "python"), "-c", "import hybridhub; print(hybridhub.__file__)"],
                            capture_output=True, text=True, check=True, env={"PATH": MINIMAL_PATH}, cwd=venv)
     assert str(ROOT) not in found.stdout and str(venv) in found.stdout, found.stdout
@@ -141,26 +183,60 @@ def test_wheel_installed_hub_spawns_through_rest(site_hub):
                                capture_output=True, env={"PATH": MINIMAL_PATH}, cwd=venv)
         assert other.returncode != 0, name
 
-    assert api.post(f"{url}/hub/api/users/rosa").status_code == 201
-    assert api.post(f"{url}/hub/api/groups/lab-site", json={"users": ["rosa"]}).status_code == 201
-    assert api.put(f"{url}/hub/api/groups/lab-site/properties", json={"kind": "lab"}).ok
-    cli = subprocess.run(
-        [str(venv / "bin" / "hybridhub-quota"), "--url", f"{url}/services/hybridhub-portal/",
-         "--token", site_hub["token"], "set", "lab-site", "community", "5"],
-        capture_output=True, text=True, env={"PATH": MINIMAL_PATH},
-    )
-    assert cli.returncode == 0, cli.stderr
+    add_lab_group(site_hub, api, "rosa")
 
     body = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "lab-site"}
     r = api.post(f"{url}/hub/api/users/rosa/server", json=body)
     assert r.status_code in (201, 202), r.text
-    deadline = time.monotonic() + 120
-    while not api.get(f"{url}/hub/api/users/rosa").json()["servers"].get("", {}).get("ready"):
-        assert time.monotonic() < deadline, site_hub["log"].read_text()[-4000:]
-        time.sleep(0.2)
+    wait_ready(site_hub, api, "rosa")
     status = api.get(f"{url}/user/rosa/api/status")
     assert status.status_code == 200, status.text
 
     page = api.get(f"{url}/services/hybridhub-portal/groups")  # the portal's templates, from the wheel
     assert page.status_code == 200 and "lab-site" in page.text, page.text[:500]
     assert api.delete(f"{url}/hub/api/users/rosa/server").status_code in (202, 204)
+
+
+#: A site's catalog naming its own backend (tests/data/site_backend) for one class.
+SITE_CATALOG = """
+community:
+  display_name: Lab racks
+  backend: lab-rack
+  offerings:
+    rtx4090:
+      {model: RTX 4090, memory_gb: 24, counts: [1], price_per_hour: 0.35, max_hours: 4, extra: {rack: b7}}
+"""
+
+
+def test_a_site_backend_installed_beside_the_wheel_serves_a_launch(site_venv, hub_prereqs, tmp_path):
+    """A site adds hardware without touching hybridhub: its own package registers a backend (entry
+    point ``hybridhub.backends``), its catalog names it, and a launch through the hub runs on it."""
+    pip = [str(site_venv / "bin" / "pip"), "install", "-q", "--no-deps"]
+    env = {"PATH": MINIMAL_PATH, "HOME": os.environ.get("HOME", "/root")}
+    subprocess.run([*pip, str(ROOT / "tests" / "data" / "site_backend")], check=True, env=env)
+    try:
+        bad = SITE_CATALOG.replace("extra: {rack: b7}", "extra: {}")  # the backend checks its own field
+        check = subprocess.run(
+            [str(site_venv / "bin" / "python"), "-c",
+             "import sys, yaml; from hybridhub.backends import check_catalog; from hybridhub.catalog import "
+             "load_catalog, CatalogError\ntry: check_catalog(load_catalog(yaml.safe_load(sys.stdin.read())))\n"
+             "except CatalogError as e: print(e)"],
+            input=bad, capture_output=True, text=True, env={"PATH": MINIMAL_PATH}, cwd=tmp_path)
+        assert "community.offerings.rtx4090.extra.rack" in check.stdout, check.stdout + check.stderr
+
+        site_lines = (f"c.SimpleLocalProcessSpawner.home_dir_template = {str(tmp_path / 'homes' / '{username}')!r}\n"
+                      f"c.RackBackend.cmd = [{str(site_venv / 'bin' / 'jupyterhub-singleuser')!r}]\n")
+        with running_site_hub(site_venv, tmp_path, site_lines, catalog=SITE_CATALOG) as hub:
+            api = site_admin(hub)
+            add_lab_group(hub, api, "rosa")
+            body = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "lab-site"}
+            r = api.post(f"{hub['url']}/hub/api/users/rosa/server", json=body)
+            assert r.status_code in (201, 202), r.text
+            wait_ready(hub, api, "rosa")
+            kernel_env = api.get(f"{hub['url']}/user/rosa/api/status")
+            assert kernel_env.status_code == 200, kernel_env.text
+            sessions = api.get(f"{hub['url']}/services/hybridhub-portal/api/sessions?user=rosa").json()["sessions"]
+            assert sessions and sessions[0]["host"] == "rack b7", sessions
+            assert api.delete(f"{hub['url']}/hub/api/users/rosa/server").status_code in (202, 204)
+    finally:
+        subprocess.run([str(site_venv / "bin" / "pip"), "uninstall", "-q", "-y", "site-backend"], env=env)

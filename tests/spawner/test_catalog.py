@@ -4,6 +4,7 @@ import copy
 
 import pytest
 
+from hybridhub.backends import check_catalog
 from hybridhub.catalog import DEFAULT_CATALOG, CatalogError, load_catalog
 
 
@@ -62,7 +63,7 @@ def test_invalid_catalog_names_the_bad_key(mutate, key):
     cfg = copy.deepcopy(DEFAULT_CATALOG)
     mutate(cfg)
     with pytest.raises(CatalogError) as exc:
-        load_catalog(cfg)
+        check_catalog(load_catalog(cfg))  # the catalog's own keys, then each backend's
     assert exc.value.key == key
     assert key in str(exc.value)
 

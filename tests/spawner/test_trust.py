@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 from traitlets.config import Config
 
+from hybridhub.backends import backend_class
 from hybridhub.catalog import load_catalog
 from hybridhub.spawner.trust import (
     BarredFromUntrusted,
@@ -55,12 +56,17 @@ def _inventory(labels_h2: dict) -> Config:
     return c
 
 
+def _trust(offering, config) -> str:
+    """The offering's trust as the spawner asks it: its backend's hosts' labels."""
+    return offering_trust(offering, backend_class(offering.backend).host_labels(offering, config))
+
+
 def test_an_untrusted_host_makes_an_offering_untrusted():
-    assert offering_trust(H100, _inventory({})) == "trusted"
-    assert offering_trust(H100, _inventory({"trust": "untrusted"})) == "untrusted"
+    assert _trust(H100, _inventory({})) == "trusted"
+    assert _trust(H100, _inventory({"trust": "untrusted"})) == "untrusted"
     # a host label cannot raise an untrusted class
-    assert offering_trust(RTX, _inventory({"trust": "trusted"})) == "untrusted"
-    assert offering_trust(TRN, _inventory({"trust": "untrusted"})) == "trusted"  # ec2: no hosts
+    assert _trust(RTX, _inventory({"trust": "trusted"})) == "untrusted"
+    assert _trust(TRN, _inventory({"trust": "untrusted"})) == "trusted"  # ec2: no hosts
 
 
 def test_env_filter_strips_credentials_keeps_token_and_hardware():
@@ -178,7 +184,7 @@ def test_confine_launcher_hides_the_folder_for_the_command_only(tmp_path):
 def test_end_reason_from_poll_status(backend_kind, status, reason):
     from hybridhub.spawner.provenance import end_reason
 
-    backend = SimpleNamespace(offering=SimpleNamespace(backend=backend_kind))
+    backend = SimpleNamespace(watches_machine=backend_class(backend_kind).watches_machine)
     assert end_reason(backend, status)[0] == reason
     own = SimpleNamespace(offering=None, end_reason=lambda s: "end of course")
     assert end_reason(own, 0) == ("end of course", "0")

@@ -28,6 +28,7 @@ from hybridhub.backends.ec2.spot import (
     spot_request_notice,
 )
 from hybridhub.backends.ec2.userdata import BootstrapSpec, render_user_data
+from hybridhub.catalog import CatalogError
 from hybridhub.errors import user_error
 from hybridhub.tags import TAG_HUB, TAG_LAUNCH, TAG_OFFERING, TAG_SERVER, TAG_USER
 
@@ -210,6 +211,14 @@ def launch_error(e: ClientError, instance_type: str, region: str, retry_after: i
 
 class Ec2Backend(BackendMixin, Spawner):
     """Run each server on its own EC2 instance of the offering's type (Trainium, Inferentia)."""
+
+    watches_machine = True  # poll() reports the instance: any status means the machine is gone
+
+    @classmethod
+    def check_offering(cls, offering) -> None:
+        """An EC2 offering names its instance type."""
+        if not offering.instance_type:
+            raise CatalogError(offering.config_key("instance_type"), "is required for the ec2 backend")
 
     # --- where and how to launch --------------------------------------------------------------
 

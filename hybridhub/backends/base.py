@@ -201,8 +201,8 @@ class BackendMixin(HasTraits):
         """:meth:`free_now` of each offering; a backend that can read them at once overrides it."""
         return list(await asyncio.gather(*(cls.free_now(o, config) for o in offerings)))
 
-    async def _wait_until_answering(self, ip: str, port: int) -> None:
-        """Return once the new server answers HTTP (any status) or has died, or after ``http_timeout``.
+    async def wait_until_answering(self, ip: str, port: int) -> bool:
+        """True once the new server answers HTTP (any status); False once it has died, or after ``http_timeout``.
 
         Probing every ``ready_poll_interval`` seconds here spares the hub's slower back-off poll: JupyterHub's
         own check (``wait_for_http_server``) then passes on its first try (a 5xx is left to that check).  A probe
@@ -213,12 +213,13 @@ class BackendMixin(HasTraits):
         checks = 0
         while time.monotonic() < deadline:
             if await answers_http(ip, port, path):
-                return
+                return True
             checks += 1
             every = self.died_check_every
             if every and checks % every == 0 and await self.poll() is not None:
-                return  # died: the hub reports it
+                return False  # died
             await asyncio.sleep(self.ready_poll_interval)
+        return False
 
     def accelerator_env(self) -> dict[str, str]:
         """Environment describing the assigned hardware, visible inside the server."""

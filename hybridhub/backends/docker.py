@@ -677,7 +677,7 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
         try:
             ip, port = await super().start()
             if self.ready_poll_interval:
-                await self._wait_until_answering(ip, port)
+                await self.wait_until_answering(ip, port)
         except BaseException as e:
             self.log.warning("Start of %s on %s failed: %s", self._log_name, self.host_name, e)
             await self._remove_quietly()

@@ -781,7 +781,7 @@ class SlurmBackend(BackendMixin, Spawner):
         self._gres_detail = list(job.get("gres_detail") or [])
         self.node_ip = await self._node_address(self.node)
         self._emit(60, f"Job {self.job_id} runs on {self.node}; waiting for Jupyter to answer")
-        await self._wait_until_answering(self.node_ip, self.port)  # returns early if poll() sees the job end
+        await self.wait_until_answering(self.node_ip, self.port)  # returns early if poll() sees the job end
         if self.slurm_reason:
             raise self._ended_error(before="before its server answered")
         self._emit(90, f"Your Jupyter server on {self.node} is answering")

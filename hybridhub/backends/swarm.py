@@ -342,7 +342,7 @@ class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
             await self._record_gpus(task)
             ip, port = self.ip, self.port
             if self.ready_poll_interval:
-                await self._wait_until_answering(ip, port)
+                await self.wait_until_answering(ip, port)
         except BaseException:
             await self._remove_quietly()
             await self._release("failed to start")

@@ -191,7 +191,7 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
             await self._release("failed to start")
             raise
         ip, port = self.ip or "127.0.0.1", self.port
-        await self._wait_until_answering(ip, port)
+        await self.wait_until_answering(ip, port)
         if ahead:  # once this one answers: it does not share the CPU with the next one's imports
             self._start_ahead(import_env(env))
         return ip, port

@@ -16,8 +16,9 @@
 
 The portal URL comes from ``--url`` or ``$HYBRIDHUB_PORTAL_URL`` (e.g.
 ``https://hub.example.edu/services/hybridhub-portal/``), the token from ``--token`` or
-``$JUPYTERHUB_API_TOKEN`` (a hub API token; create one on the hub's token page).  The
-token is sent only in the ``Authorization`` header and never printed.  Errors print the
+``$JUPYTERHUB_API_TOKEN`` (a hub API token; create one on the hub's token page).  ``-o -``
+writes to standard output, as leaving ``-o`` out does.  The token is sent only in the
+``Authorization`` header and never printed.  Errors print the
 portal's message (and the field it names) and exit with status 1.
 """
 
@@ -134,7 +135,8 @@ def _usage_query(args: argparse.Namespace) -> str:
 
 
 def _write(raw: bytes, output: str | None, out) -> None:
-    if output:
+    """``raw`` into the file ``output``, or onto ``out`` when there is none or it is ``-``."""
+    if output and output != "-":
         with open(output, "wb") as f:
             f.write(raw)
     else:
@@ -231,12 +233,12 @@ def parser() -> argparse.ArgumentParser:
         ex.add_argument("--until", help="YYYY-MM-DD")
         ex.add_argument("--bucket", choices=["day", "week", "month"])
         if name == "export":
-            ex.add_argument("-o", "--output", help="write to FILE instead of standard output")
+            ex.add_argument("-o", "--output", help="write to FILE (none or '-': standard output)")
 
     dm = sub.add_parser("demand", help="refused launches (unmet demand) as CSV")
     dm.add_argument("--since", help="YYYY-MM-DD")
     dm.add_argument("--until", help="YYYY-MM-DD")
-    dm.add_argument("-o", "--output", help="write to FILE instead of standard output")
+    dm.add_argument("-o", "--output", help="write to FILE (none or '-': standard output)")
 
     im = sub.add_parser("import", help="budgets from CSV, all lines or none (admins)")
     im.add_argument("file")

@@ -245,10 +245,10 @@ def test_usage_and_servers_by_role(portal, acct):
         acct.release(running, "test over")
 
 
-def _cli(portal: Portal, user: str, *args: str) -> subprocess.CompletedProcess:
+def _cli(portal: Portal, user: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "HYBRIDHUB_PORTAL_URL": portal.url,
            "JUPYTERHUB_API_TOKEN": portal.token(user)}
-    return subprocess.run([str(CLI), *args], env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run([str(CLI), *args], env=env, capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
 def test_cli_against_the_running_service(portal, tmp_path):
@@ -269,6 +269,10 @@ def test_cli_against_the_running_service(portal, tmp_path):
     target = tmp_path / "usage.csv"
     out = _cli(portal, "admin", "export", "--bucket", "month", "-o", str(target))
     assert out.returncode == 0 and target.read_text().startswith("period,group")
+    for command, header in (("export", "period,group"), ("demand", "day,resource_class")):
+        out = _cli(portal, "admin", command, "-o", "-", cwd=tmp_path)  # '-': standard output
+        assert out.returncode == 0 and out.stdout.startswith(header), out.stderr
+        assert not (tmp_path / "-").exists()
     bad = tmp_path / "bad.csv"
     bad.write_text("group,resource_class,amount\nlab-vision,aws,x\n")
     out = _cli(portal, "admin", "import", str(bad))

@@ -18,6 +18,7 @@ from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import jinja2
 from jupyterhub.spawner import Spawner
@@ -73,6 +74,10 @@ def accounting_for(db_url: str) -> Accounting:
         db.upgrade()
         _databases[db_url] = Accounting(db)
     return _databases[db_url]
+
+
+class NotServed(RuntimeError):
+    """The backend started a server that never answered (it died, or the wait timed out)."""
 
 
 #: How long the picker trusts its own last mirror of a user's groups (admission always mirrors).
@@ -443,6 +448,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
         try:
             self.confine(backend)
             result = await backend.start()
+            await self._until_served(backend, result)
         except BaseException as e:
             await asyncio.to_thread(self.accounting.release, self.reservation_id, "failed to start")
             if isinstance(e, asyncio.CancelledError | TimeoutError):
@@ -451,14 +457,34 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
                 await asyncio.to_thread(self.note_refusal, "capacity", error_text(e))
             if isinstance(e, web.HTTPError) and e.status_code < 500 and getattr(e, "jupyterhub_message", None):
                 raise  # a refusal (no capacity now): the message says so, nothing started
-            self.log.error("Backend %s could not start %s", self.offering.backend, self._log_name, exc_info=e)
+            self.log.error("Backend %s could not start %s%s", self.offering.backend, self._log_name,
+                           f": {e}" if isinstance(e, NotServed) else "", exc_info=None if isinstance(e, NotServed) else e)
             await self.record_failed_start(backend, e)
             if isinstance(e, web.HTTPError) and getattr(e, "jupyterhub_message", None):
                 raise  # already says what happened
             raise start_failed(f"{self.offering.model} × {self.launch.count}", self.offering.backend, e) from e
-        await asyncio.to_thread(self.accounting.mark_running, self.reservation_id)
+        await asyncio.to_thread(self.accounting.mark_running, self.reservation_id)  # metering starts now
         await self.record_start(backend)
         return result
+
+    async def _until_served(self, backend, started) -> None:
+        """Return once the new server answers; raise :class:`NotServed` if it died or never answered.
+
+        Only a server that answered is metered (and pays the minimum charge), so a launch that never
+        served costs nothing; a process that dies while starting is reported at once, not after the
+        hub's ``http_timeout``.
+        """
+        if isinstance(started, str):
+            url = urlsplit(started)
+            ip, port = url.hostname or "127.0.0.1", url.port or (443 if url.scheme == "https" else 80)
+        else:
+            ip, port = started
+        if await backend.wait_until_answering(ip or "127.0.0.1", int(port)):
+            return
+        status = await backend.poll()
+        if status is not None:
+            raise NotServed(f"the server exited while starting (status {status}); nothing answered")
+        raise NotServed(f"the server did not answer within {self.http_timeout:g} s")
 
     async def poll(self):
         """Ask the backend; a server found dead has its reservation closed."""

@@ -94,6 +94,14 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
         """The user's home directory, created on demand."""
         return str(Path(self.home_root) / self.user.name)
 
+    def get_args(self) -> list[str]:
+        """JupyterHub's arguments, plus ``--allow-root`` when the hub, and so the server, runs as root
+        (else jupyter-server refuses to start: "Running as root is not recommended")."""
+        args = super().get_args()
+        if os.geteuid() == 0 and "--allow-root" not in args:
+            args.append("--allow-root")
+        return args
+
     def make_preexec_fn(self, name):
         """Run as the hub's user: no setuid."""
         return None

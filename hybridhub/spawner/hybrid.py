@@ -457,8 +457,9 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
                 await asyncio.to_thread(self.note_refusal, "capacity", error_text(e))
             if isinstance(e, web.HTTPError) and e.status_code < 500 and getattr(e, "jupyterhub_message", None):
                 raise  # a refusal (no capacity now): the message says so, nothing started
+            plain = isinstance(e, NotServed)  # not a bug of ours: one line, no traceback
             self.log.error("Backend %s could not start %s%s", self.offering.backend, self._log_name,
-                           f": {e}" if isinstance(e, NotServed) else "", exc_info=None if isinstance(e, NotServed) else e)
+                           f": {e}" if plain else "", exc_info=None if plain else e)
             await self.record_failed_start(backend, e)
             if isinstance(e, web.HTTPError) and getattr(e, "jupyterhub_message", None):
                 raise  # already says what happened

@@ -35,19 +35,17 @@ from traitlets import Float, List, Unicode, default
 from traitlets.config import Config
 
 from hybridhub.accounting.allocations import Placement as GpuPlacement
-from hybridhub.backends.docker import (
+from hybridhub.backends.docker.container import (
     LABEL_HUB,
     LABEL_OFFERING,
     LABEL_OWNER,
     LABEL_USER,
-    ContainerBackendMixin,
     ContainerSpec,
     check_binds,
-    docker_executor,
-    engine_client,
-    engine_down,
-    no_capacity_error,
 )
+from hybridhub.backends.docker.engines import docker_executor, engine_client, engine_down
+from hybridhub.backends.docker.mixin import ContainerBackendMixin
+from hybridhub.errors import no_capacity_error
 
 DEFAULT_SWARM_URL = "unix:///var/run/docker.sock"
 
@@ -336,18 +334,14 @@ class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
         if self.network_name == "host":
             self.port = random_port()
             self.ip = "0.0.0.0"
-        try:
-            await super().start()
-            task = await self.get_task()
-            await self._record_gpus(task)
-            ip, port = self.ip, self.port
-            if self.ready_poll_interval:
-                await self.wait_until_answering(ip, port)
-        except BaseException:
-            await self._remove_quietly()
-            await self._release("failed to start")
-            raise
-        return ip, port
+        return await self._start_or_clean_up(self._launch_service)
+
+    async def _launch_service(self) -> tuple[str, int]:
+        """Create the service, wait for its task and record its GPUs; the server's address."""
+        await super().start()
+        task = await self.get_task()
+        await self._record_gpus(task)
+        return self.ip, self.port
 
     async def get_ip_and_port(self):
         """Host networking: the node's address (filled in once the task runs) and our port."""

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from traitlets import Any, HasTraits
 from traitlets.config import Config
@@ -42,6 +43,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from hybridhub.catalog import Offering
+
+T = TypeVar("T")
 
 #: Spawner methods every backend must implement itself (JupyterHub's base raises NotImplementedError).
 REQUIRED_HOOKS = ("start", "poll", "stop")
@@ -132,6 +135,35 @@ async def answers_http(ip: str, port: int, path: str, timeout: float = 2.0) -> b
         writer.close()
 
 
+async def poll_until(check: Callable[[], Awaitable[T | None]], *, interval: float, timeout: float,
+                     clock: Callable[[], float] = time.monotonic) -> T | None:
+    """Await ``check()`` every ``interval`` seconds until it returns something other than None, and return
+    that; None once ``timeout`` seconds have passed (``check`` raises to give up at once).
+
+    The backends' one waiting loop: a new job or instance until it runs, a new server until it answers.
+    """
+    deadline = clock() + timeout
+    while True:
+        result = await check()
+        if result is not None or clock() >= deadline:
+            return result
+        await asyncio.sleep(interval)
+
+
+async def until_answering(ip: str, port: int, path: str, *, interval: float, timeout: float,
+                          died: Callable[[], Awaitable[bool]], clock: Callable[[], float] = time.monotonic,
+                          probe_timeout: float = 2.0) -> bool:
+    """True once a server at ``ip:port`` answers ``GET path`` (:func:`answers_http`, any status); False once
+    ``died()`` (asked after each unanswered probe) says it is gone, or after ``timeout`` seconds."""
+
+    async def answered_or_died() -> bool | None:
+        if await answers_http(ip, port, path, probe_timeout):
+            return True
+        return False if await died() else None
+
+    return bool(await poll_until(answered_or_died, interval=interval, timeout=timeout, clock=clock))
+
+
 class BackendMixin(HasTraits):
     """The hooks HybridSpawner calls on a backend, with their defaults (see the module's docstring)."""
 
@@ -208,18 +240,21 @@ class BackendMixin(HasTraits):
         own check (``wait_for_http_server``) then passes on its first try (a 5xx is left to that check).  A probe
         is a bare TCP connect and, once that is accepted, one ``GET`` whose status line is read.
         """
-        path = f"{self.server.base_url if self.server else '/'}api"
-        deadline = time.monotonic() + self.http_timeout
         checks = 0
-        while time.monotonic() < deadline:
-            if await answers_http(ip, port, path):
-                return True
+
+        async def died() -> bool:
+            nonlocal checks
             checks += 1
             every = self.died_check_every
-            if every and checks % every == 0 and await self.poll() is not None:
-                return False  # died
-            await asyncio.sleep(self.ready_poll_interval)
-        return False
+            return bool(every and checks % every == 0 and await self.poll() is not None)
+
+        return await until_answering(ip, port, self._api_path, interval=self.ready_poll_interval,
+                                     timeout=self.http_timeout, died=died)
+
+    @property
+    def _api_path(self) -> str:
+        """The new server's API path, which readiness probes ``GET``."""
+        return f"{self.server.base_url if self.server else '/'}api"
 
     def accelerator_env(self) -> dict[str, str]:
         """Environment describing the assigned hardware, visible inside the server."""

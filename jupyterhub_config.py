@@ -33,8 +33,6 @@ configure_hub(
     demo=os.environ.get("HYBRIDHUB_DEMO", "1") != "0",
     bind_url=os.environ.get("HYBRIDHUB_BIND_URL", "http://127.0.0.1:8000"),
     catalog_file=os.environ.get("HYBRIDHUB_CATALOG", ""),
-    meter_interval=float(os.environ.get("HYBRIDHUB_METER_INTERVAL", "60")),
-    grace_seconds=float(os.environ.get("HYBRIDHUB_GRACE_SECONDS", "300")),
 )
 
 # --- Production authenticator (example; HYBRIDHUB_DEMO=0) ------------------------------

@@ -18,6 +18,7 @@ from jupyterhub.utils import random_port
 from traitlets.config import Config
 
 from hybridhub import loghygiene
+from hybridhub.accounting.settings import MeterSettings
 from hybridhub.backends import check_catalog
 from hybridhub.catalog import CatalogError, load_catalog
 from hybridhub.spawner.hybrid import templates_dir
@@ -91,8 +92,7 @@ def configure_services(
     c: Config,
     *,
     db_url: str,
-    meter_interval: float,
-    grace_seconds: float,
+    settings: MeterSettings,
     portal_bind_url: str = "",
     quota_admins: Iterable[str] = (),
     quota_leaders: Mapping[str, Iterable[str]] | None = None,
@@ -115,8 +115,7 @@ def configure_services(
             "command": [sys.executable, "-m", "hybridhub.services.meter"],
             "environment": {
                 "HYBRIDHUB_DB_URL": db_url,
-                "HYBRIDHUB_METER_INTERVAL": str(meter_interval),
-                "HYBRIDHUB_GRACE_SECONDS": str(grace_seconds),
+                **settings.env(),
                 **{k: v for k, v in os.environ.items() if k in MAIL_SETTINGS},
             },
         },
@@ -218,6 +217,7 @@ def configure_production(c: Config, *, db_url: str, env: Mapping[str, str]) -> N
     service, role = reconciler_service(hub_id=hub_id, region=region, db_url=db_url, resource_classes=["aws"])
     c.JupyterHub.services.append(service)
     c.JupyterHub.load_roles.append(role)
+    hand_settings_to_services(c, MeterSettings(c.HybridSpawner.meter_interval, c.HybridSpawner.grace_seconds))
 
 
 def add_hybridhub(
@@ -225,8 +225,8 @@ def add_hybridhub(
     *,
     db_url: str,
     catalog_file: str = "",
-    meter_interval: float = 60,
-    grace_seconds: float = 300,
+    meter_interval: float | None = None,
+    grace_seconds: float | None = None,
     portal_bind_url: str = "",
     quota_admins: Iterable[str] = (),
     quota_leaders: Mapping[str, Iterable[str]] | None = None,
@@ -238,11 +238,17 @@ def add_hybridhub(
     This is the one call a site config needs (README, "Use it in your own JupyterHub"); the
     templates, migrations and services are found in the installed package.  It validates the
     catalog and upgrades the accounting schema now, so a bad catalog or database stops the hub.
+    ``meter_interval`` and ``grace_seconds`` (else ``HYBRIDHUB_METER_INTERVAL`` /
+    ``HYBRIDHUB_GRACE_SECONDS``, else 60 and 300) are resolved here once and used by the hub and
+    every service alike (:mod:`hybridhub.accounting.settings`).
     With ``freeze_gc`` it ends with :func:`freeze_startup_objects`.
     """
+    settings = meter_settings(meter_interval, grace_seconds)
     c.JupyterHub.spawner_class = "hybrid"
     c.HybridSpawner.db_url = db_url
     c.HybridSpawner.catalog_file = catalog_file
+    c.HybridSpawner.meter_interval = settings.interval
+    c.HybridSpawner.grace_seconds = settings.grace_seconds
     c.JupyterHub.template_paths = [
         str(templates_dir()), *[p for p in c.JupyterHub.get("template_paths", []) if p != str(templates_dir())],
     ]
@@ -256,18 +262,19 @@ def add_hybridhub(
     from hybridhub.spawner.home import running_servers
     from hybridhub.spawner.hybrid import accounting_for
 
-    reading = accounting_for(db_url).db.reading  # upgrades the schema now; refuses a newer one
+    reading = accounting_for(db_url, settings).db.reading  # upgrades the schema now; refuses a newer one
     c.JupyterHub.template_vars = {  # read in a worker thread, off the hub's loop (hybridhub.spawner.pagevars)
         **c.JupyterHub.get("template_vars", {}),
         "hybridhub_banners": PageVar(
-            "hybridhub_banners", lambda name, groups: accounting_for(db_url).banners_for(name), reading),
+            "hybridhub_banners", lambda name, groups: accounting_for(db_url, settings).banners_for(name), reading),
         "hybridhub_running": PageVar(
-            "hybridhub_running", lambda name, groups: running_servers(accounting_for(db_url), catalog, name),
+            "hybridhub_running",
+            lambda name, groups: running_servers(accounting_for(db_url, settings), catalog, name),
             reading),
     }
     configure_services(
-        c, db_url=db_url, meter_interval=meter_interval, grace_seconds=grace_seconds,
-        portal_bind_url=portal_bind_url, quota_admins=quota_admins, quota_leaders=quota_leaders or {},
+        c, db_url=db_url, settings=settings, portal_bind_url=portal_bind_url, quota_admins=quota_admins,
+        quota_leaders=quota_leaders or {},
     )
     hub_url = c.JupyterHub.get("bind_url") or "http://127.0.0.1:8000"
     # where a server's Lab extension reads its session (hybridhub_lab; docs/lab.md)
@@ -283,8 +290,26 @@ def add_hybridhub(
         c, db_url=db_url, catalog_file=catalog_file, backend_override=override or "",
         instructors=instructors or {}, env=os.environ,
     )
+    hand_settings_to_services(c, settings)
     if freeze_gc:
         freeze_startup_objects()
+
+
+def meter_settings(meter_interval: float | None = None, grace_seconds: float | None = None) -> MeterSettings:
+    """The metering settings: the arguments, else this process's environment, else the defaults."""
+    try:
+        env = MeterSettings.from_env(os.environ)
+        return MeterSettings(env.interval if meter_interval is None else meter_interval,
+                             env.grace_seconds if grace_seconds is None else grace_seconds)
+    except ValueError as e:
+        sys.exit(f"hybridhub: {e}")
+
+
+def hand_settings_to_services(c: Config, settings: MeterSettings) -> None:
+    """Give every hybridhub service the hub's metering settings (the same environment variables)."""
+    for service in c.JupyterHub.get("services", []):
+        if str(service.get("name", "")).startswith(("hybridhub-", "ec2-reconciler")) and "command" in service:
+            service["environment"] = {**service.get("environment", {}), **settings.env()}
 
 
 def freeze_startup_objects() -> None:
@@ -308,8 +333,8 @@ def configure_hub(
     demo: bool = True,
     bind_url: str = "http://127.0.0.1:8000",
     catalog_file: str = "",
-    meter_interval: float = 60,
-    grace_seconds: float = 300,
+    meter_interval: float | None = None,
+    grace_seconds: float | None = None,
     portal_bind_url: str = "",
 ) -> None:
     """Apply hybridhub's settings to the JupyterHub config ``c``."""

@@ -49,8 +49,8 @@ from hybridhub.accounting.courses import (
     SeatInfo,
 )
 from hybridhub.accounting.db import DEFAULT_URL, Database
-from hybridhub.accounting.ledger import Accounting
 from hybridhub.accounting.sessions import END_COURSE, SessionLog
+from hybridhub.accounting.settings import MeterSettings
 from hybridhub.hubapi import HubApi, HubApiError
 from hybridhub.services.meter import tick_every
 
@@ -308,7 +308,7 @@ def from_env(env: Mapping[str, str] | None = None) -> CourseScheduler:
     db.upgrade()
     catalog = load_catalog(path=env.get("HYBRIDHUB_CATALOG") or None,
                            backend_override=env.get("HYBRIDHUB_BACKEND_OVERRIDE") or None)
-    schedule = CourseSchedule(Accounting(db), catalog)
+    schedule = CourseSchedule(MeterSettings.from_env(env).accounting(db), catalog)
     return CourseScheduler(
         schedule, HubApi(api_url, token),
         concurrency=int(env.get("HYBRIDHUB_COURSE_CONCURRENCY", "5")),

@@ -328,9 +328,9 @@ def main(argv: list[str] | None = None) -> None:
     accounting = None
     if args.db_url:
         from hybridhub.accounting.db import Database
-        from hybridhub.accounting.ledger import Accounting
+        from hybridhub.accounting.settings import MeterSettings
 
-        accounting = Accounting(Database(args.db_url))
+        accounting = MeterSettings.from_env(os.environ).accounting(Database(args.db_url))
     reconciler = Ec2Reconciler(
         hub_id=args.hub_id,
         hub_state=HubApiState(HubApi(api_url, token)),

@@ -32,6 +32,7 @@ from hybridhub.accounting.db import DEFAULT_URL, Database
 from hybridhub.accounting.ledger import Accounting, MeterReport, StopOrder
 from hybridhub.accounting.mail import ThresholdMailer
 from hybridhub.accounting.sessions import END_QUOTA, SessionLog
+from hybridhub.accounting.settings import MeterSettings
 from hybridhub.hubapi import HubApi
 
 log = logging.getLogger("hybridhub.meter")
@@ -118,11 +119,7 @@ def from_env(env: dict[str, str] | None = None) -> Meter:
         raise SystemExit("JUPYTERHUB_API_URL and JUPYTERHUB_API_TOKEN must be set")
     db = Database(env.get("HYBRIDHUB_DB_URL", DEFAULT_URL))
     db.upgrade()
-    accounting = Accounting(
-        db,
-        meter_interval=float(env.get("HYBRIDHUB_METER_INTERVAL", "60")),
-        grace_seconds=float(env.get("HYBRIDHUB_GRACE_SECONDS", "300")),
-    )
+    accounting = MeterSettings.from_env(env).accounting(db)
     return Meter(accounting, hub_stopper(HubApi(api_url, token)),
                  mailer=ThresholdMailer.from_env(db, env))
 

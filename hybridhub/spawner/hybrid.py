@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections import OrderedDict
@@ -31,6 +32,7 @@ from hybridhub.accounting.db import DEFAULT_URL, Database
 from hybridhub.accounting.forecast import remaining_forecasts
 from hybridhub.accounting.ledger import Accounting, AdmissionError
 from hybridhub.accounting.models import GROUP_KINDS
+from hybridhub.accounting.settings import MeterSettings
 from hybridhub.backends.base import LaunchContext
 from hybridhub.catalog import Catalog, Offering, load_catalog
 from hybridhub.errors import start_failed, user_error
@@ -64,16 +66,22 @@ def _jinja() -> jinja2.Environment:
     )
 
 
-_databases: dict[str, Accounting] = {}
+_databases: dict[str, Database] = {}
+_accountings: dict[tuple[str, MeterSettings], Accounting] = {}
 
 
-def accounting_for(db_url: str) -> Accounting:
-    """One migrated database and Accounting per URL in this process."""
-    if db_url not in _databases:
-        db = Database(db_url)
-        db.upgrade()
-        _databases[db_url] = Accounting(db)
-    return _databases[db_url]
+def accounting_for(db_url: str, settings: MeterSettings | None = None) -> Accounting:
+    """The Accounting for ``db_url`` with ``settings`` (default: this process's environment, else the
+    defaults); one migrated Database per URL in this process, shared by every settings."""
+    settings = settings or MeterSettings.from_env(os.environ)
+    key = (db_url, settings)
+    if key not in _accountings:
+        if db_url not in _databases:
+            db = Database(db_url)
+            db.upgrade()
+            _databases[db_url] = db
+        _accountings[key] = settings.accounting(_databases[db_url])
+    return _accountings[key]
 
 
 class NotServed(RuntimeError):
@@ -130,6 +138,18 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
         "own 'hours_step' (0: any number).",
     ).tag(config=True)
 
+    meter_interval = Float(
+        60.0,
+        help="Seconds between metering ticks, and the least a launch whose server answered pays for "
+        "(set by add_hybridhub, which hands the same value to the meter, portal and course scheduler).",
+    ).tag(config=True)
+
+    grace_seconds = Float(
+        300.0,
+        help="Seconds between the stop warning and the stop of a server whose budget or reservation ran "
+        "out (set by add_hybridhub, which hands the same value to every service).",
+    ).tag(config=True)
+
     max_options_bytes = Integer(
         16 * 1024,
         help="Largest spawn options accepted, in bytes of JSON; bigger ones are refused with "
@@ -150,8 +170,8 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
 
     @property
     def accounting(self) -> Accounting:
-        """The accounting service for :attr:`db_url`."""
-        return accounting_for(self.db_url)
+        """The accounting service for :attr:`db_url`, with this hub's metering settings."""
+        return accounting_for(self.db_url, MeterSettings(self.meter_interval, self.grace_seconds))
 
     # --- the user's groups --------------------------------------------------------
 

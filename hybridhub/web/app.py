@@ -43,6 +43,7 @@ from hybridhub.accounting.courses import MANAGE_SCOPE
 from hybridhub.accounting.db import DEFAULT_URL, Database
 from hybridhub.accounting.ledger import Accounting
 from hybridhub.accounting.reports import refresh_rollup
+from hybridhub.accounting.settings import MeterSettings
 from hybridhub.web.base import ADMIN_SCOPE, LEAD_SCOPE, PortalHandler, _jinja_env, error_schema
 
 log = logging.getLogger("hybridhub.portal")
@@ -229,7 +230,7 @@ def from_env(env: dict[str, str] | None = None) -> tuple[web.Application, str]:
     db.upgrade()
     hub_prefix = env.get("JUPYTERHUB_BASE_URL", "/").rstrip("/") + "/hub/"
     app = make_app(
-        Accounting(db),
+        MeterSettings.from_env(env).accounting(db),
         service_prefix=env.get("JUPYTERHUB_SERVICE_PREFIX", f"/services/{SERVICE_NAME}/"),
         hub_prefix=hub_prefix,
     )

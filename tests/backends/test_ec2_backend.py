@@ -23,7 +23,7 @@ from hybridhub.backends.ec2 import (
     spot_banners_for,
     spot_request_notice,
 )
-from hybridhub.backends.ec2 import backend as ec2mod
+from hybridhub.backends.ec2 import aws as ec2aws
 
 
 def user_data_of(moto, instance_id: str) -> str:
@@ -395,14 +395,14 @@ async def test_stop_mode_stops_and_restarts_the_same_instance(moto, ec2_factory)
 
 async def test_ami_lookup_is_cached(moto, ec2_factory):
     calls = []
-    ec2mod._ami_cache.clear()
+    ec2aws._ami_cache.clear()
     b = ec2_factory(ami_cache_seconds=3600)
     b.client("ssm").meta.events.register(
         "before-call.ssm.GetParameter", lambda **kw: calls.append(1)
     )
     assert await b.resolve_ami() == await b.resolve_ami() == moto.image_id()
     assert len(calls) == 1
-    ec2mod._ami_cache.clear()
+    ec2aws._ami_cache.clear()
 
 
 def test_neuron_parameter_default():

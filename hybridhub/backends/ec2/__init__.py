@@ -1,7 +1,9 @@
 """The ``ec2`` backend: a Trainium or Inferentia instance per server, through boto3.
 
-``backend`` (the spawner), ``userdata`` (the boot script), ``spot`` (interruption notices
-and their banners), ``secrets`` (the log filter); tags live in :mod:`hybridhub.tags`.
+``backend`` (the spawner), ``launch`` (the run_instances parameters and launch errors, pure),
+``aws`` (boto3 clients and calls, the cached AMI look-up), ``bootstrap`` (the settings of the server
+on the instance, its user-data), ``userdata`` (the boot script), ``spot`` (interruption notices,
+their banners and the spot settings), ``secrets`` (the log filter); tags live in :mod:`hybridhub.tags`.
 
 :class:`Ec2Backend` launches the offering's instance type from the AWS Neuron
 Deep Learning AMI (its public SSM parameter, or an explicit AMI id), with IMDSv2
@@ -18,9 +20,9 @@ log line or an error message (:class:`SecretFilter` also keeps botocore's debug
 log of request bodies from showing the user-data).
 """
 
-from hybridhub.backends.ec2.backend import (
+from hybridhub.backends.ec2.backend import Ec2Backend
+from hybridhub.backends.ec2.launch import (
     NEURON_DLAMI_PARAMETER,
-    Ec2Backend,
     instance_tags,
     root_volume_size,
     run_instances_params,

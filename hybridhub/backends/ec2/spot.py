@@ -8,6 +8,10 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from botocore.exceptions import BotoCoreError, ClientError
+from traitlets import Any as AnyValue
+from traitlets import Float, HasTraits
+
 
 class Ec2Backend(Protocol):
     """What a notice source uses of the backend: its AWS calls and its log."""
@@ -101,3 +105,69 @@ class EventBridgeSpotNotices:
                 )
         return self.notices.get(instance.get("InstanceId", ""))
 
+
+class SpotWatch(HasTraits):
+    """Watching a spot server for its interruption notice (part of ``Ec2Backend``): the settings, and
+    :meth:`_check_spot`, which ``poll()`` calls for a spot instance."""
+
+    spot_notice_source = AnyValue(
+        spot_request_notice,
+        help="Async callable (backend, instance_description) -> message or None that reports a "
+        "spot interruption notice; polled by poll(). Default: the spot request's status; "
+        "EventBridgeSpotNotices(queue_url) reads EventBridge's warning events from SQS.",
+    ).tag(config=True)
+
+    spot_grace_seconds = Float(
+        60,
+        help="Seconds after a spot notice before the hub terminates the server itself (the "
+        "bootstrap syncs the home meanwhile; AWS interrupts at 120).",
+    ).tag(config=True)
+
+    spot_notice_hook = AnyValue(
+        None,
+        help="Callable (spawner, message) run once on a spot notice, e.g. to post a hub banner or "
+        "send mail. Whatever it is, the notice is logged and added to spot_banners_for(user).",
+    ).tag(config=True)
+
+    async def _check_spot(self, inst: dict):
+        if self._spot_notice_at is None:
+            source = self.spot_notice_source
+            if isinstance(source, str):
+                from traitlets.utils.importstring import import_item
+
+                source = import_item(source)
+            try:
+                notice = await source(self, inst)
+            except (ClientError, BotoCoreError) as e:
+                self.log.warning("%s: spot notice check failed: %s", self._label, e)
+                return None
+            if not notice:
+                return None
+            self._spot_notice_at = self.clock()
+            self.spot_notice = (
+                f"Your {self.offering.instance_type if self.offering else 'AWS'} spot server is "
+                "being "
+                f"reclaimed by AWS ({notice}). Save your work now: it will be stopped within "
+                f"{int(self.spot_grace_seconds)} seconds; your home is synced to storage first."
+            )
+            self.log.warning(
+                "%s: spot interruption notice for %s: %s", self._label, self.instance_id, notice
+            )
+            record_spot_banner(self.user.name, self.spot_notice)
+            self._emit(95, self.spot_notice)
+            if self.spot_notice_hook is not None:
+                try:
+                    result = self.spot_notice_hook(self, self.spot_notice)
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:
+                    self.log.exception("%s: spot_notice_hook failed", self._label)
+        if self.clock() - self._spot_notice_at >= self.spot_grace_seconds:
+            self.log.warning(
+                "%s: stopping spot server %s after its interruption notice",
+                self._label,
+                self.instance_id,
+            )
+            await self._terminate(self.instance_id)
+            return 143
+        return None

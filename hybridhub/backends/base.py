@@ -27,8 +27,9 @@ What it may override, each with a documented default in :class:`BackendMixin`:
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
@@ -67,6 +68,18 @@ async def free_counts(db_url: str, lists: list[list[Candidate] | None]) -> list[
     # the first allocator_for per process also checks the schema: inside the thread too
     free = iter(await asyncio.to_thread(lambda: allocator_for(db_url).free_by_host_many(tracked)))
     return [None if cands is None else sum(next(free).values()) for cands in lists]
+
+
+def saved_backend_states(db) -> Iterator[tuple[object, dict]]:
+    """Each server the hub's database has (running or pending), as its ``orm.Spawner`` row and the state
+    its backend saved (HybridSpawner keeps it under ``backend_state``; a bare backend at the top level)."""
+    from jupyterhub import orm
+
+    for sp in db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None)):
+        state = sp.state or {}
+        if isinstance(state, str):
+            state = json.loads(state)
+        yield sp, state.get("backend_state") or state
 
 
 @dataclass(frozen=True)

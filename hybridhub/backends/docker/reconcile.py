@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from datetime import datetime, timedelta
 from docker.errors import NotFound
 
 from hybridhub.accounting.allocations import Allocator, utcnow
+from hybridhub.backends.base import saved_backend_states
 from hybridhub.backends.docker.container import LABEL_HUB, LABEL_OWNER
 from hybridhub.backends.docker.engines import engine_client, engine_down
 from hybridhub.backends.inventory import GpuInventory, Host
@@ -119,14 +119,8 @@ def known_owners_from_hub_db(db, hub_label: str = "hybridhub") -> set[str]:
     Reads each ``orm.Spawner.state`` (HybridSpawner keeps the backend's state under
     ``backend_state``; a bare DockerBackend keeps it at the top level).
     """
-    from jupyterhub import orm
-
     owners = set()
-    for sp in db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None)):
-        state = sp.state or {}
-        if isinstance(state, str):
-            state = json.loads(state)
-        inner = state.get("backend_state") or state
+    for _sp, inner in saved_backend_states(db):
         name = inner.get("object_name")
         if name:
             owners.add(f"{hub_label}/{name}")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
+from hybridhub.backends.base import saved_backend_states
 from hybridhub.backends.slurm.jobs import LIVE_STATES, job_state, job_tag, submit_time
 from hybridhub.backends.slurm.script import safe_tag
 
@@ -38,14 +38,8 @@ def known_jobs_from_hub_db(db) -> set[tuple[str, str, int]]:
     Reads each ``orm.Spawner.state`` (HybridSpawner keeps the backend's state under ``backend_state``;
     a bare SlurmBackend keeps it at the top level).
     """
-    from jupyterhub import orm
-
     known = set()
-    for sp in db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None)):
-        state = sp.state or {}
-        if isinstance(state, str):
-            state = json.loads(state)
-        inner = state.get("backend_state") or state
+    for sp, inner in saved_backend_states(db):
         if inner.get("job_id"):
             server = safe_tag(sp.name) if sp.name else ""
             known.add((safe_tag(sp.user.name), server, int(inner["job_id"])))

@@ -243,6 +243,7 @@ def add_hybridhub(
     every service alike (:mod:`hybridhub.accounting.settings`).
     With ``freeze_gc`` it ends with :func:`freeze_startup_objects`.
     """
+    loghygiene.install()  # no cookie, token or Authorization value in the hub's log; user errors in one line
     settings = meter_settings(meter_interval, grace_seconds)
     c.JupyterHub.spawner_class = "hybrid"
     c.HybridSpawner.db_url = db_url
@@ -342,7 +343,6 @@ def configure_hub(
         sys.exit(f"HYBRIDHUB_MODE must be 'demo' or 'production', got {mode!r}")
     data_dir.mkdir(parents=True, exist_ok=True)
     db_url = db_url or default_db_url(data_dir)
-    loghygiene.install()  # no cookie, token or Authorization value in the hub's log
 
     c.JupyterHub.bind_url = bind_url
     c.JupyterHub.db_url = f"sqlite:///{data_dir / 'jupyterhub.sqlite'}"

@@ -240,3 +240,39 @@ def test_a_site_backend_installed_beside_the_wheel_serves_a_launch(site_venv, hu
             assert api.delete(f"{hub['url']}/hub/api/users/rosa/server").status_code in (202, 204)
     finally:
         subprocess.run([str(site_venv / "bin" / "pip"), "uninstall", "-q", "-y", "site-backend"], env=env)
+
+
+def test_site_hub_logs_no_cookie_and_one_line_per_refusal(site_hub):
+    """The plugin path has the demo's log hygiene: a browser session on a user's server leaves no
+    session id or xsrf value in the hub's log (the server's own output included), and a refused
+    launch is one WARNING line, no ERROR and no traceback."""
+    url, api = site_hub["url"], site_admin(site_hub)
+    add_lab_group(site_hub, api, "rosa")
+    assert api.post(f"{url}/hub/api/users/sam").status_code == 201  # in no group: refused
+    before = site_hub["log"].read_text()
+    refused = api.post(f"{url}/hub/api/users/sam/server",
+                       json={"class": "community", "model": "rtx4090", "count": 1, "hours": 1})
+    assert 400 <= refused.status_code < 500, refused.text
+    time.sleep(1)
+    refusal_log = site_hub["log"].read_text()[len(before):]
+    assert "Traceback" not in refusal_log and "[E " not in refusal_log, refusal_log[-3000:]
+
+    browser = requests.Session()  # rosa in a browser: the dummy authenticator's login form
+    browser.get(f"{url}/hub/login", timeout=30)
+    r = browser.post(f"{url}/hub/login", timeout=60, data={
+        "username": "rosa", "password": "any", "_xsrf": browser.cookies.get("_xsrf")})
+    assert r.ok and "/hub/login" not in r.url, (r.status_code, r.url)
+    body = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "lab-site"}
+    assert api.post(f"{url}/hub/api/users/rosa/server", json=body).status_code in (201, 202)
+    wait_ready(site_hub, api, "rosa")
+    for path in ("/user/rosa/lab", "/user/rosa/api/contents", "/hub/home"):
+        assert browser.get(f"{url}{path}", timeout=60).status_code == 200, path
+    api.delete(f"{url}/hub/api/users/rosa/server")
+    time.sleep(1)
+    log = site_hub["log"].read_text()
+    secrets_seen = {name: value for name, value in browser.cookies.items() if len(value) >= 16}
+    assert any(n.startswith("jupyterhub-session-id") for n in secrets_seen), browser.cookies.keys()
+    for name, value in secrets_seen.items():
+        for part in {value, *value.split("|")}:
+            if len(part) >= 16:
+                assert part not in log, f"the value of cookie {name} is in the hub's log"

@@ -28,8 +28,8 @@ from hybridhub.backends.base import BackendMixin, db_url_from_config, free_count
 from hybridhub.backends.local.prestart import import_env
 from hybridhub.errors import no_capacity_error
 
-#: The server's command, as the local backend runs it cold.
-SINGLEUSER_CMD = [sys.executable, "-m", "jupyterhub.singleuser"]
+#: The server's command, as the local backend runs it cold (jupyterhub-singleuser, log scrubbed).
+SINGLEUSER_CMD = [sys.executable, "-m", "hybridhub.backends.local.server"]
 
 
 def _end(proc: subprocess.Popen) -> None:

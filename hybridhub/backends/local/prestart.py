@@ -6,9 +6,10 @@ on a 2-core machine); the process then waits on stdin for one JSON line from the
     {"argv": ["jupyterhub-singleuser", ...], "env": {...}, "cwd": "..."}
 
 takes that environment, folder and command line, and runs ``jupyterhub-singleuser`` in
-place.  End of input before that line (the hub went away) ends it.  Only what is read at
-import time must match the launch (see :data:`IMPORT_ENV_PREFIXES`); the hub checks that
-before it hands a launch over, and starts the server cold otherwise.
+place, with the log hygiene of a cold start (:func:`hybridhub.backends.local.server.run`).
+End of input before that line (the hub went away) ends it.  Only what is read at import
+time must match the launch (see :data:`IMPORT_ENV_PREFIXES`); the hub checks that before it
+hands a launch over, and starts the server cold otherwise.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ def main() -> int:
     os.dup2(devnull, 0)
     os.close(devnull)
     sys.argv = list(launch["argv"])
-    from jupyterhub.singleuser import main as singleuser
+    from hybridhub.backends.local.server import run
 
-    return singleuser() or 0
+    return run()
 
 
 if __name__ == "__main__":

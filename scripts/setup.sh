@@ -27,19 +27,25 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
 # The JupyterLab extension (labextension/) is built from source before pip installs the
-# package, which ships the result in share/jupyter/labextensions/hybridhub-lab.
+# package; the editable install's build hook (hatch-jupyter-builder, pyproject.toml) then finds
+# it up to date.  A wheel (pip wheel .) always builds it afresh into share/jupyter/labextensions.
 .venv/bin/pip install -q "jupyter_builder>=1.3,<2"
+export YARN_GLOBAL_FOLDER="$PWD/labextension/.yarn/berry"
+# Node trusts only its own CA list; let it trust the system's too (as npm's cafile does),
+# so a bare shell (env -i) reaches a registry behind a site's TLS proxy.
+if [ -z "${NODE_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
+fi
 (
     cd labextension
-    export YARN_GLOBAL_FOLDER="$PWD/.yarn/berry" PATH="$PWD/../.venv/bin:$PATH"
-    # Node trusts only its own CA list; let it trust the system's too (as npm's cafile does),
-    # so a bare shell (env -i) reaches a registry behind a site's TLS proxy.
-    if [ -z "${NODE_EXTRA_CA_CERTS:-}" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
-        export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
-    fi
+    export PATH="$PWD/../.venv/bin:$PATH"
     jlpm install >/dev/null
     jlpm build:prod >/dev/null
 )
+# The venv's Lab extension is a link to the build (below); remove it before pip (un)installs the
+# editable wheel's copy of share/, so pip never writes or deletes files through it.
+labext=.venv/share/jupyter/labextensions/hybridhub-lab
+if [ -L "$labext" ]; then rm "$labext"; fi
 if [ "$want_test" = 1 ]; then
     apt_install docker.io chromium
     .venv/bin/pip install -q -e '.[test]'
@@ -50,8 +56,10 @@ if [ "$want_test" = 1 ]; then
 else
     .venv/bin/pip install -q -e .
 fi
-# An editable install copies no data-files: link the built Lab extension and enable the
-# server extension in the venv, as the wheel's share/ and etc/ would.
+# The editable install copied the built Lab extension and the server extension's config into the
+# venv (the wheel's share/ and etc/); link the extension instead, so a rebuild (jlpm build:prod
+# in labextension/) shows in Lab without reinstalling.
 mkdir -p .venv/share/jupyter/labextensions .venv/etc/jupyter/jupyter_server_config.d
-ln -sfn "$PWD/hybridhub_lab/labextension" .venv/share/jupyter/labextensions/hybridhub-lab
+rm -rf "$labext"
+ln -s "$PWD/hybridhub_lab/labextension" "$labext"
 cp labextension/jupyter-config/hybridhub_lab.json .venv/etc/jupyter/jupyter_server_config.d/

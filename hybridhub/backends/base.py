@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
-from traitlets import Any, HasTraits
+from traitlets import Any, Float, HasTraits
 from traitlets.config import Config
 
 from hybridhub.accounting.allocations import DEFAULT_URL as DEFAULT_DB_URL
@@ -190,6 +190,11 @@ class BackendMixin(HasTraits):
     offering = Any(help="The catalog Offering being launched (set by HybridSpawner).")
     request = Any(help="The validated LaunchRequest (set by HybridSpawner).")
     context = Any(help="The LaunchContext: reservation id and databases (set by HybridSpawner).")
+
+    ready_poll_interval = Float(
+        0.05,
+        help="Seconds between readiness probes of a new server (wait_until_answering); backends override it.",
+    ).tag(config=True)
 
     #: The current start's progress events (backends that report stages open one in ``start()``).
     _feed: ProgressFeed | None = None

@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from jupyterhub.utils import random_port
 from traitlets.config import Config
@@ -277,16 +278,16 @@ def add_hybridhub(
         c, db_url=db_url, settings=settings, portal_bind_url=portal_bind_url, quota_admins=quota_admins,
         quota_leaders=quota_leaders or {},
     )
-    hub_url = c.JupyterHub.get("bind_url") or "http://127.0.0.1:8000"
-    # where a server's Lab extension reads its session (hybridhub_lab; docs/lab.md)
-    c.Spawner.environment = {
+    # URLs are read when a process starts (JupyterHub calls these with its spawner), after the
+    # whole config file ran: a site may set bind_url after this call.
+    c.Spawner.environment = {  # where a server's Lab extension reads its session (docs/lab.md)
         **c.Spawner.get("environment", {}),
-        "HYBRIDHUB_PORTAL_URL": os.environ.get("HYBRIDHUB_PORTAL_URL")
-        or f"{hub_url.rstrip('/')}/services/hybridhub-portal/",
+        "HYBRIDHUB_PORTAL_URL": lambda spawner: os.environ.get("HYBRIDHUB_PORTAL_URL")
+        or f"{hub_public_url(c)}/services/hybridhub-portal/",
     }
     from hybridhub.services.verification import configure_verification
 
-    configure_verification(c, proxy_url=hub_url)
+    configure_verification(c, proxy_url=lambda spawner: hub_public_url(c))
     configure_courses(
         c, db_url=db_url, catalog_file=catalog_file, backend_override=override or "",
         instructors=instructors or {}, env=os.environ,
@@ -294,6 +295,15 @@ def add_hybridhub(
     hand_settings_to_services(c, settings)
     if freeze_gc:
         freeze_startup_objects()
+
+
+def hub_public_url(c: Config) -> str:
+    """The hub's proxy as servers and services on this machine reach it, from ``c.JupyterHub.bind_url``
+    (JupyterHub's default ``http://:8000`` when unset; an all-interfaces address is reached on loopback)."""
+    url = urlsplit(c.JupyterHub.get("bind_url") or "http://:8000")
+    host = url.hostname if url.hostname not in (None, "", "0.0.0.0", "::") else "127.0.0.1"
+    netloc = f"[{host}]" if ":" in host else host
+    return f"{url.scheme or 'http'}://{netloc}:{url.port or 8000}{url.path.rstrip('/')}"
 
 
 def meter_settings(meter_interval: float | None = None, grace_seconds: float | None = None) -> MeterSettings:
@@ -354,6 +364,8 @@ def configure_hub(
     c.LocalBackend.home_root = str(data_dir / "homes")
     if mode == "demo" and os.environ.get("HYBRIDHUB_DEMO_INVENTORY", "1") != "0":
         c.LocalBackend.simulated_inventory = DEMO_INVENTORY
+    c.JupyterHub.allow_named_servers = True  # verifications run in named servers; users may have 3
+    c.JupyterHub.named_server_limit_per_user = 3
     c.Spawner.default_url = "/lab"
     c.Spawner.args = ["--allow-root"]  # harmless as a normal user; needed when the hub runs as root
     c.Spawner.start_timeout = 120

@@ -315,14 +315,15 @@ def _last_json_line(text: str) -> dict | None:
 PORTAL_SCOPES = ("servers", "access:servers", "read:users")
 
 
-def configure_verification(c: Any, *, proxy_url: str, service_name: str = "hybridhub-portal") -> None:
+def configure_verification(c: Any, *, proxy_url: Any, service_name: str = "hybridhub-portal") -> None:
     """Hub config for verifications run by the portal service ``service_name``.
 
-    Named servers (``verify-<id>``), a role giving the portal :data:`PORTAL_SCOPES`,
-    and ``HYBRIDHUB_PROXY_URL`` in its environment so it reaches the servers.  Call
-    after the portal's service entry exists.
+    A role giving the portal :data:`PORTAL_SCOPES`, and ``HYBRIDHUB_PROXY_URL`` (a string, or a
+    callable JupyterHub calls when it starts the service) in its environment so it reaches the
+    servers.  Verifications run in named servers (``verify-<id>``): they need the site's
+    ``c.JupyterHub.allow_named_servers = True``, which this leaves to the site.  Call after the
+    portal's service entry exists.
     """
-    c.JupyterHub.allow_named_servers = True
     role = {"name": f"{service_name}-verify", "services": [service_name], "scopes": list(PORTAL_SCOPES),
             "description": "Run notebooks again on trusted hardware to verify results"}
     c.JupyterHub.load_roles = [

@@ -449,6 +449,12 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
     def _prepare_launch(self, hub_groups: tuple[dict, dict]) -> None:
         """Mirror the user's groups, plan the confinement (403 if barred) and admit (runs in a thread)."""
         self.sync_user_groups(hub_groups)
+        group = self.launch.group
+        if group not in hub_groups[1]:  # README: a group needs a kind before its members can launch
+            message = (f"Group {group!r} has no kind yet, so nothing can be charged to it: an administrator "
+                       f"must set its 'kind' property to one of {', '.join(GROUP_KINDS)}.")
+            self.note_refusal("no_budget", message)
+            raise user_error(403, message)
         try:
             self.confinement = self.plan_confinement(set(hub_groups[0]))
         except web.HTTPError as e:

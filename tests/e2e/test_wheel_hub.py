@@ -30,6 +30,20 @@ ROOT = Path(__file__).resolve().parents[2]
 MINIMAL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def process_environments(marker: str) -> list[dict[str, str]]:
+    """The environment of every process whose environment contains ``marker`` (``NAME=value``)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            raw = (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        pairs = raw.split(b"\0")
+        if marker.encode() in pairs:
+            found.append(dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p))
+    return found
+
+
 def readme_site_config() -> str:
     """The Python block of the README's "Use it in your own JupyterHub" section."""
     section = (ROOT / "README.md").read_text().split("## Use it in your own JupyterHub", 1)[1]
@@ -95,7 +109,6 @@ def running_site_hub(venv: Path, tmp_path: Path, site_lines: str, catalog: str |
         (etc / "catalog.yaml").write_text(catalog)
         config = config.replace("/etc/hybridhub/catalog.yaml", str(etc / "catalog.yaml"))
     (etc / "jupyterhub_config.py").write_text(
-        f"c.JupyterHub.bind_url = 'http://127.0.0.1:{port}'\n"
         f"c.JupyterHub.hub_port = {random_port()}\n"
         f"c.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{random_port()}'\n"
         + site_lines +
@@ -103,6 +116,7 @@ def running_site_hub(venv: Path, tmp_path: Path, site_lines: str, catalog: str |
         "c.JupyterHub.authenticator_class = 'dummy'  # the site's own SSO in real life\n"
         "c.Authenticator.allow_all = True\n"
         + config
+        + f"\nc.JupyterHub.bind_url = 'http://127.0.0.1:{port}'  # set after add_hybridhub, as a site may\n"
         + f"\nc.JupyterHub.services.append({{'name': 'site-admin', 'api_token': {token!r}}})\n"
         "c.JupyterHub.load_roles.append({'name': 'site-admin', 'services': ['site-admin'], "
         "'scopes': ['admin:users', 'admin:servers', 'admin:groups', 'tokens', 'custom:quota:admin', "
@@ -191,6 +205,10 @@ def test_wheel_installed_hub_spawns_through_rest(site_hub):
     wait_ready(site_hub, api, "rosa")
     status = api.get(f"{url}/user/rosa/api/status")
     assert status.status_code == 200, status.text
+    (server_env,) = [e for e in process_environments("JUPYTERHUB_USER=rosa") if "JUPYTERHUB_API_TOKEN" in e]
+    assert server_env["HYBRIDHUB_PORTAL_URL"] == f"{url}/services/hybridhub-portal/"  # the final bind_url
+    named = api.post(f"{url}/hub/api/users/rosa/servers/second", json=body)
+    assert named.status_code == 400 and "named servers" in named.text.lower(), named.text  # the site's choice
 
     page = api.get(f"{url}/services/hybridhub-portal/groups")  # the portal's templates, from the wheel
     assert page.status_code == 200 and "lab-site" in page.text, page.text[:500]

@@ -95,3 +95,18 @@ def test_over_quota_form_launch_shows_the_reason_in_the_picker(demo_hub, page):
     error.wait_for()
     assert "asked 32" in error.inner_text() and "left" in error.inner_text()
     assert demo_hub.server_model("alice") is None
+
+
+def test_a_group_without_a_kind_cannot_be_charged(demo_hub):
+    """README: a group needs a kind (lab, project or course) before its members can launch, even
+    with a budget in the database (an identity provider's group an admin has not finished setting up)."""
+    assert demo_hub.api("POST", "/users/nadia").status_code in (201, 409)
+    assert demo_hub.api("POST", "/groups/idp-imported", json={"users": ["nadia"]}).status_code == 201
+    acct = accounting(demo_hub)
+    acct.sync_groups({"idp-imported": ["nadia"]})
+    acct.ensure_budget("idp-imported", "community", 10.0)
+    r = demo_hub.spawn("nadia", {**OPTS, "group": "idp-imported"})
+    assert r.status_code == 403, r.text
+    assert "has no kind" in r.json()["message"] and "'kind' property" in r.json()["message"]
+    assert demo_hub.server_model("nadia") is None
+    assert not acct.open_reservations("nadia")

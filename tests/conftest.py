@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.fixtures.docker",
     "tests.fixtures.moto",
     "tests.fixtures.slurm",
+    "tests.fixtures.wheel",
 ]

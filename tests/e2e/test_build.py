@@ -9,14 +9,10 @@ of this working tree is there.  Each build runs hatch-jupyter-builder (``jlpm in
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
-import pytest
+from tests.fixtures.wheel import clean_checkout, pip_wheel
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = "hybridhub-0.1.0.data/data/"
@@ -24,58 +20,9 @@ LABEXTENSION = DATA + "share/jupyter/labextensions/hybridhub-lab/"
 SERVER_CONFIG = DATA + "etc/jupyter/jupyter_server_config.d/hybridhub_lab.json"
 
 
-def clean_checkout(dest: Path) -> Path:
-    """The working tree's files that git tracks or would track, copied to ``dest``: no build output."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, check=True, capture_output=True,
-    ).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = ROOT / name
-        if source.is_file():  # a tracked file deleted in the working tree is left out
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest / name)
-    assert not (dest / "hybridhub_lab" / "labextension").exists()
-    assert not (dest / "labextension" / "node_modules").exists()
-    return dest
-
-
-@pytest.fixture(scope="module")
-def build_env(tmp_path_factory) -> dict[str, str]:
-    """The environment of a build: yarn and Jupyter write under temporary folders, never under ~.
-
-    Both builds share yarn's global folder: the second one fetches nothing and, with yarn's
-    ``hardlinks-global`` mode, links ``node_modules`` from the first one's store rather than
-    copying 170 MB (the built extension is the same either way)."""
-    tmp = tmp_path_factory.mktemp("build-env")
-    env = dict(os.environ)
-    env.update(
-        YARN_GLOBAL_FOLDER=str(tmp / "yarn"),
-        YARN_NM_MODE="hardlinks-global",
-        JUPYTER_CONFIG_DIR=str(tmp / "jupyter-config"),
-        JUPYTER_DATA_DIR=str(tmp / "jupyter-data"),
-        JUPYTER_RUNTIME_DIR=str(tmp / "jupyter-runtime"),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', os.defpath)}",
-    )
-    if "NODE_EXTRA_CA_CERTS" not in env and Path("/etc/ssl/certs/ca-certificates.crt").is_file():
-        env["NODE_EXTRA_CA_CERTS"] = "/etc/ssl/certs/ca-certificates.crt"  # as scripts/setup.sh does
-    return env
-
-
-def pip_wheel(src: Path, dist: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(dist), str(src)],
-        env=env, capture_output=True, text=True, timeout=540,
-    )
-
-
-def test_wheel_from_a_clean_checkout_holds_the_built_lab_extension(tmp_path, build_env):
-    src = clean_checkout(tmp_path / "src")
-    dist = tmp_path / "dist"
-    built = pip_wheel(src, dist, build_env)
-    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
-    (wheel,) = dist.glob("hybridhub-*.whl")
-    with zipfile.ZipFile(wheel) as z:
+def test_wheel_from_a_clean_checkout_holds_the_built_lab_extension(built_wheel):
+    src = ROOT
+    with zipfile.ZipFile(built_wheel) as z:
         files = set(z.namelist())
         lab_package = json.loads(z.read(LABEXTENSION + "package.json"))
         server_config = json.loads(z.read(SERVER_CONFIG))

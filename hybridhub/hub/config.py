@@ -21,9 +21,9 @@ from traitlets.config import Config
 from hybridhub import loghygiene
 from hybridhub.accounting.settings import MeterSettings
 from hybridhub.backends import check_catalog
-from hybridhub.catalog import CatalogError, load_catalog
-from hybridhub.spawner.hybrid import templates_dir
+from hybridhub.catalog import Catalog, CatalogError, load_catalog
 from hybridhub.spawner.pagevars import PageVar
+from hybridhub.spawner.picker import templates_dir
 
 #: Demo users (password below), their groups and the group kinds.
 DEMO_GROUPS = {
@@ -246,6 +246,25 @@ def add_hybridhub(
     """
     loghygiene.install()  # no cookie, token or Authorization value in the hub's log; user errors in one line
     settings = meter_settings(meter_interval, grace_seconds)
+    catalog = configure_spawner(c, db_url=db_url, catalog_file=catalog_file, settings=settings)
+    configure_home_page(c, db_url=db_url, settings=settings, catalog=catalog)
+    configure_services(
+        c, db_url=db_url, settings=settings, portal_bind_url=portal_bind_url, quota_admins=quota_admins,
+        quota_leaders=quota_leaders or {},
+    )
+    configure_urls(c)
+    configure_courses(
+        c, db_url=db_url, catalog_file=catalog_file, backend_override=c.HybridSpawner.get("backend_override", ""),
+        instructors=instructors or {}, env=os.environ,
+    )
+    hand_settings_to_services(c, settings)
+    if freeze_gc:
+        freeze_startup_objects()
+
+
+def configure_spawner(c: Config, *, db_url: str, catalog_file: str, settings: MeterSettings) -> Catalog:
+    """HybridSpawner with its database, catalog, metering settings and templates; returns the catalog,
+    validated now (each offering by its backend), so a bad one stops the hub with the key named."""
     c.JupyterHub.spawner_class = "hybrid"
     c.HybridSpawner.db_url = db_url
     c.HybridSpawner.catalog_file = catalog_file
@@ -256,11 +275,14 @@ def add_hybridhub(
     ]
     override = c.HybridSpawner.get("backend_override", "") or None
     try:
-        catalog = check_catalog(load_catalog(path=catalog_file or None, backend_override=override),
-                                c.HybridSpawner.get("backend_classes", {}))
+        return check_catalog(load_catalog(path=catalog_file or None, backend_override=override),
+                             c.HybridSpawner.get("backend_classes", {}))
     except CatalogError as e:
         sys.exit(f"hybridhub: invalid resource catalog: {e}")
 
+
+def configure_home_page(c: Config, *, db_url: str, settings: MeterSettings, catalog: Catalog) -> None:
+    """The hub pages' variables (banners, running servers), read off the hub's loop; upgrades the schema now."""
     from hybridhub.spawner.home import running_servers
     from hybridhub.spawner.hybrid import accounting_for
 
@@ -274,12 +296,11 @@ def add_hybridhub(
             lambda name, groups: running_servers(accounting_for(db_url, settings), catalog, name),
             reading),
     }
-    configure_services(
-        c, db_url=db_url, settings=settings, portal_bind_url=portal_bind_url, quota_admins=quota_admins,
-        quota_leaders=quota_leaders or {},
-    )
-    # URLs are read when a process starts (JupyterHub calls these with its spawner), after the
-    # whole config file ran: a site may set bind_url after this call.
+
+
+def configure_urls(c: Config) -> None:
+    """The URLs servers and the verifier reach the hub's proxy at, read when a process starts (JupyterHub
+    calls these with its spawner) after the whole config file ran: a site may set bind_url later."""
     c.Spawner.environment = {  # where a server's Lab extension reads its session (docs/lab.md)
         **c.Spawner.get("environment", {}),
         "HYBRIDHUB_PORTAL_URL": lambda spawner: os.environ.get("HYBRIDHUB_PORTAL_URL")
@@ -288,13 +309,6 @@ def add_hybridhub(
     from hybridhub.services.verification import configure_verification
 
     configure_verification(c, proxy_url=lambda spawner: hub_public_url(c))
-    configure_courses(
-        c, db_url=db_url, catalog_file=catalog_file, backend_override=override or "",
-        instructors=instructors or {}, env=os.environ,
-    )
-    hand_settings_to_services(c, settings)
-    if freeze_gc:
-        freeze_startup_objects()
 
 
 def hub_public_url(c: Config) -> str:

@@ -15,13 +15,10 @@ import json
 import os
 import time
 import uuid
-from collections import OrderedDict
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-import jinja2
 from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Dict, Float, Integer, Unicode, default, observe
@@ -48,23 +45,8 @@ from hybridhub.spawner.options import (
     validate_options,
 )
 from hybridhub.spawner.pagevars import SPAWN_PAGE_VARS, PageVar
+from hybridhub.spawner.picker import picker_html, preselect
 from hybridhub.spawner.refusals import RefusalLogMixin, admission_reason, error_text
-
-#: The spawner's Jinja templates (package data, in a checkout and a wheel alike).
-TEMPLATES = Path(__file__).resolve().parent / "templates"
-
-
-def templates_dir() -> Path:
-    """The spawner's templates folder (the picker and the hub pages it extends)."""
-    return TEMPLATES
-
-
-@lru_cache(maxsize=1)
-def _jinja() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir())), autoescape=True
-    )
-
 
 _databases: dict[str, Database] = {}
 _accountings: dict[tuple[str, MeterSettings], Accounting] = {}
@@ -546,71 +528,6 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             yield {"progress": 15, "message": notice}
         async for event in self.backend.progress():
             yield event
-
-
-def preselect(rows: list[dict], previous: dict, groups: list[str], default_hours: float) -> dict[str, Any]:
-    """The picker's initial choice: the previous launch if still offered, else the cheapest launchable offering.
-
-    Returns the offering key, count, hours, group and the "this launch reserves" line for it.
-    """
-    launchable = [r for r in rows if not (groups and len(r["trust"]["barred"]) == len(groups))]
-    row = next((r for r in launchable if r["offering"].key == f"{previous.get('class')}/{previous.get('model')}"), None)
-    kept = row is not None
-    if not kept and launchable:
-        row = min(launchable, key=lambda r: (r["offering"].price_per_hour * r["offering"].counts[0], r["offering"].key))
-    group = previous.get("group") if previous.get("group") in groups else (groups[0] if groups else "")
-    if row is None:
-        return {"key": None, "count": None, "hours": default_hours, "group": group, "summary": ""}
-    off = row["offering"]
-    count = previous["count"] if kept and previous.get("count") in off.counts else off.counts[0]
-    hours = previous.get("hours") if isinstance(previous.get("hours"), int | float) else default_hours
-    hours = min(float(hours), off.max_hours)
-    rem = row["remaining"].get(group)
-    unit = rem.unit if rem is not None else "hours"
-    return {"key": off.key, "count": count, "hours": hours, "group": group,
-            "summary": reservation_summary(off, count, hours, group, unit) if group else ""}
-
-
-#: Rendered pickers by what they show (:func:`picker_html`), newest last.
-_picker_pages: OrderedDict[str, tuple[Catalog, str]] = OrderedDict()
-#: How many rendered pickers are kept (a lecture hall's students mostly see the same one).
-PICKER_PAGES_KEPT = 128
-
-
-def picker_html(catalog: Catalog, rows: list[dict], groups: list[str], choice: dict, outlook: dict[int, str]) -> str:
-    """``picker.html`` for these rows, memoized on every value it shows.
-
-    Rendering is a picker's largest cost on the hub's loop (Jinja escapes each of a few
-    thousand values), and a lecture hall's students see the same page: the same offerings,
-    free counts, remaining quota and choice.  The key is the repr of all the template's
-    inputs except the offerings themselves, which the catalog's identity fixes.
-    """
-    shown: dict[int, str] = {}  # offerings share their budget's Remaining: each repr'd once
-
-    def once(rem) -> str:
-        text = shown.get(id(rem))
-        if text is None:
-            text = shown[id(rem)] = repr(rem)
-        return text
-
-    key = repr(([(r["offering"].key, r["free_now"], r["simulated"],
-                  [(g, once(rem)) for g, rem in r["remaining"].items()], r["trust"]) for r in rows],
-                groups, choice, outlook))
-    hit = _picker_pages.get(key)
-    if hit is not None and hit[0] is catalog:
-        _picker_pages.move_to_end(key)
-        return hit[1]
-    classes = [(rc, [r for r in rows if r["offering"].resource_class == rc.name]) for rc in catalog.classes]
-    html = _jinja().get_template("picker.html").render(
-        classes=[(rc, rs, {r["trust"]["trust"] for r in rs}) for rc, rs in classes if rs],
-        groups=groups,
-        choice=choice,
-        outlook=outlook,
-    )
-    _picker_pages[key] = (catalog, html)
-    if len(_picker_pages) > PICKER_PAGES_KEPT:
-        _picker_pages.popitem(last=False)
-    return html
 
 
 @lru_cache(maxsize=8)

@@ -7,7 +7,7 @@ import re
 
 from hybridhub.accounting.ledger import Remaining
 from hybridhub.catalog import load_catalog
-from hybridhub.spawner.hybrid import picker_html, preselect
+from hybridhub.spawner.picker import picker_html, preselect
 
 CAT = load_catalog()
 TRUST = {"trust": "trusted", "words": "run by the university", "barred": [], "hidden": []}

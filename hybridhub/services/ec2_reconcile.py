@@ -191,62 +191,48 @@ class Ec2Reconciler:
             ]
         instances = await self.hub_instances()
         servers = await self.hub_state.servers()
+        await self._terminate_orphans(instances, servers, report)
+        await self._stop_servers_without_instance(instances, servers, report)
+        active = {(s.user, s.server) for s in servers}
+        for r in reservations:
+            if (r.username, r.server_name) not in active:
+                log.warning("Closing reservation %s of %s/%s: no such server on the hub",
+                            r.id, r.username, r.server_name)
+                await self._call(self.accounting.release, r.id, "reconciled: no server")
+                report.released.append(r.id)
+        return report
 
+    async def _terminate_orphans(self, instances: list[dict], servers: list, report: Report) -> None:
+        """Terminate this hub's instances that no server of the hub knows (unless one is starting)."""
         known = {s.instance_id for s in servers if s.instance_id}
         in_flight = {(s.user, s.server) for s in servers if s.pending == "spawn"}
-        active = {(s.user, s.server) for s in servers}
         orphans = []
         for inst in instances:
             iid = inst["InstanceId"]
             tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
-            key = (tags.get(TAG_USER, ""), tags.get(TAG_SERVER, ""))
-            state = inst["State"]["Name"]
             if iid in known:
                 continue
-            if key in in_flight:
+            if (tags.get(TAG_USER, ""), tags.get(TAG_SERVER, "")) in in_flight:
                 report.kept_in_flight.append(iid)
                 continue
-            if state == "stopped" and self.shutdown_action == "stop":
+            if inst["State"]["Name"] == "stopped" and self.shutdown_action == "stop":
                 continue  # kept for the user's next launch
             orphans.append(iid)
         if orphans:
-            log.warning(
-                "Terminating %d instance(s) of hub %s unknown to the hub: %s",
-                len(orphans),
-                self.hub_id,
-                ", ".join(orphans),
-            )
+            log.warning("Terminating %d instance(s) of hub %s unknown to the hub: %s",
+                        len(orphans), self.hub_id, ", ".join(orphans))
             await self._call(self.ec2.terminate_instances, InstanceIds=orphans)
             report.terminated = orphans
 
+    async def _stop_servers_without_instance(self, instances: list[dict], servers: list, report: Report) -> None:
+        """Stop the hub's servers (in this region) whose instance is gone."""
         existing = {i["InstanceId"] for i in instances}
         for s in servers:
-            if (
-                s.instance_id
-                and s.pending is None
-                and s.instance_id not in existing
-                and ((s.region or self.region) == self.region)
-            ):
-                log.warning(
-                    "Server %s/%s: instance %s is gone; stopping the server",
-                    s.user,
-                    s.server,
-                    s.instance_id,
-                )
+            if (s.instance_id and s.pending is None and s.instance_id not in existing
+                    and (s.region or self.region) == self.region):
+                log.warning("Server %s/%s: instance %s is gone; stopping the server", s.user, s.server, s.instance_id)
                 await self.hub_state.stop_server(s.user, s.server)
                 report.stopped_servers.append((s.user, s.server))
-
-        for r in reservations:
-            if (r.username, r.server_name) not in active:
-                log.warning(
-                    "Closing reservation %s of %s/%s: no such server on the hub",
-                    r.id,
-                    r.username,
-                    r.server_name,
-                )
-                await self._call(self.accounting.release, r.id, "reconciled: no server")
-                report.released.append(r.id)
-        return report
 
     async def run(self, interval: float, *, stop_when_orphaned: bool = True) -> None:
         """Reconcile now and every ``interval`` seconds (until the parent hub goes away)."""

@@ -258,10 +258,10 @@ class SlurmBackend(BackendMixin, Spawner):
         self.slurm_reason = ""
         self.port = random_port()
         self.ip = "0.0.0.0"
+        env = self.job_env()
+        script = sbatch_script(self.job_spec(env))  # refuses a name it cannot express, before any folder is made
         if self.create_home:
             Path(self.output_template.format(home=self.home)).parent.mkdir(parents=True, exist_ok=True)
-        env = self.job_env()
-        script = sbatch_script(self.job_spec(env))
         try:
             self.job_id = await self.commands.submit(script, env)
         except SlurmCommandError as e:

@@ -323,3 +323,19 @@ def test_node_crash_during_spawn_gives_node_fail_and_other_node_survives(slurm_h
         hub.stop_server("dave")
     finally:
         slurm_cluster.revive()
+
+
+@pytest.mark.parametrize("name", ["eve --partition=admin", "eve$(id)--qos=urgent"])
+def test_a_hostile_user_name_never_reaches_sbatch(slurm_hub, slurm_cluster, tmp_path, name):
+    """A name an identity provider chose: refused with a clear error, no job, no folder made."""
+    from urllib.parse import quote
+
+    hub = slurm_hub
+    assert hub.api("POST", f"/users/{quote(name)}").status_code == 201
+    assert hub.api("POST", "/groups/lab-vision/users", json={"users": [name]}).ok
+    r = hub.spawn(quote(name), launch("h100", 1))
+    assert 400 <= r.status_code < 500, r.text
+    assert "cannot be used on the Slurm cluster" in r.json()["message"], r.text
+    assert not [j for j in slurm_cluster.jobs(f"hybridhub-{hub.hub_id}-") if "eve" in j["name"]]
+    assert not [p for p in tmp_path.rglob("eve*")], "a folder was made for a refused name"
+    assert [s for s, _ in reservations(hub, name)] == ["closed"]  # released at once

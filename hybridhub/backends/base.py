@@ -182,6 +182,9 @@ class BackendMixin(HasTraits):
 
     #: True when the backend only simulates the hardware (the picker says so).
     simulated: ClassVar[bool] = False
+    #: True when every user's server runs as one Unix account on one machine: users can read each other's
+    #: files there (the picker says so, and the hub logs it at start-up).
+    shared_machine: ClassVar[bool] = False
     #: True when ``poll()`` watches a whole machine (an instance): any status then means the machine is gone.
     watches_machine: ClassVar[bool] = False
     #: While waiting for a new server, ask ``poll()`` whether it died every this many failed probes (0: never).

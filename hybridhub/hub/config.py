@@ -9,6 +9,7 @@ the offending key named.
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -20,10 +21,12 @@ from traitlets.config import Config
 
 from hybridhub import loghygiene
 from hybridhub.accounting.settings import MeterSettings
-from hybridhub.backends import check_catalog
+from hybridhub.backends import backend_class, check_catalog
 from hybridhub.catalog import Catalog, CatalogError, load_catalog
 from hybridhub.spawner.pagevars import PageVar
 from hybridhub.spawner.picker import templates_dir
+
+log = logging.getLogger("hybridhub")
 
 #: Demo users (password below), their groups and the group kinds.
 DEMO_GROUPS = {
@@ -274,11 +277,16 @@ def configure_spawner(c: Config, *, db_url: str, catalog_file: str, settings: Me
         str(templates_dir()), *[p for p in c.JupyterHub.get("template_paths", []) if p != str(templates_dir())],
     ]
     override = c.HybridSpawner.get("backend_override", "") or None
+    classes = c.HybridSpawner.get("backend_classes", {})
     try:
-        return check_catalog(load_catalog(path=catalog_file or None, backend_override=override),
-                             c.HybridSpawner.get("backend_classes", {}))
+        catalog = check_catalog(load_catalog(path=catalog_file or None, backend_override=override), classes)
     except CatalogError as e:
         sys.exit(f"hybridhub: invalid resource catalog: {e}")
+    shared = sorted({o.backend for o in catalog.all_offerings() if backend_class(o.backend, classes).shared_machine})
+    if shared:
+        log.warning("hybridhub: the %s backend runs every user's server as this hub's own Unix user: users can "
+                    "read each other's files there (the picker says so)", ", ".join(shared))
+    return catalog
 
 
 def configure_home_page(c: Config, *, db_url: str, settings: MeterSettings, catalog: Catalog) -> None:

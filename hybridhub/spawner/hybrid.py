@@ -210,6 +210,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
                 "offering": off,
                 "free_now": free_now,
                 "simulated": self.backend_class(off).simulated,
+                "shared": self.backend_class(off).shared_machine,
                 "remaining": remaining_by_key[off.key],
                 "trust": trust[off.key],
             }

@@ -55,6 +55,7 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
     """Run the single-user server as a local process owned by the hub's user."""
 
     simulated = True
+    shared_machine = True  # every server runs as the hub's own Unix user
 
     home_root = Unicode(
         "/tmp/hybridhub-homes",

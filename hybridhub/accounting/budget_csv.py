@@ -73,6 +73,9 @@ def _spec(row: dict[str, str]) -> BudgetSpec:
     for name in ("group", "resource_class"):
         if not text[name]:
             raise ValueError(f"{name} is required")
+    for name, value in text.items():
+        if not value.isprintable():  # a database refuses NUL; no name holds a control character
+            raise ValueError(f"{name} must not contain control characters")
     frozen = text["frozen"].lower() or "false"
     if frozen not in ("true", "false"):
         raise ValueError(f"frozen must be true or false, got {text['frozen']!r}")
@@ -103,8 +106,12 @@ def parse_budgets(data: str) -> tuple[list[BudgetSpec], list[int]]:
             for n, text in enumerate(data.splitlines(), 1) if len(text) > MAX_LINE_LENGTH]
     if long:
         raise CsvImportError(long[:20])
-    reader = csv.DictReader(io.StringIO(data), restkey="_extra")
-    header = reader.fieldnames or []
+    # newline="": a carriage return ends a line wherever it stands, as in splitlines() above
+    reader = csv.DictReader(io.StringIO(data, newline=""), restkey="_extra")
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as e:
+        raise CsvImportError([(1, f"not CSV: {e}")]) from None
     missing = [c for c in REQUIRED if c not in header]
     unknown = [c for c in header if c not in REQUIRED + OPTIONAL]
     if missing or unknown:
@@ -118,7 +125,16 @@ def parse_budgets(data: str) -> tuple[list[BudgetSpec], list[int]]:
     lines: list[int] = []
     errors: list[tuple[int, str]] = []
     seen: dict[tuple, int] = {}
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        first = reader.line_num + 1
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as e:  # e.g. a quoted field longer than csv's field limit
+            errors.append((first, f"not CSV: {e}"))
+            break
         line = reader.line_num
         if len(specs) + len(errors) >= MAX_LINES:
             errors.append((line, f"more than {MAX_LINES} lines"))

@@ -44,7 +44,7 @@ from hybridhub.accounting.db import DEFAULT_URL, Database
 from hybridhub.accounting.ledger import Accounting
 from hybridhub.accounting.reports import refresh_rollup
 from hybridhub.accounting.settings import MeterSettings
-from hybridhub.web.base import ADMIN_SCOPE, LEAD_SCOPE, PortalHandler, _jinja_env, error_schema
+from hybridhub.web.base import ADMIN_SCOPE, LEAD_SCOPE, PortalHandler, _jinja_env, api_routes, error_schema
 
 log = logging.getLogger("hybridhub.portal")
 
@@ -163,13 +163,15 @@ def make_app(
     ]
     for module in loaded:
         routes.extend((prefix + path, handler) for path, handler in module.handlers)
+    document = openapi_document(loaded, prefix)
     return web.Application(
         routes,
         accounting=accounting,
         service_prefix=prefix,
         hub_prefix=hub_prefix,
         jinja_env=_jinja_env(),
-        openapi=json.dumps(openapi_document(loaded, prefix)),
+        openapi=json.dumps(document),
+        api_routes=api_routes(document["paths"], prefix),
         cookie_secret=cookie_secret or os.urandom(32),
         login_url=hub_prefix + "login",
         default_handler_class=NotFoundHandler,

@@ -11,7 +11,7 @@ from typing import Any
 from tornado import web
 
 from hybridhub.accounting import audit
-from hybridhub.web.base import PortalHandler, forbidden, responses
+from hybridhub.web.base import NAME_SCHEMA, PortalHandler, forbidden, responses
 
 
 class AuditHandler(PortalHandler):
@@ -19,10 +19,10 @@ class AuditHandler(PortalHandler):
 
     @web.authenticated
     async def get(self) -> None:
+        group = self.query(QUERY)["group"]
         led = self.viewer.led_groups()
         if led is not None and not led:
             raise forbidden("read the audit log")
-        group = self.get_argument("group", "") or None
         if group is not None:
             if not self.viewer.leads_group(group):
                 raise forbidden(f"read group {group!r}'s audit log")
@@ -48,17 +48,20 @@ _ENTRY = {
 }
 
 schemas: dict[str, Any] = {"AuditEntry": _ENTRY}
+#: The log's query, as the document shows it and the handler reads it.
+QUERY = [{"name": "group", "in": "query", "schema": NAME_SCHEMA,
+          "description": "only this group's changes"}]
 
 openapi_paths: dict[str, Any] = {
     "/api/audit": {"get": {
         "summary": "Budget changes, newest first (admins; leaders for their groups)",
         "operationId": "auditLog",
-        "parameters": [{"name": "group", "in": "query", "schema": {"type": "string"}}],
+        "parameters": QUERY,
         "responses": responses({"description": "audit entries", "content": {
             "application/json": {"schema": {"type": "object", "required": ["entries"],
                                             "properties": {"entries": {
                                                 "type": "array",
                                                 "items": {"$ref": "#/components/schemas/AuditEntry"},
-                                            }}}}}}, 403),
+                                            }}}}}}, 400, 403),
     }},
 }

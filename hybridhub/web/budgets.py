@@ -11,8 +11,10 @@ members see their groups' budgets.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Collection
 from dataclasses import asdict
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -26,8 +28,10 @@ from hybridhub.accounting.db import Database
 from hybridhub.accounting.forecast import forecasts
 from hybridhub.accounting.models import GROUP_KINDS, PERIODS, UNITS, Budget, Group
 from hybridhub.accounting.periods import budget_left, period_used, resets_at_for
+from hybridhub.catalog import load_catalog
 from hybridhub.web.base import (
     MAX_CSV_BYTES,
+    NAME_SCHEMA,
     ApiError,
     PortalHandler,
     bool_field,
@@ -35,6 +39,7 @@ from hybridhub.web.base import (
     forbidden,
     number_field,
     path_id,
+    path_name,
     responses,
     string_field,
 )
@@ -99,15 +104,22 @@ def _change_view(change: BudgetChange) -> dict[str, Any]:
     return asdict(change)
 
 
+@lru_cache(maxsize=4)
+def catalog_classes(catalog_file: str) -> tuple[str, ...]:
+    """The resource classes of the catalog (``HYBRIDHUB_CATALOG``, or the default one)."""
+    return tuple(rc.name for rc in load_catalog(path=catalog_file or None).classes)
+
+
 class BudgetAction(PortalHandler):
     """A budget operation reached from a form (redirects back) or the API (JSON)."""
 
-    def body(self) -> tuple[dict[str, Any], bool]:
-        """The input and whether it came from a form (whose values are all text)."""
+    def body(self, schema: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """The input and whether it came from a form (whose values are all text); a JSON
+        body is checked against the document's ``schema`` for it."""
         ctype = self.request.headers.get("Content-Type", "")
         if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             return self.form_body(), True
-        return self.json_body(), False
+        return self.checked_json_body(schema), False
 
     def done(self, result: dict[str, Any], message: str) -> None:
         """Answer: JSON for the API, back to the groups page for a form."""
@@ -167,6 +179,7 @@ class GroupHandler(PortalHandler):
 
     @web.authenticated
     def get(self, group: str) -> None:
+        path_name(group, "group")
         self.require_read(group)
         found = groups_view(self.accounting.db, [group], self.accounting._now())
         if not found:
@@ -179,12 +192,35 @@ class CreateBudgetHandler(BudgetAction):
 
     @web.authenticated
     def post(self, group: str) -> None:
+        path_name(group, "group")
         self.require_admin("create budgets")
-        body, form = self.body()
+        body, form = self.body(CREATE_BODY)
         unknown = sorted(set(body) - set(CREATE_FIELDS))
         if unknown:
             raise ApiError(400, f"unknown field {unknown[0]!r}", unknown[0])
-        spec = BudgetSpec(
+        spec = self.spec(group, body, form)
+        self.check_names(spec)
+        change = self.apply(self.accounting.upsert_budgets, [spec])[0]
+        self.done(
+            {"budget": self.budget_json(change.budget_id), "change": _change_view(change)},
+            f"{change.action}: {group} {spec.resource_class} = {spec.amount:g}",
+        )
+
+    def check_names(self, spec: BudgetSpec) -> None:
+        """404 for a group the portal does not know, 422 for a class the catalog does not
+        have: a budget is never made for either (nor the group created)."""
+        with self.accounting.db.session() as s:
+            known = s.scalar(select(Group.id).where(Group.name == spec.group))
+        if known is None:
+            raise ApiError(404, f"no group {spec.group!r}", "group")
+        classes = catalog_classes(os.environ.get("HYBRIDHUB_CATALOG", ""))
+        if spec.resource_class not in classes:
+            raise ApiError(422, f"no resource class {spec.resource_class!r}; the catalog has "
+                                f"{list(classes)}", "resource_class")
+
+    def spec(self, group: str, body: dict[str, Any], form: bool) -> BudgetSpec:
+        """The budget the input asks for (field errors: 400 naming the field)."""
+        return BudgetSpec(
             group=group,
             resource_class=string_field(body, "resource_class") or "",
             amount=number_field(body, "amount", minimum=0, maximum=MAX_AMOUNT, from_form=form)
@@ -198,17 +234,6 @@ class CreateBudgetHandler(BudgetAction):
             ends_at=date_arg(string_field(body, "ends_at", required=False), "ends_at"),
             kind=string_field(body, "kind", choices=GROUP_KINDS, required=False),
         )
-        change = self.apply(self.accounting.upsert_budgets, [spec])[0]
-        self.done(
-            {"budget": self.budget_json(change.budget_id), "change": _change_view(change)},
-            f"{change.action}: {group} {spec.resource_class} = {spec.amount:g}",
-        )
-
-
-CREATE_FIELDS = (
-    "resource_class", "amount", "unit", "period", "model", "per_user_cap", "starts_at",
-    "ends_at", "kind",
-)
 
 
 class BudgetHandler(BudgetAction):
@@ -226,8 +251,8 @@ class BudgetHandler(BudgetAction):
         self.require_admin("change budgets")
         bid = path_id(budget_id, "budget")
         self.group_of(bid)
-        body, form = self.body()
-        unknown = sorted(set(body) - {"amount", "per_user_cap", "frozen"})
+        body, form = self.body(SET_BODY)
+        unknown = sorted(set(body) - set(SET_BODY["properties"]))
         if unknown:
             raise ApiError(400, f"unknown field {unknown[0]!r}", unknown[0])
         kwargs: dict[str, Any] = {}
@@ -259,7 +284,7 @@ class TopUpHandler(BudgetAction):
         group = self.group_of(bid)
         if not self.viewer.leads_group(group):
             raise forbidden(f"top up budgets of group {group!r}")
-        body, form = self.body()
+        body, form = self.body(TOP_UP_BODY)
         amount = number_field(body, "amount", minimum=0, exclusive_minimum=True,
                               maximum=MAX_AMOUNT, from_form=form)
         change = self.apply(self.accounting.top_up, bid, amount, max_delta=MAX_AMOUNT)
@@ -272,8 +297,9 @@ class FreezeHandler(BudgetAction):
 
     @web.authenticated
     def post(self, group: str) -> None:
+        path_name(group, "group")
         self.require_admin("freeze groups")
-        body, form = self.body()
+        body, form = self.body(FREEZE_BODY)
         frozen = bool_field(body, "frozen", from_form=form)
         try:
             change = self.apply(self.accounting.freeze_group, group, frozen)
@@ -403,9 +429,42 @@ _CHANGED = {
                        "change": {"$ref": "#/components/schemas/BudgetChange"}},
     }}},
 }
-_GROUP_PARAM = {"name": "group", "in": "path", "required": True, "schema": {"type": "string"}}
+_GROUP_PARAM = {"name": "group", "in": "path", "required": True, "schema": NAME_SCHEMA}
 _BUDGET_PARAM = {"name": "budget_id", "in": "path", "required": True,
                  "schema": {"type": "integer", "minimum": 1}}
+
+# The request bodies: the document shows them and the handlers check JSON input against them.
+CREATE_BODY: dict[str, Any] = {
+    "type": "object", "required": ["resource_class", "amount"],
+    "additionalProperties": False,
+    "properties": {
+        "resource_class": {"type": "string", "minLength": 1, "maxLength": 64,
+                           "description": "a class of the catalog (else 422)"},
+        "amount": _NUM,
+        "unit": {"type": "string", "enum": list(UNITS), "default": "hours"},
+        "period": {"type": "string", "enum": list(PERIODS), "default": "monthly"},
+        "model": {"type": "string", "maxLength": 64},
+        "per_user_cap": _NUM,
+        "starts_at": {"type": "string", "format": "date"},
+        "ends_at": {"type": "string", "format": "date"},
+        "kind": {"type": "string", "enum": list(GROUP_KINDS),
+                 "description": "change the group's kind"},
+    },
+}
+CREATE_FIELDS = tuple(CREATE_BODY["properties"])
+SET_BODY: dict[str, Any] = {
+    "type": "object", "additionalProperties": False, "minProperties": 1,
+    "properties": {"amount": _NUM, "per_user_cap": {**_NUM, "type": ["number", "null"]},
+                   "frozen": {"type": "boolean"}},
+}
+TOP_UP_BODY: dict[str, Any] = {
+    "type": "object", "required": ["amount"], "additionalProperties": False,
+    "properties": {"amount": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_AMOUNT}},
+}
+FREEZE_BODY: dict[str, Any] = {
+    "type": "object", "required": ["frozen"], "additionalProperties": False,
+    "properties": {"frozen": {"type": "boolean"}},
+}
 
 
 def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
@@ -428,42 +487,25 @@ openapi_paths: dict[str, Any] = {
         "operationId": "getGroup",
         "parameters": [_GROUP_PARAM],
         "responses": responses({"description": "the group", "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/Group"}}}}, 403, 404),
+            "schema": {"$ref": "#/components/schemas/Group"}}}}, 400, 403, 404),
     }},
     "/api/groups/{group}/budgets": {"post": {
         "summary": "Create a budget for the group, or set it if it exists (admins)",
         "operationId": "createBudget",
         "parameters": [_GROUP_PARAM],
-        "requestBody": _json_body({
-            "type": "object", "required": ["resource_class", "amount"],
-            "additionalProperties": False,
-            "properties": {
-                "resource_class": {"type": "string", "minLength": 1, "maxLength": 64},
-                "amount": _NUM,
-                "unit": {"type": "string", "enum": list(UNITS)},
-                "period": {"type": "string", "enum": list(PERIODS)},
-                "model": {"type": "string", "maxLength": 64},
-                "per_user_cap": _NUM,
-                "starts_at": {"type": "string", "format": "date"},
-                "ends_at": {"type": "string", "format": "date"},
-                "kind": {"type": "string", "enum": list(GROUP_KINDS)},
-            },
-        }),
-        "responses": responses(_CHANGED, 400, 403),
+        "requestBody": _json_body(CREATE_BODY),
+        "responses": responses(_CHANGED, 400, 403, 404, 413, 422),
     }},
     "/api/groups/{group}/freeze": {"post": {
         "summary": "Freeze (nothing is admitted, running servers stop) or thaw a group (admins)",
         "operationId": "freezeGroup",
         "parameters": [_GROUP_PARAM],
-        "requestBody": _json_body({
-            "type": "object", "required": ["frozen"], "additionalProperties": False,
-            "properties": {"frozen": {"type": "boolean"}},
-        }),
+        "requestBody": _json_body(FREEZE_BODY),
         "responses": responses({"description": "the audited change", "content": {
             "application/json": {"schema": {
                 "type": "object", "required": ["change"],
                 "properties": {"change": {"$ref": "#/components/schemas/BudgetChange"}},
-            }}}}, 400, 403, 404),
+            }}}}, 400, 403, 404, 413),
     }},
     "/api/budgets/{budget_id}": {
         "get": {
@@ -479,24 +521,16 @@ openapi_paths: dict[str, Any] = {
             "per-user cap or frozen flag (admins)",
             "operationId": "setBudget",
             "parameters": [_BUDGET_PARAM],
-            "requestBody": _json_body({
-                "type": "object", "additionalProperties": False, "minProperties": 1,
-                "properties": {"amount": _NUM, "per_user_cap": {**_NUM, "type": ["number", "null"]},
-                               "frozen": {"type": "boolean"}},
-            }),
-            "responses": responses(_CHANGED, 400, 403, 404),
+            "requestBody": _json_body(SET_BODY),
+            "responses": responses(_CHANGED, 400, 403, 404, 413),
         },
     },
     "/api/budgets/{budget_id}/top-up": {"post": {
         "summary": "Add to a budget (admins, and the leader of its group)",
         "operationId": "topUpBudget",
         "parameters": [_BUDGET_PARAM],
-        "requestBody": _json_body({
-            "type": "object", "required": ["amount"], "additionalProperties": False,
-            "properties": {"amount": {"type": "number", "exclusiveMinimum": 0,
-                                      "maximum": MAX_AMOUNT}},
-        }),
-        "responses": responses(_CHANGED, 400, 403, 404),
+        "requestBody": _json_body(TOP_UP_BODY),
+        "responses": responses(_CHANGED, 400, 403, 404, 413),
     }},
     "/api/budgets/import": {"post": {
         "summary": "Import budgets from CSV: every bad line is reported, then nothing is "
@@ -511,6 +545,6 @@ openapi_paths: dict[str, Any] = {
                     "changes": {"type": "array",
                                 "items": {"$ref": "#/components/schemas/BudgetChange"}},
                 },
-            }}}}, 400, 403),
+            }}}}, 400, 403, 413),
     }},
 }

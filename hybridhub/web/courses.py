@@ -83,11 +83,12 @@ class CourseHandler(PortalHandler):
         return info
 
     def body(self) -> tuple[dict[str, Any], bool]:
-        """The input and whether it came from a form."""
+        """The input and whether it came from a form; a JSON body is checked against the
+        document's schema for it."""
         ctype = self.request.headers.get("Content-Type", "")
         if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             return self.form_body(), True
-        return self.json_body(), False
+        return self.checked_json_body(CREATE_BODY), False
 
     def answer(self, info: CourseSessionInfo, message: str, status: int = 200) -> None:
         """JSON for the API; back to the courses page (with the message) for a form."""
@@ -186,6 +187,7 @@ class SessionAction(CourseHandler):
         if info.state == "running":
             self.answer(info, f"started {info.label} for {sum(info.seats.values())} students")
             return
+        # the class did not fit (ClassDoesNotFit: 409, or 403 with no usable budget)
         refusal = dict(info.refusal or {"status": 409, "message": info.message})
         if self.wants_json():
             self.write_json({**refusal, "field": None}, status=refusal["status"])
@@ -219,20 +221,32 @@ _SESSION = {
         "refusal": {"type": ["object", "null"]},
     },
 }
-_REFUSAL = {
+#: The refusal of "start now" when the budget does not cover the class: an error body
+#: (status, message, field) with the numbers.
+_REFUSAL = {"allOf": [{"$ref": "#/components/schemas/Error"}, {
     "type": "object",
-    "required": ["status", "message", "students", "fit", "each", "left", "unit"],
+    "required": ["students", "fit", "each", "left", "unit"],
     "properties": {
-        "status": {"type": "integer"}, "message": {"type": "string"},
         "students": {"type": "integer"}, "fit": {"type": "integer"},
         "each": {"type": "number"}, "left": {"type": "number"}, "unit": {"type": "string"},
     },
-}
+}]}
 schemas: dict[str, Any] = {"CourseSession": _SESSION, "ClassDoesNotFit": _REFUSAL}
 
 _ONE = {"description": "the session", "content": {"application/json": {
     "schema": {"$ref": "#/components/schemas/CourseSession"}}}}
-_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}]
+_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0}}]
+#: ``POST /api/courses``'s body: the document shows it, the handler checks JSON input against it.
+CREATE_BODY: dict[str, Any] = {
+    "type": "object", "required": ["group", "class", "model", "count", "starts_at", "ends_at"],
+    "properties": {"group": {"type": "string"}, "title": {"type": "string"},
+                   "class": {"type": "string"}, "model": {"type": "string"},
+                   "count": {"type": "integer", "minimum": 1,
+                             "description": "accelerators per student"},
+                   "image": {"type": "string"},
+                   "starts_at": {"type": "string", "format": "date-time"},
+                   "ends_at": {"type": "string", "format": "date-time"}}}
+_ERROR = {"$ref": "#/components/schemas/Error"}
 
 openapi_paths: dict[str, Any] = {
     "/api/courses": {
@@ -248,15 +262,8 @@ openapi_paths: dict[str, Any] = {
         "post": {
             "summary": "Schedule a session: every student of the course on one offering",
             "operationId": "createCourseSession",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["group", "class", "model", "count", "starts_at",
-                                               "ends_at"],
-                "properties": {"group": {"type": "string"}, "title": {"type": "string"},
-                               "class": {"type": "string"}, "model": {"type": "string"},
-                               "count": {"type": "integer"}, "image": {"type": "string"},
-                               "starts_at": {"type": "string", "format": "date-time"},
-                               "ends_at": {"type": "string", "format": "date-time"}}}}}},
-            "responses": {**responses(_ONE, 400, 403, 409), "201": _ONE},
+            "requestBody": {"required": True, "content": {"application/json": {"schema": CREATE_BODY}}},
+            "responses": {**responses(_ONE, 400, 403, 409, 413), "201": _ONE},
         },
     },
     "/api/courses/{id}": {"get": {
@@ -269,9 +276,11 @@ openapi_paths: dict[str, Any] = {
         "operationId": "startCourseSession", "parameters": _ID,
         "responses": {
             **responses(_ONE, 403, 404), "202": _ONE,
-            "409": {"description": "the budget does not cover every student; nothing started",
-                    "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/ClassDoesNotFit"}}}},
+            "409": {"description": "the budget does not cover every student (the numbers), or "
+                                   "the session is not scheduled or may not start now; "
+                                   "nothing started",
+                    "content": {"application/json": {"schema": {"anyOf": [
+                        {"$ref": "#/components/schemas/ClassDoesNotFit"}, _ERROR]}}}},
         },
     }},
     "/api/courses/{id}/end": {"post": {

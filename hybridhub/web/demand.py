@@ -12,7 +12,7 @@ from typing import Any
 from tornado import web
 
 from hybridhub.accounting.demand import CSV_COLUMNS, demand_csv, demand_report
-from hybridhub.web.base import ApiError, PortalHandler, date_arg, responses
+from hybridhub.web.base import ApiError, PortalHandler, responses
 from hybridhub.web.charts import stacked_bars
 
 
@@ -21,8 +21,8 @@ class DemandHandler(PortalHandler):
 
     def report(self) -> tuple[list, dict[str, Any]]:
         """The caller's rows and the filter they were read with (runs in a thread)."""
-        since = date_arg(self.get_argument("since", None), "since")
-        until = date_arg(self.get_argument("until", None), "until")
+        query = self.query(QUERY)
+        since, until = query["since"], query["until"]
         if since and until and until <= since:
             raise ApiError(400, "until must be after since", "until")
         led = self.viewer.led_groups()
@@ -64,9 +64,12 @@ handlers: list[tuple[str, type]] = [
     (r"api/demand(\.csv)?", DemandHandler),
 ]
 
-_QUERY = [
-    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"}},
-    {"name": "until", "in": "query", "schema": {"type": "string", "format": "date"}},
+#: The report's query, as the document shows it and :meth:`DemandHandler.report` reads it.
+QUERY = [
+    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"},
+     "description": "from this day on (YYYY-MM-DD, UTC)"},
+    {"name": "until", "in": "query", "schema": {"type": "string", "format": "date"},
+     "description": "before this day (YYYY-MM-DD, UTC), after since"},
 ]
 _ROW = {
     "type": "object", "required": list(CSV_COLUMNS),
@@ -83,7 +86,7 @@ schemas: dict[str, Any] = {"DemandRow": _ROW}
 openapi_paths: dict[str, Any] = {
     "/api/demand": {"get": {
         "summary": "Refused launches (unmet demand) per day, class, model and reason",
-        "operationId": "demandReport", "parameters": _QUERY,
+        "operationId": "demandReport", "parameters": QUERY,
         "responses": responses({"description": "the report", "content": {"application/json": {
             "schema": {"type": "object", "required": ["filter", "rows", "totals"], "properties": {
                 "filter": {"type": "object"},
@@ -92,7 +95,7 @@ openapi_paths: dict[str, Any] = {
     }},
     "/api/demand.csv": {"get": {
         "summary": "The same report as CSV (columns: " + ", ".join(CSV_COLUMNS) + ")",
-        "operationId": "demandCsv", "parameters": _QUERY,
+        "operationId": "demandCsv", "parameters": QUERY,
         "responses": responses({"description": "CSV with a header line", "content": {
             "text/csv": {"schema": {"type": "string"}}}}, 400, 403),
     }},

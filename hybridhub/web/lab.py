@@ -16,7 +16,7 @@ from asyncio import to_thread
 from typing import Any
 
 from hybridhub.accounting.lab_session import session_state
-from hybridhub.web.base import ApiError, PortalHandler, forbidden, responses
+from hybridhub.web.base import NAME_PATTERN, ApiError, PortalHandler, forbidden, responses
 
 
 def may_read_session(model: dict[str, Any], username: str, server_name: str) -> bool:
@@ -34,15 +34,17 @@ class LabSessionHandler(PortalHandler):
     """``GET /api/users/{name}/session?server=<name>``: the session record the Lab shows."""
 
     async def prepare(self) -> None:
-        """Identify the token with the hub; the scope check is :func:`may_read_session`."""
+        """Refuse a method the document does not list (405), then identify the token with
+        the hub; the scope check is :func:`may_read_session`."""
+        self.refuse_undocumented_method()
         model = await self.hub_auth.get_user(self, sync=False)
         if not model:
             raise ApiError(403, "a hub token (Authorization: token ...) is needed")
         self._hub_auth_user_cache = model
 
     async def get(self, username: str) -> None:
-        server = self.get_argument("server", "")
-        if len(server) > 255 or not server.isprintable():
+        server = self.query(QUERY)["server"]
+        if not server.isprintable():
             raise ApiError(400, "server must be at most 255 printable characters", "server")
         if not may_read_session(self.current_user, username, server):
             raise forbidden(f"read the session of {username}'s server {server!r}")
@@ -50,6 +52,11 @@ class LabSessionHandler(PortalHandler):
 
 
 handlers = [(r"api/users/([^/]+)/session", LabSessionHandler)]
+
+#: The query, as the document shows it and the handler reads it.
+QUERY = [{"name": "server", "in": "query", "required": False,
+          "schema": {"type": "string", "maxLength": 255, "pattern": NAME_PATTERN, "default": ""},
+          "description": "server name ('' = default)"}]
 
 _NULLABLE_OBJECT = {"type": ["object", "null"]}
 openapi_paths: dict[str, Any] = {
@@ -61,8 +68,7 @@ openapi_paths: dict[str, Any] = {
         "operationId": "getLabSession",
         "parameters": [
             {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
-            {"name": "server", "in": "query", "required": False,
-             "schema": {"type": "string", "maxLength": 255}, "description": "server name ('' = default)"},
+            *QUERY,
         ],
         "responses": responses({"description": "the session", "content": {"application/json": {"schema": {
             "type": "object",

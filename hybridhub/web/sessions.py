@@ -31,7 +31,16 @@ from hybridhub.accounting.sessions import (
 from hybridhub.catalog import load_catalog
 from hybridhub.services.notebook_compare import Tolerance
 from hybridhub.services.verification import VerificationRunner, normalize_notebook_path
-from hybridhub.web.base import ApiError, PortalHandler, forbidden, path_id, responses, string_field
+from hybridhub.web.base import (
+    MAX_ID,
+    NAME_SCHEMA,
+    ApiError,
+    PortalHandler,
+    forbidden,
+    path_id,
+    responses,
+    string_field,
+)
 
 #: Running verifications, kept referenced until they finish.
 _tasks: set[asyncio.Task] = set()
@@ -56,9 +65,8 @@ class SessionsBase(PortalHandler):
         """Trusted offerings a verification may run on."""
         return trusted_offerings(os.environ.get("HYBRIDHUB_CATALOG", ""))
 
-    def whose(self) -> str | None:
-        """Whose sessions to list: the caller's, or (admins) ``?user=`` or everyone's."""
-        user = self.get_argument("user", "") or None
+    def whose(self, user: str | None) -> str | None:
+        """Whose sessions to list: the caller's, or (admins) ``user`` or everyone's."""
         if self.viewer.is_admin:
             return user
         if user not in (None, self.viewer.name):
@@ -94,9 +102,12 @@ class SessionsBase(PortalHandler):
         session: ServerSessionInfo | None = None
         if session_id not in (None, ""):
             try:
-                session = await to_thread(self.log.get, int(session_id))
+                number = int(session_id)
             except (TypeError, ValueError):
                 raise ApiError(400, "session_id must be an integer", "session_id") from None
+            if not 1 <= number <= MAX_ID:
+                raise ApiError(400, f"session_id must be an integer from 1 to {MAX_ID}", "session_id")
+            session = await to_thread(self.log.get, number)
             if session is None:
                 raise ApiError(404, f"no session {session_id}", "session_id")
             self.check_owner(session.username)
@@ -123,9 +134,9 @@ class SessionsHandler(SessionsBase):
 
     @web.authenticated
     async def get(self) -> None:
-        who = self.whose()
-        limit = min(int(self.get_argument("limit", "200") or 200), 1000)
-        rows = await to_thread(self.log.sessions, who, limit=limit)
+        query = self.query(LIST_QUERY)
+        who = self.whose(query["user"])
+        rows = await to_thread(self.log.sessions, who, limit=query["limit"])
         verifications = await to_thread(self.log.verifications, username=who, limit=50)
         if self.wants_json():
             self.write_json({"sessions": [r.as_dict() for r in rows]})
@@ -139,7 +150,8 @@ class SessionsCsvHandler(SessionsBase):
 
     @web.authenticated
     async def get(self) -> None:
-        rows = await to_thread(self.log.sessions, self.whose(), limit=100_000)
+        who = self.whose(self.query([USER_PARAM])["user"])
+        rows = await to_thread(self.log.sessions, who, limit=100_000)
         self.set_header("Content-Type", "text/csv; charset=UTF-8")
         self.set_header("Content-Disposition", 'attachment; filename="sessions.csv"')
         self.finish(sessions_csv(rows))
@@ -164,7 +176,7 @@ class VerificationsHandler(SessionsBase):
     @web.authenticated
     async def post(self) -> None:
         from_form = not self.request.path.endswith("api/verifications")
-        body = self.form_body() if from_form else self.json_body()
+        body = self.form_body() if from_form else self.checked_json_body(VERIFY_BODY)
         v = await self.start_verification(body, from_form=from_form)
         if from_form:
             self.redirect(f"{self.prefix}verifications/{v.id}")
@@ -174,7 +186,8 @@ class VerificationsHandler(SessionsBase):
 
     @web.authenticated
     async def get(self) -> None:
-        rows = await to_thread(self.log.verifications, username=self.whose(), limit=200)
+        who = self.whose(self.query([USER_PARAM])["user"])
+        rows = await to_thread(self.log.verifications, username=who, limit=200)
         self.write_json({"verifications": [v.as_dict() for v in rows]})
 
 
@@ -244,58 +257,64 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-_USER_PARAM = {"name": "user", "in": "query", "schema": {"type": "string"},
-               "description": "admins: only this user's (default: everyone's)"}
+USER_PARAM = {"name": "user", "in": "query", "schema": NAME_SCHEMA,
+              "description": "admins: only this user's (default: everyone's)"}
+#: ``GET /api/sessions``'s query, as the document shows it and the handler reads it.
+LIST_QUERY = [USER_PARAM, {"name": "limit", "in": "query", "description": "at most this many",
+                           "schema": {"type": "integer", "minimum": 1, "maximum": 1000,
+                                      "default": 200}}]
+_ID_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
+#: ``POST /api/verifications``'s body.
+VERIFY_BODY = {
+    "type": "object", "required": ["notebook", "offering"],
+    "properties": {
+        "notebook": {"type": "string", "description": "path relative to your home"},
+        "offering": {"type": "string", "description": "a trusted offering, class/model"},
+        "session_id": {**_ID_SCHEMA, "description": "the session the result came from"},
+        "group": {"type": "string", "description": "group charged (default: the session's)"},
+        "rel_tol": {"type": "number", "minimum": 0},
+        "abs_tol": {"type": "number", "minimum": 0},
+    }}
 openapi_paths: dict[str, Any] = {
     "/api/sessions": {"get": {
         "summary": "Provenance records of sessions, newest first (yours; admins: everyone's)",
         "operationId": "listSessions",
-        "parameters": [_USER_PARAM, {"name": "limit", "in": "query",
-                                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}],
+        "parameters": LIST_QUERY,
         "responses": responses(_json({"type": "object", "required": ["sessions"], "properties": {
             "sessions": {"type": "array", "items": {"$ref": "#/components/schemas/Session"}}}},
-            "session records"), 403),
+            "session records"), 400, 403),
     }},
     "/api/sessions.csv": {"get": {
         "summary": "The same records as CSV (columns: " + ", ".join(CSV_COLUMNS) + ")",
         "operationId": "exportSessions",
-        "parameters": [_USER_PARAM],
+        "parameters": [USER_PARAM],
         "responses": responses({"description": "CSV", "content": {"text/csv": {
-            "schema": {"type": "string"}}}}, 403),
+            "schema": {"type": "string"}}}}, 400, 403),
     }},
     "/api/sessions/{session_id}": {"get": {
         "summary": "One session's provenance and its verifications",
         "operationId": "getSession",
         "parameters": [{"name": "session_id", "in": "path", "required": True,
-                        "schema": {"type": "integer"}}],
+                        "schema": {"type": "integer", "minimum": 0}}],
         "responses": responses(_json({"$ref": "#/components/schemas/Session"}, "the record"), 403, 404),
     }},
     "/api/verifications": {
         "get": {
             "summary": "Verifications, newest first (yours; admins: everyone's)",
             "operationId": "listVerifications",
-            "parameters": [_USER_PARAM],
+            "parameters": [USER_PARAM],
             "responses": responses(_json({"type": "object", "required": ["verifications"], "properties": {
                 "verifications": {"type": "array",
                                   "items": {"$ref": "#/components/schemas/Verification"}}}},
-                "verifications"), 403),
+                "verifications"), 400, 403),
         },
         "post": {
             "summary": "Run a notebook of your home again on trusted hardware and compare the outputs",
             "operationId": "verifyNotebook",
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object", "required": ["notebook", "offering"],
-                "properties": {
-                    "notebook": {"type": "string", "description": "path relative to your home"},
-                    "offering": {"type": "string", "description": "a trusted offering, class/model"},
-                    "session_id": {"type": "integer", "description": "the session the result came from"},
-                    "group": {"type": "string", "description": "group charged (default: the session's)"},
-                    "rel_tol": {"type": "number", "minimum": 0},
-                    "abs_tol": {"type": "number", "minimum": 0},
-                }}}}},
+            "requestBody": {"required": True, "content": {"application/json": {"schema": VERIFY_BODY}}},
             "responses": {
                 "202": _json({"$ref": "#/components/schemas/Verification"}, "started"),
-                **{k: v for k, v in responses({}, 400, 403, 404).items() if k != "200"},
+                **{k: v for k, v in responses({}, 400, 403, 404, 413).items() if k != "200"},
             },
         },
     },
@@ -303,7 +322,7 @@ openapi_paths: dict[str, Any] = {
         "summary": "A verification and its cell-by-cell report",
         "operationId": "getVerification",
         "parameters": [{"name": "verification_id", "in": "path", "required": True,
-                        "schema": {"type": "integer"}}],
+                        "schema": {"type": "integer", "minimum": 0}}],
         "responses": responses(_json({"$ref": "#/components/schemas/Verification"}, "the verification"),
                                403, 404),
     }},

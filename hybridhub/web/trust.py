@@ -15,7 +15,7 @@ from tornado import web
 
 from hybridhub.accounting import audit
 from hybridhub.accounting.trust import PolicyError, TrustPolicy
-from hybridhub.web.base import ApiError, PortalHandler, bool_field, responses, string_field
+from hybridhub.web.base import NAME_SCHEMA, ApiError, PortalHandler, bool_field, path_name, responses, string_field
 
 
 def _as_dict(p) -> dict[str, Any]:
@@ -76,6 +76,7 @@ class GroupTrustHandler(TrustBase):
 
     @web.authenticated
     async def get(self, group: str) -> None:
+        path_name(group, "group")
         self.require_admin("see groups' trust settings")
         found = await to_thread(self.policy.for_groups, [group])
         if group not in found:
@@ -84,7 +85,9 @@ class GroupTrustHandler(TrustBase):
 
     @web.authenticated
     async def put(self, group: str) -> None:
-        self.write_json(await self.change(group, self.json_body(), from_form=False))
+        path_name(group, "group")
+        self.require_admin("change groups' trust settings")
+        self.write_json(await self.change(group, self.checked_json_body(SET_BODY), from_form=False))
 
 
 handlers: list[tuple[str, type]] = [
@@ -104,7 +107,15 @@ _POLICY = {
 }
 schemas: dict[str, Any] = {"TrustPolicy": _POLICY}
 _REF = {"$ref": "#/components/schemas/TrustPolicy"}
-_GROUP = {"name": "group", "in": "path", "required": True, "schema": {"type": "string"}}
+_GROUP = {"name": "group", "in": "path", "required": True, "schema": NAME_SCHEMA}
+#: ``PUT /api/groups/{group}/trust``'s body: the document shows it, the handler checks it.
+SET_BODY: dict[str, Any] = {
+    "type": "object", "additionalProperties": False,
+    "properties": {
+        "barred_untrusted": {"type": "boolean"},
+        "confidential_dirs": {"type": "array", "items": {"type": "string"},
+                              "description": "folders relative to the home"},
+    }}
 
 openapi_paths: dict[str, Any] = {
     "/api/trust": {"get": {
@@ -120,21 +131,15 @@ openapi_paths: dict[str, Any] = {
             "operationId": "getTrustPolicy",
             "parameters": [_GROUP],
             "responses": responses({"description": "settings", "content": {
-                "application/json": {"schema": _REF}}}, 403, 404),
+                "application/json": {"schema": _REF}}}, 400, 403, 404),
         },
         "put": {
             "summary": "Bar a group from untrusted hardware and/or set its confidential folders",
             "operationId": "setTrustPolicy",
             "parameters": [_GROUP],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {
-                "type": "object",
-                "properties": {
-                    "barred_untrusted": {"type": "boolean"},
-                    "confidential_dirs": {"type": "array", "items": {"type": "string"},
-                                          "description": "folders relative to the home"},
-                }}}}},
+            "requestBody": {"required": True, "content": {"application/json": {"schema": SET_BODY}}},
             "responses": responses({"description": "the new settings", "content": {
-                "application/json": {"schema": _REF}}}, 400, 403, 404),
+                "application/json": {"schema": _REF}}}, 400, 403, 404, 413),
         },
     },
 }

@@ -14,7 +14,7 @@ from typing import Any
 from tornado import web
 
 from hybridhub.accounting.reports import BUCKETS, CSV_COLUMNS, UsageFilter, totals_by, usage_csv, usage_report
-from hybridhub.web.base import ApiError, PortalHandler, date_arg, forbidden, responses
+from hybridhub.web.base import NAME_SCHEMA, ApiError, PortalHandler, forbidden, responses
 from hybridhub.web.budgets import groups_view
 from hybridhub.web.charts import stacked_bars
 
@@ -28,14 +28,8 @@ class UsageHandler(PortalHandler):
     def usage_filter(self) -> UsageFilter:
         """The report filter from the query, narrowed to what the caller may see."""
         viewer = self.viewer
-        group = self.get_argument("group", "") or None
-        user = self.get_argument("user", "") or None
-        bucket = self.get_argument("bucket", "day")
-        if bucket not in BUCKETS:
-            raise ApiError(400, f"bucket must be one of {list(BUCKETS)}, got {bucket!r}",
-                           "bucket")
-        since = date_arg(self.get_argument("since", None), "since")
-        until = date_arg(self.get_argument("until", None), "until")
+        query = self.query(QUERY)
+        group, user, since, until = query["group"], query["user"], query["since"], query["until"]
         if since and until and until <= since:
             raise ApiError(400, "until must be after since", "until")
         if group is not None and not viewer.can_read_group(group):
@@ -47,7 +41,7 @@ class UsageHandler(PortalHandler):
             user = viewer.name
         return UsageFilter(
             since=since, until=until, groups=[group] if group else None, username=user,
-            resource_class=self.get_argument("class", "") or None, bucket=bucket,
+            resource_class=query["class"], bucket=query["bucket"],
         )
 
     @web.authenticated
@@ -104,14 +98,18 @@ handlers: list[tuple[str, type]] = [
     (r"api/usage(\.csv)?", UsageHandler),
 ]
 
-_QUERY = [
-    {"name": "group", "in": "query", "schema": {"type": "string"},
+#: The report's query, as the document shows it and :meth:`UsageHandler.usage_filter` reads it.
+QUERY = [
+    {"name": "group", "in": "query", "schema": NAME_SCHEMA,
      "description": "one group (leaders see all its members; others only themselves)"},
-    {"name": "user", "in": "query", "schema": {"type": "string"}},
-    {"name": "class", "in": "query", "schema": {"type": "string"}},
-    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"}},
-    {"name": "until", "in": "query", "schema": {"type": "string", "format": "date"}},
-    {"name": "bucket", "in": "query", "schema": {"type": "string", "enum": list(BUCKETS)}},
+    {"name": "user", "in": "query", "schema": NAME_SCHEMA},
+    {"name": "class", "in": "query", "schema": NAME_SCHEMA},
+    {"name": "since", "in": "query", "schema": {"type": "string", "format": "date"},
+     "description": "from this day on (YYYY-MM-DD, UTC)"},
+    {"name": "until", "in": "query", "schema": {"type": "string", "format": "date"},
+     "description": "before this day (YYYY-MM-DD, UTC), after since"},
+    {"name": "bucket", "in": "query",
+     "schema": {"type": "string", "enum": list(BUCKETS), "default": "day"}},
 ]
 _ROW = {
     "type": "object",
@@ -132,7 +130,7 @@ openapi_paths: dict[str, Any] = {
     "/api/usage": {"get": {
         "summary": "Ledger totals per period, group, class, model and user",
         "operationId": "usageReport",
-        "parameters": _QUERY,
+        "parameters": QUERY,
         "responses": responses({"description": "the report", "content": {"application/json": {
             "schema": {"type": "object", "required": ["filter", "rows", "totals"], "properties": {
                 "filter": {"type": "object"},
@@ -143,7 +141,7 @@ openapi_paths: dict[str, Any] = {
     "/api/usage.csv": {"get": {
         "summary": "The same report as CSV (columns: " + ", ".join(CSV_COLUMNS) + ")",
         "operationId": "usageCsv",
-        "parameters": _QUERY,
+        "parameters": QUERY,
         "responses": responses({"description": "CSV with a header line", "content": {
             "text/csv": {"schema": {"type": "string"}}}}, 400, 403),
     }},

@@ -145,7 +145,9 @@ def configure_portal(
     ]
     roles = c.JupyterHub.get("load_roles", [])
     user_role = next((r for r in roles if r.get("name") == "user"), None)
-    new = service.hub_roles(admins=admins, leaders=dict(leaders), user_role=user_role)
+    new = [*service.hub_roles(admins=admins, leaders=dict(leaders), user_role=user_role),
+           {"name": f"{service.SERVICE_NAME}-groups", "services": [service.SERVICE_NAME], "scopes": ["read:groups"],
+            "description": "Read the hub's groups (a budget set for a group no member has launched in yet)"}]
     names = {r["name"] for r in new}
     c.JupyterHub.load_roles = [*[r for r in roles if r.get("name") not in names], *new]
     base_url = c.JupyterHub.get("base_url", "/").rstrip("/")

@@ -29,6 +29,7 @@ from hybridhub.accounting.forecast import forecasts
 from hybridhub.accounting.models import GROUP_KINDS, PERIODS, UNITS, Budget, Group
 from hybridhub.accounting.periods import budget_left, period_used, resets_at_for
 from hybridhub.catalog import load_catalog
+from hybridhub.hubapi import HubApi, HubApiError
 from hybridhub.web.base import (
     MAX_CSV_BYTES,
     NAME_SCHEMA,
@@ -191,7 +192,7 @@ class CreateBudgetHandler(BudgetAction):
     """``POST /groups/{group}/budgets``: create a group's budget, or set it if it exists."""
 
     @web.authenticated
-    def post(self, group: str) -> None:
+    async def post(self, group: str) -> None:
         path_name(group, "group")
         self.require_admin("create budgets")
         body, form = self.body(CREATE_BODY)
@@ -199,24 +200,41 @@ class CreateBudgetHandler(BudgetAction):
         if unknown:
             raise ApiError(400, f"unknown field {unknown[0]!r}", unknown[0])
         spec = self.spec(group, body, form)
-        self.check_names(spec)
+        await self.check_names(spec)
         change = self.apply(self.accounting.upsert_budgets, [spec])[0]
         self.done(
             {"budget": self.budget_json(change.budget_id), "change": _change_view(change)},
             f"{change.action}: {group} {spec.resource_class} = {spec.amount:g}",
         )
 
-    def check_names(self, spec: BudgetSpec) -> None:
-        """404 for a group the portal does not know, 422 for a class the catalog does not
-        have: a budget is never made for either (nor the group created)."""
+    async def check_names(self, spec: BudgetSpec) -> None:
+        """404 for a group neither the portal nor the hub knows, 422 for a class the catalog does
+        not have: a budget is never made for either.  A hub group the portal has not seen yet (no
+        member has launched) is mirrored first, with its members and kind, as a launch would."""
         with self.accounting.db.session() as s:
             known = s.scalar(select(Group.id).where(Group.name == spec.group))
-        if known is None:
+        if known is None and not await self.mirror_hub_group(spec.group):
             raise ApiError(404, f"no group {spec.group!r}", "group")
         classes = catalog_classes(os.environ.get("HYBRIDHUB_CATALOG", ""))
         if spec.resource_class not in classes:
             raise ApiError(422, f"no resource class {spec.resource_class!r}; the catalog has "
                                 f"{list(classes)}", "resource_class")
+
+    async def mirror_hub_group(self, name: str) -> bool:
+        """Copy the hub's group ``name`` (members, kind) into the accounting; False if the hub has none."""
+        url, token = os.environ.get("JUPYTERHUB_API_URL"), os.environ.get("JUPYTERHUB_API_TOKEN")
+        if not (url and token):
+            return False
+        try:
+            model = await HubApi(url, token).group(name)
+        except HubApiError as e:
+            if e.code == 404:
+                return False
+            raise ApiError(503, f"the hub did not answer about group {name!r}: {e}", "group") from None
+        kind = (model.get("properties") or {}).get("kind")
+        self.accounting.sync_groups({name: model.get("users") or []},
+                                    kinds={name: kind} if kind in GROUP_KINDS else None)
+        return True
 
     def spec(self, group: str, body: dict[str, Any], form: bool) -> BudgetSpec:
         """The budget the input asks for (field errors: 400 naming the field)."""

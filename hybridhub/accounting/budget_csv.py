@@ -98,6 +98,16 @@ def _spec(row: dict[str, str]) -> BudgetSpec:
     return spec
 
 
+def _check_header(header: list[str]) -> None:
+    """:class:`CsvImportError` for line 1 if a required column is missing or one is unknown."""
+    missing = [c for c in REQUIRED if c not in header]
+    unknown = [c for c in header if c not in REQUIRED + OPTIONAL]
+    why = ([f"missing column(s) {', '.join(missing)}"] if missing else []) + (
+        [f"unknown column(s) {', '.join(unknown)}"] if unknown else [])
+    if why:
+        raise CsvImportError([(1, "; ".join(why))])
+
+
 def parse_budgets(data: str) -> tuple[list[BudgetSpec], list[int]]:
     """Every line's :class:`BudgetSpec` and its line number; :class:`CsvImportError` if any
     line (or the header) is bad."""
@@ -112,15 +122,7 @@ def parse_budgets(data: str) -> tuple[list[BudgetSpec], list[int]]:
         header = reader.fieldnames or []
     except csv.Error as e:
         raise CsvImportError([(1, f"not CSV: {e}")]) from None
-    missing = [c for c in REQUIRED if c not in header]
-    unknown = [c for c in header if c not in REQUIRED + OPTIONAL]
-    if missing or unknown:
-        why = []
-        if missing:
-            why.append(f"missing column(s) {', '.join(missing)}")
-        if unknown:
-            why.append(f"unknown column(s) {', '.join(unknown)}")
-        raise CsvImportError([(1, "; ".join(why))])
+    _check_header(header)
     specs: list[BudgetSpec] = []
     lines: list[int] = []
     errors: list[tuple[int, str]] = []

@@ -261,14 +261,14 @@ def test_threshold_mail_is_off_without_a_host(db):
 def test_the_meter_service_gets_the_mail_settings(monkeypatch, tmp_path):
     from traitlets.config import Config
 
+    from hybridhub.accounting.settings import MeterSettings
     from hybridhub.hub.config import configure_services
 
     monkeypatch.setenv("HYBRIDHUB_SMTP_HOST", "smtp.example.org")
     monkeypatch.setenv("HYBRIDHUB_LEADER_ADDRESSES", '{"lab": ["pi@example.org"]}')
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-the-meter")
     c = Config()
-    configure_services(c, db_url=f"sqlite:///{tmp_path}/x.sqlite", meter_interval=60,
-                       grace_seconds=300)
+    configure_services(c, db_url=f"sqlite:///{tmp_path}/x.sqlite", settings=MeterSettings(60, 300))
     (meter,) = [s for s in c.JupyterHub.services if s["name"] == "hybridhub-meter"]
     env = meter["environment"]
     assert env["HYBRIDHUB_SMTP_HOST"] == "smtp.example.org"

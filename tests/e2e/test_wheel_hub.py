@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import time
@@ -199,7 +200,8 @@ def test_a_site_backend_installed_beside_the_wheel_serves_a_launch(site_venv, hu
     point ``hybridhub.backends``), its catalog names it, and a launch through the hub runs on it."""
     pip = [str(site_venv / "bin" / "pip"), "install", "-q", "--no-deps"]
     env = {"PATH": MINIMAL_PATH, "HOME": os.environ.get("HOME", "/root")}
-    subprocess.run([*pip, str(ROOT / "tests" / "data" / "site_backend")], check=True, env=env)
+    package = shutil.copytree(ROOT / "tests" / "data" / "site_backend", tmp_path / "site_backend")  # builds there
+    subprocess.run([*pip, str(package)], check=True, env=env)
     try:
         bad = SITE_CATALOG.replace("extra: {rack: b7}", "extra: {}")  # the backend checks its own field
         check = subprocess.run(

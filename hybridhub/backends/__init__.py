@@ -30,8 +30,13 @@ if TYPE_CHECKING:
 ENTRY_POINT_GROUP = "hybridhub.backends"
 
 
+@lru_cache(maxsize=1)
 def registered() -> dict[str, str]:
-    """Backend name -> ``module:Class`` of every installed backend (nothing is imported)."""
+    """Backend name -> ``module:Class`` of every installed backend (nothing is imported).
+
+    Read once per process: scanning the installed distributions costs tens of milliseconds, and the
+    picker asks for every offering's backend on the hub's loop.
+    """
     return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
@@ -41,6 +46,10 @@ def _load(target: str) -> type:
     return import_item(f"{module}.{attr}" if attr else module)
 
 
+#: Backend classes that passed :func:`check_contract` (checked once each).
+_checked: set[type] = set()
+
+
 def backend_class(name: str, configured: Mapping[str, str | type] | None = None, *, key: str = "backend") -> type:
     """The class implementing backend ``name``: ``configured`` first, then the entry points.
 
@@ -48,6 +57,8 @@ def backend_class(name: str, configured: Mapping[str, str | type] | None = None,
     cannot be imported (say, an extra that is not installed), or when it breaks the contract.
     """
     target = (configured or {}).get(name) or registered().get(name)
+    if isinstance(target, type) and target in _checked:
+        return target
     if target is None:
         known = sorted({*registered(), *(configured or {})})
         raise CatalogError(key, f"no backend named {name!r}; installed: {known}")
@@ -57,7 +68,10 @@ def backend_class(name: str, configured: Mapping[str, str | type] | None = None,
         except ImportError as e:
             raise CatalogError(key, f"backend {name!r} cannot be imported ({e}); "
                                     f"is its package (or hybridhub's [{name}] extra) installed?") from e
+        if target in _checked:
+            return target
     check_contract(name, target, key)
+    _checked.add(target)
     return target
 
 

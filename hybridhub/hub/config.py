@@ -388,8 +388,7 @@ def configure_hub(
     c.LocalBackend.home_root = str(data_dir / "homes")
     if mode == "demo" and os.environ.get("HYBRIDHUB_DEMO_INVENTORY", "1") != "0":
         c.LocalBackend.simulated_inventory = DEMO_INVENTORY
-    c.JupyterHub.allow_named_servers = True  # verifications run in named servers; users may have 3
-    c.JupyterHub.named_server_limit_per_user = 3
+    c.JupyterHub.allow_named_servers = True  # verifications run in named servers
     c.Spawner.default_url = "/lab"
     c.Spawner.args = ["--allow-root"]  # harmless as a normal user; needed when the hub runs as root
     c.Spawner.start_timeout = 120

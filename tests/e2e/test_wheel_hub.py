@@ -109,7 +109,7 @@ def running_site_hub(venv: Path, tmp_path: Path, site_lines: str, catalog: str |
             except requests.RequestException:
                 pass
             time.sleep(0.3)
-        yield {"url": url, "token": token, "log": log_path, "venv": venv}
+        yield {"url": url, "token": token, "log": log_path, "venv": venv, "workdir": tmp_path}
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -174,7 +174,8 @@ def test_wheel_installed_hub_spawns_through_rest(site_hub):
     wait_ready(site_hub, api, "rosa")
     status = api.get(f"{url}/user/rosa/api/status")
     assert status.status_code == 200, status.text
-    (server_env,) = [e for e in process_environments("JUPYTERHUB_USER=rosa") if "JUPYTERHUB_API_TOKEN" in e]
+    (server_env,) = [e for e in process_environments("JUPYTERHUB_USER=rosa")  # this hub's server of rosa
+                     if "JUPYTERHUB_API_TOKEN" in e and e.get("HOME", "").startswith(str(site_hub["workdir"]))]
     assert server_env["HYBRIDHUB_PORTAL_URL"] == f"{url}/services/hybridhub-portal/"  # the final bind_url
     named = api.post(f"{url}/hub/api/users/rosa/servers/second", json=body)
     assert named.status_code == 400 and "named servers" in named.text.lower(), named.text  # the site's choice

@@ -209,8 +209,8 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             {
                 "offering": off,
                 "free_now": free_now,
-                "simulated": self.backend_class(off).simulated,
-                "shared": self.backend_class(off).shared_machine,
+                "simulated": (backend := self.backend_class(off)).simulated,
+                "shared": backend.shared_machine,
                 "remaining": remaining_by_key[off.key],
                 "trust": trust[off.key],
             }

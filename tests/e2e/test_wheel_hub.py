@@ -23,24 +23,11 @@ import pytest
 import requests
 from jupyterhub.utils import random_port
 
+from tests.fixtures.env import process_environments
 from tests.fixtures.hub import _stop_user_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 MINIMAL_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def process_environments(marker: str) -> list[dict[str, str]]:
-    """The environment of every process whose environment contains ``marker`` (``NAME=value``)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            raw = (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        pairs = raw.split(b"\0")
-        if marker.encode() in pairs:
-            found.append(dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p))
-    return found
 
 
 def readme_site_config() -> str:
@@ -174,8 +161,9 @@ def test_wheel_installed_hub_spawns_through_rest(site_hub):
     wait_ready(site_hub, api, "rosa")
     status = api.get(f"{url}/user/rosa/api/status")
     assert status.status_code == 200, status.text
-    (server_env,) = [e for e in process_environments("JUPYTERHUB_USER=rosa")  # this hub's server of rosa
-                     if "JUPYTERHUB_API_TOKEN" in e and e.get("HOME", "").startswith(str(site_hub["workdir"]))]
+    (server_env,) = [e for cmd, e in process_environments()  # this hub's server of rosa, not its children
+                     if b"hybridhub.backends.local.server" in cmd and e.get("JUPYTERHUB_USER") == "rosa"
+                     and e.get("HOME", "").startswith(str(site_hub["workdir"]))]
     assert server_env["HYBRIDHUB_PORTAL_URL"] == f"{url}/services/hybridhub-portal/"  # the final bind_url
     named = api.post(f"{url}/hub/api/users/rosa/servers/second", json=body)
     assert named.status_code == 400 and "named servers" in named.text.lower(), named.text  # the site's choice

@@ -4,7 +4,6 @@ the hub, the meter, the portal and the course scheduler use, read back from each
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -12,6 +11,7 @@ from sqlalchemy import select
 from hybridhub.accounting.db import Database
 from hybridhub.accounting.models import Reservation
 from hybridhub.accounting.settings import ENV_GRACE, ENV_INTERVAL, MeterSettings
+from tests.fixtures.env import process_environments
 
 INTERVAL, GRACE = 2.0, 7.0
 OPTS = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "lab-vision"}
@@ -22,19 +22,6 @@ SERVICES = ("hybridhub.services.meter", "hybridhub.web.app", "hybridhub.services
 def hub(hub_factory, hub_db_url):
     """A demo hub configured (as README says) with a 2 s meter interval and a 7 s grace."""
     return hub_factory(db_url=hub_db_url, env={ENV_INTERVAL: str(INTERVAL), ENV_GRACE: str(GRACE)})
-
-
-def process_environments(marker: str) -> list[dict[str, str]]:
-    """The environment of every process whose command line contains ``marker``."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if marker.encode() in (proc / "cmdline").read_bytes():
-                pairs = (proc / "environ").read_bytes().split(b"\0")
-                found.append(dict(p.decode(errors="replace").split("=", 1) for p in pairs if b"=" in p))
-        except OSError:
-            continue
-    return found
 
 
 def reservation(db_url: str, user: str) -> Reservation:
@@ -49,7 +36,8 @@ def charged_seconds(r: Reservation) -> float:
 
 def test_every_process_uses_the_configured_interval_and_grace(hub):
     for marker in SERVICES:  # the services' own environments, as the hub started them
-        envs = [e for e in process_environments(marker) if e.get("HYBRIDHUB_DB_URL") == hub.db_url]
+        envs = [e for cmd, e in process_environments()
+                if marker.encode() in cmd and e.get("HYBRIDHUB_DB_URL") == hub.db_url]
         assert envs, f"no {marker} process"
         assert any(MeterSettings.from_env(e) == MeterSettings(INTERVAL, GRACE) for e in envs), (marker, envs)
 

@@ -26,9 +26,10 @@ command -v configurable-http-proxy >/dev/null || npm install -g --silent configu
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi
-# The JupyterLab extension (labextension/) is built from source before pip installs the
-# package; the editable install's build hook (hatch-jupyter-builder, pyproject.toml) then finds
-# it up to date.  A wheel (pip wheel .) always builds it afresh into share/jupyter/labextensions.
+# The JupyterLab extension (labextension/, its own distribution hybridhub-lab) is built from
+# source before pip installs it; the editable install's build hook (hatch-jupyter-builder,
+# labextension/pyproject.toml) then finds it up to date.  Its wheel (pip wheel labextension)
+# always builds it afresh into share/jupyter/labextensions.
 .venv/bin/pip install -q "jupyter_builder>=1.3,<2"
 export YARN_GLOBAL_FOLDER="$PWD/labextension/.yarn/berry"
 # Node trusts only its own CA list; let it trust the system's too (as npm's cafile does),
@@ -48,18 +49,18 @@ labext=.venv/share/jupyter/labextensions/hybridhub-lab
 if [ -L "$labext" ]; then rm "$labext"; fi
 if [ "$want_test" = 1 ]; then
     apt_install docker.io chromium
-    .venv/bin/pip install -q -e '.[test]'
+    .venv/bin/pip install -q -e ./labextension -e '.[test]'  # hybridhub requires hybridhub-lab
     # PostgreSQL: the machines run it at 127.0.0.1:5432; start the cluster if it is down
     if ! (echo > /dev/tcp/127.0.0.1/5432) 2>/dev/null && command -v pg_ctlcluster >/dev/null; then
         pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
     fi
 else
-    .venv/bin/pip install -q -e .
+    .venv/bin/pip install -q -e ./labextension -e .
 fi
 # The editable install copied the built Lab extension and the server extension's config into the
 # venv (the wheel's share/ and etc/); link the extension instead, so a rebuild (jlpm build:prod
 # in labextension/) shows in Lab without reinstalling.
 mkdir -p .venv/share/jupyter/labextensions .venv/etc/jupyter/jupyter_server_config.d
 rm -rf "$labext"
-ln -s "$PWD/hybridhub_lab/labextension" "$labext"
+ln -s "$PWD/labextension/hybridhub_lab/labextension" "$labext"
 cp labextension/jupyter-config/hybridhub_lab.json .venv/etc/jupyter/jupyter_server_config.d/

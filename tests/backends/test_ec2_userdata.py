@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -194,11 +195,24 @@ def test_script_is_valid_bash_and_token_only_in_env_file():
         {"home_storage": "s3", "s3_uri": ""},
         {"home_storage": "efs", "efs_target": ""},
         {"home_storage": "nfs"},
+        {"lab_spec": "/opt/wheels/hybridhub-0.1.0-py3-none-any.whl"},  # the hub's wheel, not the Lab's
+        {"lab_spec": "hybridhub[aws]==0.1.0"},
     ],
 )
 def test_spec_validation(bad):
     with pytest.raises(ValueError):
-        BootstrapSpec(env={}, **bad)
+        BootstrapSpec(env={}, **{"home_storage": "none", **bad})
+
+
+@pytest.mark.parametrize(
+    "spec",
+    ["hybridhub-lab==0.1.0", "/opt/wheels/hybridhub_lab-0.1.0-py3-none-any.whl",
+     "https://example.org/w/hybridhub_lab-0.1.0-py3-none-any.whl?sig=1", "hybridhub_lab @ file:///opt/w/lab.whl",
+     "hybridhub_lab-0.1.0.tar.gz"],
+)
+def test_user_data_installs_only_the_lab_distribution(spec):
+    script = render_script(BootstrapSpec(env={}, home_storage="none", lab_spec=spec))
+    assert f"HH_LAB_SPEC={shlex.quote(spec)}" in script
 
 
 # ------------------------------------------------------------------ a real run

@@ -39,12 +39,13 @@ def readme_site_config() -> str:
 
 
 @pytest.fixture(scope="module")
-def site_venv(tmp_path_factory, built_wheel) -> Path:
-    """A fresh virtual environment outside the checkout with the hybridhub wheel installed."""
+def site_venv(tmp_path_factory, built_wheel, built_lab_wheel) -> Path:
+    """A fresh virtual environment outside the checkout with the hybridhub wheel installed (and the
+    hybridhub-lab wheel it requires, given beside it as a site without an index would)."""
     work = tmp_path_factory.mktemp("site")
     venv = work / "venv"
     subprocess.run(["python3", "-m", "venv", str(venv)], check=True, env={"PATH": MINIMAL_PATH})
-    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(built_wheel)], check=True,
+    subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(built_wheel), str(built_lab_wheel)], check=True,
                    env={"PATH": MINIMAL_PATH, "HOME": os.environ.get("HOME", "/root")})
     return venv
 

@@ -347,36 +347,33 @@ def test_lab_in_a_container_on_a_gpu_host_shows_its_gpus(hub_factory, docker_eng
 def test_user_data_installs_the_lab_extension_only_when_asked():
     from hybridhub.backends.ec2.userdata import BootstrapSpec, render_script
 
-    with_lab = render_script(BootstrapSpec(env={}, home_storage="none",
-                                           lab_spec="/opt/wheels/hybridhub-0.1.0-py3-none-any.whl"))
-    assert "HH_LAB_SPEC=/opt/wheels/hybridhub-0.1.0-py3-none-any.whl" in with_lab
-    assert 'pip install --quiet --no-deps "$HH_LAB_SPEC"' in with_lab
+    wheel = "/opt/wheels/hybridhub_lab-0.1.0-py3-none-any.whl"
+    with_lab = render_script(BootstrapSpec(env={}, home_storage="none", lab_spec=wheel))
+    assert f"HH_LAB_SPEC={wheel}" in with_lab
+    assert 'pip install --quiet "$HH_LAB_SPEC"' in with_lab
     subprocess.run(["bash", "-n"], input=with_lab, text=True, check=True)
     assert "HH_LAB_SPEC=''" in render_script(BootstrapSpec(env={}, home_storage="none"))
 
 
-def test_the_wheel_alone_gives_a_notebook_python_the_extension(tmp_path):
-    """What an image recipe does: ``pip install --no-deps hybridhub-*.whl`` into its Python."""
-    require(LABEXT.exists(), f"the built Lab extension in {sys.prefix} (run scripts/setup.sh)")
-    root = Path(__file__).resolve().parents[2]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "-w", str(tmp_path / "dist"), str(root)], check=True, cwd=tmp_path)
-    (wheel,) = (tmp_path / "dist").glob("hybridhub-*.whl")
+def test_the_lab_wheel_alone_gives_a_notebook_python_the_extension(tmp_path, built_lab_wheel):
+    """What an image recipe does: ``pip install hybridhub_lab-*.whl`` into its Python (the
+    image's Jupyter stack is this venv's, so ``--no-deps`` only saves the look-up)."""
     image = tmp_path / "image"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(image)], check=True)
-    subprocess.run([str(image / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+    subprocess.run([str(image / "bin/python"), "-m", "pip", "install", "-q", "--no-deps", str(built_lab_wheel)],
                    check=True)
     assert (image / "share/jupyter/labextensions/hybridhub-lab/package.json").exists()
     assert (image / "etc/jupyter/jupyter_server_config.d/hybridhub_lab.json").exists()
     import jupyter_server  # the image's own Jupyter stack: this venv's, on its path
 
     site = str(Path(jupyter_server.__file__).parents[1])
-    out = subprocess.run(
-        [str(image / "bin/python"), "-m", "jupyter_server.extension.serverextension", "list"],
-        capture_output=True, text=True,
-        env={"PATH": f"{image / 'bin'}:/usr/bin:/bin", "PYTHONPATH": site, "HOME": str(tmp_path),
-             "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_DATA_DIR": str(tmp_path / "data")},
-    )
+    env = {"PATH": f"{image / 'bin'}:/usr/bin:/bin", "PYTHONPATH": site, "HOME": str(tmp_path),
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "cfg"), "JUPYTER_DATA_DIR": str(tmp_path / "data")}
+    out = subprocess.run([str(image / "bin/python"), "-m", "jupyter_server.extension.serverextension", "list"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
     listing = re.sub(r"\x1b\[[0-9;]*m", "", out.stdout)  # no colours
     image_part = listing.split(f"Config dir: {image / 'etc/jupyter'}", 1)[1]
     assert "hybridhub_lab enabled" in image_part and "hybridhub_lab  OK" in image_part, listing
+    hub_side = subprocess.run([str(image / "bin/python"), "-c", "import hybridhub"], capture_output=True,
+                              env=env, cwd=tmp_path)
+    assert hub_side.returncode != 0, "the image got the hub side"

@@ -24,6 +24,7 @@ from the environment, so the same text runs on EC2 and in the tests.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 from email.mime.multipart import MIMEMultipart
@@ -37,6 +38,35 @@ DEFAULT_SYNC_EXCLUDES = (
     ".local/share/jupyter/runtime/*",
     ".ipython/profile_default/history.sqlite*",
 )
+#: The one distribution the script installs into the instance's Python: the Lab extension
+#: (labextension/), never the hub's own wheel and its dependencies.
+LAB_DISTRIBUTION = "hybridhub-lab"
+
+
+def pip_spec_distribution(spec: str) -> str:
+    """The normalised name of the distribution a pip requirement installs: a wheel's or
+    sdist's file name (a path or URL), ``name @ url``, or ``name[extras]==version``."""
+    spec = spec.strip()
+    if "@" in spec.split("://", 1)[0]:
+        spec = spec.split("@", 1)[0]
+    last = spec.split("?", 1)[0].split("#", 1)[0].rstrip("/").rsplit("/", 1)[-1]
+    if last.endswith(".whl"):
+        spec = last.split("-", 1)[0]
+    elif last.endswith((".tar.gz", ".zip")):
+        spec = last.rsplit("-", 1)[0]
+    name = re.match(r"[A-Za-z0-9._-]*", spec.strip()).group(0)
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def check_lab_spec(spec: str) -> str:
+    """``spec`` if it installs the Lab distribution (or is empty), else :class:`ValueError`."""
+    if spec and pip_spec_distribution(spec) != LAB_DISTRIBUTION:
+        raise ValueError(
+            f"the Lab extension's pip requirement must name the {LAB_DISTRIBUTION} distribution "
+            f"(e.g. hybridhub_lab-0.1.0-py3-none-any.whl), not {spec!r}: instances get the Lab "
+            "extension only, never the hub's wheel"
+        )
+    return spec
 #: Where the Neuron DLAMI keeps its PyTorch virtualenvs (the newest is used).
 NEURON_PYTHON_GLOB = "/opt/aws_neuronx_venv_pytorch_*/bin/python"
 
@@ -49,7 +79,7 @@ class BootstrapSpec:
     args: tuple[str, ...] = ()
     python: str = "auto"
     jupyterhub_spec: str = "jupyterhub"
-    lab_spec: str = ""  # pip requirement of the hybridhub wheel (its Lab extension); "" = none
+    lab_spec: str = ""  # pip requirement of the hybridhub-lab distribution; "" = none
     unix_user: str = "jovyan"
     home_dir: str = "/home/jovyan"
     state_dir: str = "/var/lib/hybridhub"
@@ -77,6 +107,7 @@ class BootstrapSpec:
             raise ValueError(f"home_storage 's3' needs an s3:// URI, got {self.s3_uri!r}")
         if self.home_storage == "efs" and not self.efs_target:
             raise ValueError("home_storage 'efs' needs an efs_target (host:/path)")
+        check_lab_spec(self.lab_spec)
         for key, value in self.env.items():
             if not key.replace("_", "").isalnum() or key[0].isdigit():
                 raise ValueError(f"invalid environment variable name {key!r}")
@@ -119,10 +150,11 @@ if ! "$HH_PYTHON" -c 'import jupyterhub.singleuser' 2>/dev/null; then
     log "installing $HH_JUPYTERHUB_SPEC into $HH_PYTHON"
     "$HH_PYTHON" -m pip install --quiet "$HH_JUPYTERHUB_SPEC" jupyterlab
 fi
-# the hybridhub Lab extension (status item, stop warnings): the wheel alone, no hub-side deps
+# the hybridhub Lab extension (status item, stop warnings): the hybridhub-lab distribution
+# alone, which needs only jupyter_server (installed above), nothing of the hub side
 if [ -n "$HH_LAB_SPEC" ] && ! "$HH_PYTHON" -c 'import hybridhub_lab' 2>/dev/null; then
     log "installing the hybridhub Lab extension into $HH_PYTHON"
-    "$HH_PYTHON" -m pip install --quiet --no-deps "$HH_LAB_SPEC" \
+    "$HH_PYTHON" -m pip install --quiet "$HH_LAB_SPEC" \
         || log "could not install $HH_LAB_SPEC; the server runs without the Lab extension"
 fi
 

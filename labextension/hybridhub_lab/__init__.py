@@ -1,10 +1,10 @@
 """hybridhub inside JupyterLab: a server extension and the prebuilt Lab extension.
 
 The server extension (loaded by ``etc/jupyter/jupyter_server_config.d/hybridhub_lab.json``
-from the wheel) answers ``GET <base_url>hybridhub/session`` for the Lab front end with
+from the hybridhub-lab wheel) answers ``GET <base_url>hybridhub/session`` for the Lab front end with
 this server's session, read from the hybridhub portal with the server's own
 ``JUPYTERHUB_API_TOKEN`` (:mod:`hybridhub_lab.upstream`).  It imports nothing of the hub
-side, so a notebook image needs only this wheel.
+side (the distribution requires none of it), so a notebook image needs only this wheel.
 """
 
 from __future__ import annotations

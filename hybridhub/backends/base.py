@@ -182,9 +182,6 @@ class BackendMixin(HasTraits):
 
     #: True when the backend only simulates the hardware (the picker says so).
     simulated: ClassVar[bool] = False
-    #: True when every user's server runs as one Unix account on one machine: users can read each other's
-    #: files there (the picker says so, and the hub logs it at start-up).
-    shared_machine: ClassVar[bool] = False
     #: True when ``poll()`` watches a whole machine (an instance): any status then means the machine is gone.
     watches_machine: ClassVar[bool] = False
     #: While waiting for a new server, ask ``poll()`` whether it died every this many failed probes (0: never).
@@ -228,6 +225,13 @@ class BackendMixin(HasTraits):
         """Refuse an offering this backend cannot launch, raising :class:`~hybridhub.catalog.CatalogError`
         with the key at fault (``offering.config_key("gres")``).  Called for every offering when the
         hub starts.  Default: every offering is accepted."""
+
+    @classmethod
+    def shares_machine(cls, config: Config) -> bool:
+        """True when, with ``config``, every user's server runs as one Unix account on one machine: users
+        can read each other's files there (the picker says so, and the hub logs it at start-up).
+        Default: False."""
+        return False
 
     @classmethod
     def host_labels(cls, offering: Offering, config: Config) -> list[Mapping[str, str]]:

@@ -284,7 +284,7 @@ def configure_spawner(c: Config, *, db_url: str, catalog_file: str, settings: Me
         catalog = check_catalog(load_catalog(path=catalog_file or None, backend_override=override), classes)
     except CatalogError as e:
         sys.exit(f"hybridhub: invalid resource catalog: {e}")
-    shared = sorted({o.backend for o in catalog.all_offerings() if backend_class(o.backend, classes).shared_machine})
+    shared = sorted({o.backend for o in catalog.all_offerings() if backend_class(o.backend, classes).shares_machine(c)})
     if shared:
         log.warning("hybridhub: the %s backend runs every user's server as this hub's own Unix user: users can "
                     "read each other's files there (the picker says so)", ", ".join(shared))
@@ -359,6 +359,30 @@ def freeze_startup_objects() -> None:
     gc.freeze()
 
 
+def keep_state_private(data_dir: Path) -> None:
+    """The hub's folder: passable (users' homes are below it) but not listable, its files (databases,
+    cookie secret, pid files) readable by the hub's account only, now and when created later."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o711)
+    for path in data_dir.iterdir():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(path.stat().st_mode & 0o700)
+    os.umask(0o077)
+
+
+def share_if_unreachable(c: Config, data_dir: Path) -> None:
+    """A root hub whose checkout other accounts cannot reach (a clone under /root) runs its local servers as
+    itself, saying so, rather than refusing every launch; clone under /opt to keep users apart."""
+    from hybridhub.backends.local.accounts import python_unreachable, unreachable
+
+    blocked = os.geteuid() == 0 and (unreachable(data_dir) or python_unreachable())
+    if blocked:
+        log.warning("hybridhub: %s lets no other account through, so the local backend's servers run as this "
+                    "hub's own user, not as each user's own account; put the checkout where all users can "
+                    "pass (e.g. /opt/hybridhub) to keep users apart", blocked)
+        c.LocalBackend.separate_users = False
+
+
 def configure_hub(
     c: Config,
     *,
@@ -375,7 +399,8 @@ def configure_hub(
     """Apply hybridhub's settings to the JupyterHub config ``c``."""
     if mode not in ("demo", "production"):
         sys.exit(f"HYBRIDHUB_MODE must be 'demo' or 'production', got {mode!r}")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    keep_state_private(data_dir)
+    share_if_unreachable(c, data_dir)
     db_url = db_url or default_db_url(data_dir)
 
     c.JupyterHub.bind_url = bind_url
@@ -403,6 +428,7 @@ def configure_hub(
         configure_production(c, db_url=db_url, env=os.environ)
 
     if demo:
+        c.LocalBackend.create_system_users = True  # a root hub runs each demo user's server as their own account
         c.JupyterHub.authenticator_class = "shared-password"
         c.SharedPasswordAuthenticator.user_password = DEMO_USER_PASSWORD
         c.SharedPasswordAuthenticator.admin_password = DEMO_ADMIN_PASSWORD

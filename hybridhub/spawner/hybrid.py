@@ -210,7 +210,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
                 "offering": off,
                 "free_now": free_now,
                 "simulated": (backend := self.backend_class(off)).simulated,
-                "shared": backend.shared_machine,
+                "shared": backend.shares_machine(self.config),
                 "remaining": remaining_by_key[off.key],
                 "trust": trust[off.key],
             }

@@ -112,9 +112,11 @@ def test_a_group_without_a_kind_cannot_be_charged(demo_hub):
     assert not acct.open_reservations("nadia")
 
 
-def test_the_picker_and_the_log_say_the_local_backend_is_a_shared_machine(demo_hub):
-    """The local backend runs every server as the hub's own Unix user: a user is told before launching."""
-    page = demo_hub.signed_in("alice").get(f"{demo_hub.url}/hub/spawn", timeout=60)
+def test_the_picker_and_the_log_say_the_local_backend_is_a_shared_machine(hub_factory):
+    """Where the local backend runs every server as the hub's own Unix user (a non-root hub, or a root hub
+    told so), a user is told before launching; a root hub by default keeps users apart and says nothing."""
+    shared = hub_factory(extra_config="c.LocalBackend.separate_users = False")
+    page = shared.signed_in("alice").get(f"{shared.url}/hub/spawn", timeout=60)
     assert page.status_code == 200
     assert "shared machine: other users can read your files" in page.text
-    assert "users can read each other's files" in demo_hub.log()
+    assert "users can read each other's files" in shared.log()

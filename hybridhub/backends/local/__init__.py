@@ -3,7 +3,10 @@
 This is what the embedded demo maps every class to, so the whole portal runs on
 a laptop; offerings on it are marked *simulated* in the picker.  It runs as the
 hub's own Unix user (as JupyterHub's ``SimpleLocalProcessSpawner``), with a
-per-user home under ``home_root``.
+per-user home under ``home_root``.  When the hub runs as root, each server runs as its user's
+own Unix account (:mod:`hybridhub.backends.local.accounts`), as with JupyterHub's
+``LocalProcessSpawner``; otherwise every server runs as the hub's own user (a *shared machine*,
+which the hub logs and the picker says).
 """
 
 from __future__ import annotations
@@ -25,8 +28,16 @@ from traitlets.config import Config
 
 from hybridhub.accounting.allocations import Candidate, NoCapacity, allocator_for
 from hybridhub.backends.base import BackendMixin, db_url_from_config, free_counts
+from hybridhub.backends.local.accounts import (
+    Account,
+    AccountRefused,
+    account_for,
+    private_home,
+    python_unreachable,
+    unreachable,
+)
 from hybridhub.backends.local.prestart import import_env
-from hybridhub.errors import no_capacity_error
+from hybridhub.errors import no_capacity_error, user_error
 
 #: The server's command, as the local backend runs it cold (jupyterhub-singleuser, log scrubbed).
 SINGLEUSER_CMD = [sys.executable, "-m", "hybridhub.backends.local.server"]
@@ -51,11 +62,40 @@ def simulated_candidates(inventory: dict, offering) -> list[Candidate] | None:
     ]
 
 
+def separates_users(config: Config) -> bool:
+    """Whether local servers run as their users' own accounts (``LocalBackend.separate_users``)."""
+    section = config.LocalBackend if "LocalBackend" in config else {}
+    return bool(section.get("separate_users", os.geteuid() == 0))
+
+
 class LocalBackend(BackendMixin, LocalProcessSpawner):
-    """Run the single-user server as a local process owned by the hub's user."""
+    """Run the single-user server as a local process, as its user's own Unix account on a root hub."""
 
     simulated = True
-    shared_machine = True  # every server runs as the hub's own Unix user
+
+    separate_users = Bool(
+        help="Run each user's server as that user's own Unix account, in a private home (mode 0700): "
+        "other users' code cannot read it, the server's environment or the hub's files. Needs a root hub, "
+        "and on one by default. Off (and on a non-root hub) every server runs as the hub's own user: "
+        "users can read each other's files, which the hub logs and the picker says.",
+    ).tag(config=True)
+
+    create_system_users = Bool(
+        False,
+        help="With separate_users: create a user's missing Unix account (useradd, a group of its own, no "
+        "password) at their first launch, as JupyterHub's LocalAuthenticator.create_system_users does. "
+        "Names that are not Unix account names and system accounts (uid below UID_MIN, e.g. root) are "
+        "refused either way. The demo turns it on.",
+    ).tag(config=True)
+
+    @default("separate_users")
+    def _default_separate_users(self) -> bool:
+        return os.geteuid() == 0
+
+    @classmethod
+    def shares_machine(cls, config: Config) -> bool:
+        """A shared machine unless servers run as their users' own accounts."""
+        return not separates_users(config)
 
     home_root = Unicode(
         "/tmp/hybridhub-homes",
@@ -103,9 +143,28 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
             args.append("--allow-root")
         return args
 
+    _account: Account | None = None
+
     def make_preexec_fn(self, name):
-        """Run as the hub's user: no setuid."""
-        return None
+        """Become the user's own account (separate_users), else stay the hub's user."""
+        return self._account.preexec(self.home_dir) if self._account else None
+
+    def _prepare_account(self) -> None:
+        """The user's own account and private home, or a refusal saying why (separate_users)."""
+        if not self.separate_users:
+            return
+        if os.geteuid() != 0:
+            raise user_error(503, "LocalBackend.separate_users needs a hub that runs as root; tell your "
+                             "hub's administrators")
+        try:
+            self._account = account_for(self.user.name, create=self.create_system_users, home=self.home_dir)
+            private_home(Path(self.home_dir), self._account)
+        except AccountRefused as e:
+            raise user_error(403, f"Your server cannot start: {e}.") from None
+        for what, blocked in (("their home", unreachable(self.home_root)), ("Python", python_unreachable())):
+            if blocked is not None:
+                raise user_error(503, f"{blocked} (mode {blocked.stat().st_mode & 0o777:o}) lets no user's "
+                                 f"account through to {what}; tell your hub's administrators")
 
     def user_env(self, env):
         """Point HOME and USER at the per-user home, not the hub's."""
@@ -186,6 +245,7 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
 
     async def start(self):
         """Hold the simulated devices, start the process and return once it answers HTTP (or has died)."""
+        await asyncio.to_thread(self._prepare_account)
         await self._allocate()
         try:
             Path(self.home_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -214,15 +274,18 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
         if started_with != import_env(env) or proc.poll() is not None:
             _end(proc)
             return False
-        argv = ["jupyterhub-singleuser", *self.get_args()]
+        launch = {"argv": ["jupyterhub-singleuser", *self.get_args()], "env": env, "cwd": os.getcwd()}
+        if self._account:
+            launch.update(account=self._account.as_json(), cwd=self.home_dir)
         try:
-            proc.stdin.write((json.dumps({"argv": argv, "env": env, "cwd": os.getcwd()}) + "\n").encode())
+            proc.stdin.write((json.dumps(launch) + "\n").encode())
             proc.stdin.close()
         except OSError:  # it died meanwhile
             _end(proc)
             return False
         self.proc, self.pid = proc, proc.pid
-        self.log.info("Spawning %s in process %d, started ahead", shlex.join(SINGLEUSER_CMD + argv[1:]), proc.pid)
+        self.log.info("Spawning %s in process %d, started ahead", shlex.join(SINGLEUSER_CMD + launch["argv"][1:]),
+                      proc.pid)
         return True
 
     def _start_ahead(self, started_with: dict[str, str]) -> None:

@@ -3,10 +3,12 @@
 The interpreter is up and the server's modules are imported (about 1.5 s of a cold start
 on a 2-core machine); the process then waits on stdin for one JSON line from the hub::
 
-    {"argv": ["jupyterhub-singleuser", ...], "env": {...}, "cwd": "..."}
+    {"argv": ["jupyterhub-singleuser", ...], "env": {...}, "cwd": "...", "account": {...}}
 
-takes that environment, folder and command line, and runs ``jupyterhub-singleuser`` in
-place, with the log hygiene of a cold start (:func:`hybridhub.backends.local.server.run`).
+becomes the user's own account first when the line names one (a root hub's
+``LocalBackend.separate_users``: until then it has run nothing but the imports below, from the
+hub's own installation), takes that environment, folder and command line, and runs
+``jupyterhub-singleuser`` in place, with the log hygiene of a cold start (:func:`hybridhub.backends.local.server.run`).
 End of input before that line (the hub went away) ends it.  Only what is read at import
 time must match the launch (see :data:`IMPORT_ENV_PREFIXES`); the hub checks that before it
 hands a launch over, and starts the server cold otherwise.
@@ -44,6 +46,10 @@ def main() -> int:
     if not line:
         return 0
     launch = json.loads(line)
+    if "account" in launch:
+        from hybridhub.backends.local.accounts import Account
+
+        Account(**{**launch["account"], "groups": tuple(launch["account"]["groups"])}).become()
     os.environ.clear()
     os.environ.update(launch["env"])
     os.chdir(launch["cwd"])

@@ -3,7 +3,7 @@
 :class:`JsonApi` is JSON over HTTP under one base URL with one token (never shown in a
 repr, a log line or an error); every failure becomes a :class:`HubApiError` carrying the
 HTTP code (599: no answer) and the server's own ``message``.  :class:`HubApi` adds the
-calls the meter, the course scheduler, the verification runner and the EC2 reconciler
+calls the meter, the course scheduler and the verification runner
 make: users, groups, servers (start, stop, progress) and the paginated list of active
 servers.
 """

@@ -1,6 +1,6 @@
 """Names this hub writes on cloud resources (EC2 tags).
 
-Shared by the EC2 backend, which tags what it launches, and the EC2 reconciler service,
+Shared by the EC2 backend, which tags what it launches, and its reconciliation hook,
 which finds this hub's instances by them.
 """
 

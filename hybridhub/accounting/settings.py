@@ -1,8 +1,8 @@
 """The metering settings every process shares: one source of truth.
 
 The meter interval (also the least a launch whose server answered pays for) and the grace
-before a stop decide what a launch costs, so the hub, the meter, the portal, the course
-scheduler and the EC2 reconciler must use the same values.  ``add_hybridhub`` resolves them
+before a stop decide what a launch costs, so the hub, the meter, the portal and the course
+scheduler must use the same values.  ``add_hybridhub`` resolves them
 once (its arguments, else the environment below, else the defaults), sets them on
 ``HybridSpawner`` and hands them to each service as the same environment variables; every
 process builds its :class:`Accounting` with :meth:`MeterSettings.accounting`.

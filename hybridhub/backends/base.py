@@ -21,16 +21,20 @@ What it may override, each with a documented default in :class:`BackendMixin`:
   ``trust`` lowers the offering's (default: none);
 - :meth:`BackendMixin.provenance` / :meth:`BackendMixin.image_identity` -- where a server runs;
 - :meth:`BackendMixin.hide_paths` -- confinement on untrusted hardware (default: refuse);
-- :meth:`BackendMixin.end_reason` and :attr:`BackendMixin.watches_machine` -- how a gone server ended.
+- :meth:`BackendMixin.end_reason` and :attr:`BackendMixin.watches_machine` -- how a gone server ended;
+- :meth:`BackendMixin.reconcile` and :attr:`BackendMixin.orphan_reservations` -- orphan clean-up, called by
+  :mod:`hybridhub.spawner.reconcile` with the servers the hub knows (default: nothing to clean up).
+
+A backend never reads the hub's database: what it needs of the hub's records reaches it as
+:class:`KnownServer` (``tests/backends/test_no_hub_db.py`` checks it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from traitlets import Any, Float, HasTraits
@@ -70,16 +74,28 @@ async def free_counts(db_url: str, lists: list[list[Candidate] | None]) -> list[
     return [None if cands is None else sum(next(free).values()) for cands in lists]
 
 
-def saved_backend_states(db) -> Iterator[tuple[object, dict]]:
-    """Each server the hub's database has (running or pending), as its ``orm.Spawner`` row and the state
-    its backend saved (HybridSpawner keeps it under ``backend_state``; a bare backend at the top level)."""
-    from jupyterhub import orm
+@dataclass(frozen=True)
+class KnownServer:
+    """A server the hub has (running, starting or stopping), as the reconciliation runner hands it to the
+    backend it runs on (:meth:`BackendMixin.reconcile`)."""
 
-    for sp in db.query(orm.Spawner).filter(orm.Spawner.server_id.isnot(None)):
-        state = sp.state or {}
-        if isinstance(state, str):
-            state = json.loads(state)
-        yield sp, state.get("backend_state") or state
+    user: str
+    server: str  #: the server's name ("" for the default server)
+    state: Mapping[str, object]  #: the backend's ``get_state()`` now (empty early in a start)
+    pending: str | None = None  #: JupyterHub's pending action (``"spawn"``, ``"stop"``), None once settled
+
+
+@dataclass
+class Reconciled:
+    """What one :meth:`BackendMixin.reconcile` pass did; the runner logs it and stops the ``gone`` servers."""
+
+    removed: list[str] = field(default_factory=list)  #: orphans cleaned up (containers, jobs, instances)
+    released: list[str] = field(default_factory=list)  #: device allocations released
+    kept: list[str] = field(default_factory=list)  #: unknown to the hub but spared: their launch is in flight
+    gone: list[tuple[str, str]] = field(default_factory=list)  #: known (user, server) whose machine is gone
+
+    def __bool__(self) -> bool:
+        return bool(self.removed or self.released or self.gone)
 
 
 @dataclass(frozen=True)
@@ -88,7 +104,6 @@ class LaunchContext:
 
     reservation_id: int | None = None
     db_url: str = ""  #: the portal database (GPU allocations)
-    hub_db: object = None  #: the hub's own database session (who owns which server)
 
 
 class ProgressFeed:
@@ -186,6 +201,9 @@ class BackendMixin(HasTraits):
     watches_machine: ClassVar[bool] = False
     #: While waiting for a new server, ask ``poll()`` whether it died every this many failed probes (0: never).
     died_check_every: ClassVar[int] = 1
+    #: True: the reconciliation runner also closes open reservations of this backend's classes that belong
+    #: to no server of the hub (a launch its hub was admitting when it died: slow launches, like EC2's).
+    orphan_reservations: ClassVar[bool] = False
 
     offering = Any(help="The catalog Offering being launched (set by HybridSpawner).")
     request = Any(help="The validated LaunchRequest (set by HybridSpawner).")
@@ -257,6 +275,17 @@ class BackendMixin(HasTraits):
     async def free_now_many(cls, offerings: list[Offering], config: Config) -> list[int | None]:
         """:meth:`free_now` of each offering; a backend that can read them at once overrides it."""
         return list(await asyncio.gather(*(cls.free_now(o, config) for o in offerings)))
+
+    @classmethod
+    async def reconcile(cls, known: list[KnownServer], config: Config) -> Reconciled:
+        """Clean up what this backend runs for this hub that is none of ``known`` (the hub's servers on
+        this backend), releasing its allocations; report known servers whose machine is gone.
+
+        Called by the runner (:mod:`hybridhub.spawner.reconcile`) every ``ReconcileRunner.interval``
+        seconds, with ``config`` the hub's.  Spare what a start still in flight may own (a young
+        allocation or job, a server whose ``pending`` is ``"spawn"``).  Default: nothing to clean up.
+        """
+        return Reconciled()
 
     async def wait_until_answering(self, ip: str, port: int) -> bool:
         """True once the new server answers HTTP (any status); False once it has died, or after ``http_timeout``.

@@ -201,9 +201,8 @@ def configure_courses(
 
 
 def configure_production(c: Config, *, db_url: str, env: Mapping[str, str]) -> None:
-    """Real backends: GPU hosts from an inventory file, AWS from HYBRIDHUB_AWS_* (docs/docker.md, docs/aws.md)."""
-    from hybridhub.services.ec2_reconcile import reconciler_service
-
+    """Real backends: GPU hosts from an inventory file, AWS from HYBRIDHUB_AWS_* (docs/docker.md, docs/aws.md).
+    Orphans are cleaned up by the hub's reconciliation runner (:mod:`hybridhub.spawner.reconcile`)."""
     c.Spawner.start_timeout = 900  # an EC2 instance boots, installs and answers within this
     if env.get("HYBRIDHUB_DOCKER_HOSTS"):
         c.GpuInventory.hosts_file = env["HYBRIDHUB_DOCKER_HOSTS"]
@@ -220,10 +219,6 @@ def configure_production(c: Config, *, db_url: str, env: Mapping[str, str]) -> N
             setattr(c.Ec2Backend, trait, env[var])
     hub_id = env.get("HYBRIDHUB_HUB_ID", "hybridhub")
     c.Ec2Backend.hub_id = hub_id
-    service, role = reconciler_service(hub_id=hub_id, region=region, db_url=db_url, resource_classes=["aws"])
-    c.JupyterHub.services.append(service)
-    c.JupyterHub.load_roles.append(role)
-    hand_settings_to_services(c, MeterSettings(c.HybridSpawner.meter_interval, c.HybridSpawner.grace_seconds))
 
 
 def add_hybridhub(
@@ -263,6 +258,9 @@ def add_hybridhub(
         instructors=instructors or {}, env=os.environ,
     )
     hand_settings_to_services(c, settings)
+    from hybridhub.spawner.reconcile import start_in_hub
+
+    start_in_hub()  # the reconciliation runner, once the hub runs (nothing outside a starting hub)
     if freeze_gc:
         freeze_startup_objects()
 
@@ -343,7 +341,7 @@ def meter_settings(meter_interval: float | None = None, grace_seconds: float | N
 def hand_settings_to_services(c: Config, settings: MeterSettings) -> None:
     """Give every hybridhub service the hub's metering settings (the same environment variables)."""
     for service in c.JupyterHub.get("services", []):
-        if str(service.get("name", "")).startswith(("hybridhub-", "ec2-reconciler")) and "command" in service:
+        if str(service.get("name", "")).startswith("hybridhub-") and "command" in service:
             service["environment"] = {**service.get("environment", {}), **settings.env()}
 
 

@@ -385,7 +385,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             internal_certs_location=self.internal_certs_location,
             offering=self.offering,
             request=self.launch,
-            context=LaunchContext(self.reservation_id, self.db_url, self.db),
+            context=LaunchContext(self.reservation_id, self.db_url),
             log=self.log,
         )
         for name in self._SHARED_TRAITS:

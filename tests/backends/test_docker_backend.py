@@ -12,8 +12,8 @@ from tornado import web
 from hybridhub.accounting.allocations import Allocator, GpuAllocation
 from hybridhub.accounting.db import Database
 from hybridhub.accounting.models import utcnow
-from hybridhub.backends.docker import DockerBackend, Reconciler, known_owners_from_hub_db
-from hybridhub.backends.inventory import GpuInventory
+from hybridhub.backends.base import KnownServer
+from hybridhub.backends.docker import DockerBackend, known_owners
 from tests.fixtures.docker import DATA, TEST_IMAGE, fake_gpus
 
 pytestmark = pytest.mark.docker
@@ -198,8 +198,9 @@ async def test_20_concurrent_launches_onto_8_gpus(backend_factory, docker_engine
 
 
 async def test_restart_readopts_and_reconciler_cleans_up(backend_factory, docker_engines):
-    """Three servers survive a hub restart (state round trip); the reconciler removes an
-    unknown container and an unknown allocation, and closes one whose container vanished."""
+    """Three servers survive a hub restart (state round trip); the backend's reconciliation hook, handed
+    the servers the hub knows, removes an unknown container and an unknown allocation, and closes one
+    whose container vanished."""
     hosts = enterprise_hosts(docker_engines)
     first = [backend_factory(f"r{i}", "enterprise/h100", 2, hosts=hosts) for i in range(3)]
     for b in first:
@@ -256,36 +257,23 @@ async def test_restart_readopts_and_reconciler_cleans_up(backend_factory, docker
     with alloc.db.session() as s:  # age the real allocations past the grace period
         s.query(GpuAllocation).update({"allocated_at": utcnow() - timedelta(hours=1)})
 
-    inventory = GpuInventory(config=newcomer.config)
-    known = {n.owner for n in again[1:]} | {newcomer.owner}
-    report = await asyncio.to_thread(
-        Reconciler(inventory, alloc, hub_label=backend_factory.hub_label).run, known
-    )
-    assert f"{backend_factory.hub_label}-orphan" in report.removed_containers
-    assert set(report.released_owners) == {vanished.owner, f"{newcomer.hub_label}/jupyter-lost"}
+    servers = [KnownServer(n.user.name, "", n.get_state()) for n in [*again[1:], newcomer]]
+    report = await DockerBackend.reconcile(servers, newcomer.config)
+    assert f"{backend_factory.hub_label}-orphan" in report.removed
+    assert set(report.released) == {vanished.owner, f"{newcomer.hub_label}/jupyter-lost"}
     owners = {a.owner for a in alloc.active()}
-    assert owners == known
+    assert owners == {n.owner for n in again[1:]} | {newcomer.owner}
     assert [await n.poll() for n in again[1:]] == [None, None]
     for n in [*again[1:], newcomer]:
         await n.stop()
     assert alloc.active() == []
 
 
-def test_known_owners_from_hub_db():
-    """The reconciler's view of the hub database: object names in spawner states."""
-    from jupyterhub import orm
-
-    db = orm.new_session_factory("sqlite://")()
-    user = orm.User(name="alice")
-    db.add(user)
-    db.commit()
-    for name, state in [
-        ("", {"backend_state": {"object_name": "jupyter-alice"}}),
-        ("gpu", {"object_name": "jupyter-alice--gpu"}),
-        ("idle", {}),
-    ]:
-        sp = orm.Spawner(name=name, user=user, state=state)
-        sp.server = orm.Server()
-        db.add(sp)
-    db.commit()
-    assert known_owners_from_hub_db(db, "hh") == {"hh/jupyter-alice", "hh/jupyter-alice--gpu"}
+def test_known_owners():
+    """The docker hook's view of the hub's servers: the container names in their backends' states."""
+    known = [
+        KnownServer("alice", "", {"object_name": "jupyter-alice"}),
+        KnownServer("alice", "gpu", {"object_name": "jupyter-alice--gpu"}),
+        KnownServer("alice", "idle", {}, pending="spawn"),  # no container yet
+    ]
+    assert known_owners(known, "hh") == {"hh/jupyter-alice", "hh/jupyter-alice--gpu"}

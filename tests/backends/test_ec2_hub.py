@@ -82,9 +82,10 @@ class InstanceRunner:
 
 
 def ec2_hub_config(
-    moto, hub_id: str, workdir: Path, *, reconcile_interval: float = 0, db_url: str = "", **traits
+    moto, hub_id: str, workdir: Path, *, reconcile_interval: float = 300, **traits
 ) -> str:
-    """Extra hub config: the aws class on Ec2Backend against moto, fast timings."""
+    """Extra hub config: the aws class on Ec2Backend against moto, fast timings, the hub's reconciliation
+    runner every ``reconcile_interval`` seconds (its first pass when the hub starts)."""
     port = free_port()
     settings = {
         "endpoint_url": moto.url,
@@ -111,15 +112,7 @@ def ec2_hub_config(
         f"c.HybridSpawner.catalog = {EC2_TEST_CATALOG!r}",
     ]
     lines += [f"c.Ec2Backend.{k} = {v!r}" for k, v in settings.items()]
-    if reconcile_interval:
-        lines += [
-            "from hybridhub.services.ec2_reconcile import reconciler_service",
-            f"_svc, _role = reconciler_service(hub_id={hub_id!r}, region={REGION!r}, "
-            f"endpoint_url={moto.url!r}, interval={reconcile_interval!r}, db_url={db_url!r}, "
-            "resource_classes=['aws'])",
-            "c.JupyterHub.services.append(_svc)",
-            "c.JupyterHub.load_roles.append(_role)",
-        ]
+    lines += [f"c.ReconcileRunner.interval = {reconcile_interval!r}"]
     return "\n".join(lines) + "\n"
 
 
@@ -140,7 +133,7 @@ def test_spawn_through_hub_runs_user_data_and_stops(moto, ec2_hub_setup, hub_fac
     hub_id, work = ec2_hub_setup
     runner = InstanceRunner(moto, hub_id, work)
     try:
-        hub = hub_factory(extra_config=ec2_hub_config(moto, hub_id, work))
+        hub = hub_factory(extra_config=ec2_hub_config(moto, hub_id, work, reconcile_interval=0.5))
         token = hub.user_token(
             "alice", scopes=["access:servers!user=alice", "read:servers!user=alice"]
         )
@@ -182,6 +175,14 @@ def test_spawn_through_hub_runs_user_data_and_stops(moto, ec2_hub_setup, hub_fac
         [inst] = moto.instances(tags={TAG_HUB: hub_id, TAG_USER: "alice"})
         assert inst["InstanceType"] == "trn1.2xlarge"
         assert len(open_reservations(hub.db_url, "alice")) == 1
+        # the runner hands the EC2 hook the hub's server with its instance: it stays
+        seen = hub.log().count("Reconcile: Ec2Backend with 1 known server")
+        deadline = time.monotonic() + 10
+        while hub.log().count("Reconcile: Ec2Backend with 1 known server") < seen + 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert hub.log().count("Reconcile: Ec2Backend with 1 known server") >= seen + 2, hub.log()[-3000:]
+        assert [i["InstanceId"] for i in moto.instances("running", tags={TAG_HUB: hub_id})] == [inst["InstanceId"]]
+        assert "Terminating" not in hub.log()
         hub.stop_server("alice")
         assert moto.instances(tags={TAG_HUB: hub_id}) == []
         assert open_reservations(hub.db_url, "alice") == []
@@ -214,13 +215,13 @@ def test_capacity_failure_through_hub_releases_reservation(moto, ec2_hub_setup, 
 
 
 def test_hub_killed_mid_launch_leaks_nothing(moto, ec2_hub_setup, hub_factory):  # noqa: F811  (fixture imported above)
-    """Kill -9 the hub while it waits for the instance, start it again: the reconciler service
+    """Kill -9 the hub while it waits for the instance, start it again: the hub's reconciliation runner
     terminates the orphan and closes the reservation; it spared the launch while in flight."""
     hub_id, work = ec2_hub_setup
     hub = hub_factory(start=False)
     hub_db = hub.db_url
     extra = ec2_hub_config(
-        moto, hub_id, work, reconcile_interval=0.5, db_url=hub_db, server_ready_timeout=300.0
+        moto, hub_id, work, reconcile_interval=0.5, server_ready_timeout=300.0
     )  # nothing runs the user-data: never ready
     (hub.workdir / "extra_config.py").write_text(
         (hub.workdir / "extra_config.py").read_text() + extra
@@ -231,7 +232,7 @@ def test_hub_killed_mid_launch_leaks_nothing(moto, ec2_hub_setup, hub_factory): 
     while not moto.instances("running", tags={TAG_HUB: hub_id}) and time.monotonic() < deadline:
         time.sleep(0.1)
     [inst] = moto.instances("running", tags={TAG_HUB: hub_id})
-    time.sleep(2.0)  # several reconciler passes while the launch is in flight
+    time.sleep(2.0)  # several runner passes while the launch is in flight
     assert [i["InstanceId"] for i in moto.instances(tags={TAG_HUB: hub_id})] == [inst["InstanceId"]]
     assert "Terminating" not in hub.log()
     assert len(open_reservations(hub_db, "alice")) == 1
@@ -250,9 +251,4 @@ def test_hub_killed_mid_launch_leaks_nothing(moto, ec2_hub_setup, hub_factory): 
         time.sleep(0.2)
     assert open_reservations(hub_db, "alice") == []
     assert hub.server_model("alice") is None
-    # the dead hub's reconciler noticed its hub was gone and exited
-    time.sleep(1.5)
-    out = subprocess.run(
-        ["pgrep", "-f", f"hybridhub.services.ec2_reconcile --hub-id {hub_id}"], capture_output=True, text=True
-    ).stdout.split()
-    assert len(out) == 1, out
+    assert "Closing reservation" in hub.log() and "Terminating 1 instance(s)" in hub.log()

@@ -47,8 +47,8 @@ def slurm_hub(hub_factory, slurm_cluster, tmp_path, request):  # noqa: F811  (fi
             "c.Spawner.poll_interval = 1",
             "c.JupyterHub.allow_named_servers = True",
             "c.SlurmBackend.gone_grace = 5",
-            # the reconciler runs in every test here (it must never cancel the hub's own servers)
-            "c.SlurmBackend.reconcile_interval = 1",
+            # the hub's reconciliation runner runs in every test here (it must never cancel the hub's own servers)
+            "c.ReconcileRunner.interval = 1",
             "c.SlurmBackend.reconcile_grace = 3",
             *getattr(request, "param", []),
         ])
@@ -246,10 +246,11 @@ def job_states(slurm_cluster, *job_ids: int) -> dict[int, str]:
 
 
 def test_reconciler_cancels_this_hubs_orphans_only(slurm_hub, slurm_cluster):
+    """The runner hands SlurmBackend.reconcile the hub's servers: it cancels this hub's unknown jobs only."""
     hub, user = slurm_hub, "carol"
     other_hub = f"o{uuid.uuid4().hex[:6]}"
     token = hub.user_token(user)
-    assert hub.spawn(user, launch("h100", 1), token=token).status_code in (201, 202)  # starts the loop
+    assert hub.spawn(user, launch("h100", 1), token=token).status_code in (201, 202)
     hub.wait_ready(user)
     (server_job,) = slurm_cluster.jobs(f"hybridhub-{hub.hub_id}-{user}")
     orphan = submit_tagged(slurm_cluster, hub.hub_id, "ghost", "h100")  # this hub's tag, no such server
@@ -264,6 +265,7 @@ def test_reconciler_cancels_this_hubs_orphans_only(slurm_hub, slurm_cluster):
             time.sleep(0.5)
         assert states[orphan] == states[twin] == "CANCELLED", (states, hub.log()[-3000:])
         assert hub.log().count("Cancelled orphaned Slurm job") == 2
+        assert "Reconcile: SlurmBackend with 1 known server(s)" in hub.log()
         time.sleep(3)  # more passes: the other hub's job and the hub's own server stay
         states = job_states(slurm_cluster, foreign, server_job["job_id"])
         assert states == {foreign: "RUNNING", server_job["job_id"]: "RUNNING"}, states

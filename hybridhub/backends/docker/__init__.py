@@ -35,11 +35,11 @@ from hybridhub.backends.docker.container import (
 )
 from hybridhub.backends.docker.engines import ENGINE_DOWN_ERRORS, docker_executor, engine_client, engine_down
 from hybridhub.backends.docker.mixin import ContainerBackendMixin
-from hybridhub.backends.docker.reconcile import Reconciler, ReconcileReport, known_owners_from_hub_db
+from hybridhub.backends.docker.reconcile import Reconciler, ReconcileReport, known_owners
 
 __all__ = [
     "DOCKER_SOCKET_PATHS", "ENGINE_DOWN_ERRORS", "LABEL_GPUS", "LABEL_HOST", "LABEL_HUB", "LABEL_OFFERING",
     "LABEL_OWNER", "LABEL_USER", "ContainerBackendMixin", "ContainerSpec", "DockerBackend", "HomeMount",
     "ReconcileReport", "Reconciler", "candidates_for", "check_binds", "container_config", "docker_executor",
-    "engine_client", "engine_down", "known_owners_from_hub_db",
+    "engine_client", "engine_down", "known_owners",
 ]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
-from typing import ClassVar
 
 from docker.errors import NotFound
 from dockerspawner import DockerSpawner
@@ -13,7 +11,7 @@ from traitlets import Bool, Float, Int, Unicode, default
 from traitlets.config import Config
 
 from hybridhub.accounting.allocations import Candidate, NoCapacity, Placement
-from hybridhub.backends.base import db_url_from_config, free_counts
+from hybridhub.backends.base import KnownServer, Reconciled, db_url_from_config, free_counts
 from hybridhub.backends.docker.container import (
     LABEL_GPUS,
     LABEL_HOST,
@@ -26,7 +24,7 @@ from hybridhub.backends.docker.container import (
 )
 from hybridhub.backends.docker.engines import engine_client, engine_down
 from hybridhub.backends.docker.mixin import ContainerBackendMixin
-from hybridhub.backends.docker.reconcile import Reconciler, known_owners_from_hub_db
+from hybridhub.backends.docker.reconcile import Reconciler, known_owners
 from hybridhub.backends.inventory import GpuInventory, Host
 from hybridhub.errors import no_capacity_error
 
@@ -50,13 +48,6 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
 
     pids_limit = Int(
         4096, help="Most processes (and threads) a notebook container may run; 0 for no limit."
-    ).tag(config=True)
-
-    reconcile_interval = Float(
-        300.0,
-        help="Seconds between reconciliation passes in the hub (remove this hub's containers "
-        "that the hub's database does not know, release allocations whose container "
-        "vanished). 0 turns the loop off.",
     ).tag(config=True)
 
     reconcile_grace = Float(
@@ -97,35 +88,22 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
             raise RuntimeError("no host chosen yet")
         return engine_client(host.url, self.api_timeout, self.tls_config or None)
 
-    # --- reconciliation loop (one per hub process) ---------------------------------------------
+    # --- reconciliation (hybridhub.spawner.reconcile runs it) -------------------------------
 
-    _reconciler_task: ClassVar[asyncio.Task | None] = None
+    @classmethod
+    async def reconcile(cls, known: list[KnownServer], config: Config) -> Reconciled:
+        """Remove this hub's containers that are none of ``known`` and release GPUs whose container
+        vanished (:class:`~hybridhub.backends.docker.reconcile.Reconciler`, in the engines' executor)."""
+        backend = cls(config=config)
+        owners = known_owners(known, backend.hub_label)
 
-    def _ensure_reconciler(self) -> None:
-        if self.reconcile_interval <= 0 or DockerBackend._reconciler_task is not None:
-            return
-        DockerBackend._reconciler_task = asyncio.ensure_future(self._reconcile_loop())
+        def run():  # the inventory file and the allocation database are read in the thread too
+            return Reconciler(backend.inventory, backend.allocator, hub_label=backend.hub_label,
+                              grace=timedelta(seconds=backend.reconcile_grace),
+                              api_timeout=backend.api_timeout).run(owners)
 
-    async def _reconcile_loop(self) -> None:
-        hub_db = self.db if self.db is not None else getattr(self.context, "hub_db", None)
-        reconciler = Reconciler(
-            self.inventory,
-            self.allocator,
-            hub_label=self.hub_label,
-            grace=timedelta(seconds=self.reconcile_grace),
-            api_timeout=self.api_timeout,
-        )
-        delay = min(60.0, self.reconcile_interval)
-        while True:
-            await asyncio.sleep(delay)
-            delay = self.reconcile_interval
-            try:
-                known = known_owners_from_hub_db(hub_db, self.hub_label) if hub_db else None
-                report = await self._in_thread(reconciler.run, known)
-                if report.removed_containers or report.released_owners:
-                    self.log.warning("Reconciled docker hosts: %s", report)
-            except Exception:
-                self.log.exception("Reconciliation of docker hosts failed")
+        report = await backend._in_thread(run)
+        return Reconciled(removed=report.removed_containers, released=report.released_owners)
 
     # --- capacity ---------------------------------------------------------------------------
 
@@ -231,7 +209,6 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
 
     async def start(self):
         """Allocate GPUs on a host, run the container there, return once it answers."""
-        self._ensure_reconciler()
         self._apply_offering()
         placement = await self._allocate()
         self.host_name, self._gpus = placement.host, tuple(placement.gpus)
@@ -260,7 +237,6 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
         """
         if not self.host_name:
             return 0
-        self._ensure_reconciler()
         return await super().poll()
 
     def _unreachable(self, exc: BaseException) -> str:

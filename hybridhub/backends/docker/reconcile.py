@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from docker.errors import NotFound
 
 from hybridhub.accounting.allocations import Allocator, utcnow
-from hybridhub.backends.base import saved_backend_states
+from hybridhub.backends.base import KnownServer
 from hybridhub.backends.docker.container import LABEL_HUB, LABEL_OWNER
 from hybridhub.backends.docker.engines import engine_client, engine_down
 from hybridhub.backends.inventory import GpuInventory, Host
@@ -31,7 +31,7 @@ class Reconciler:
     """Make the engines and the allocation table agree (after a crash or a hub restart).
 
     - a container labelled with this hub whose owner holds no active allocation, or is not
-      among ``known_owners`` (the servers the hub's database knows), is removed;
+      among ``known_owners`` (the servers the hub knows, :func:`known_owners`), is removed;
     - an active allocation whose owner the hub does not know is released;
     - an active allocation whose container vanished from its (reachable) host is released.
 
@@ -113,15 +113,6 @@ class Reconciler:
         return report
 
 
-def known_owners_from_hub_db(db, hub_label: str = "hybridhub") -> set[str]:
-    """Allocation owners of the servers the hub's database has (running or pending).
-
-    Reads each ``orm.Spawner.state`` (HybridSpawner keeps the backend's state under
-    ``backend_state``; a bare DockerBackend keeps it at the top level).
-    """
-    owners = set()
-    for _sp, inner in saved_backend_states(db):
-        name = inner.get("object_name")
-        if name:
-            owners.add(f"{hub_label}/{name}")
-    return owners
+def known_owners(known: Iterable[KnownServer], hub_label: str = "hybridhub") -> set[str]:
+    """Allocation owners (``<hub_label>/<container name>``) of the hub's known docker servers."""
+    return {f"{hub_label}/{s.state['object_name']}" for s in known if s.state.get("object_name")}

@@ -3,7 +3,8 @@
 ``backend`` (the spawner), ``launch`` (the run_instances parameters and launch errors, pure),
 ``aws`` (boto3 clients and calls, the cached AMI look-up), ``bootstrap`` (the settings of the server
 on the instance, its user-data), ``userdata`` (the boot script), ``spot`` (interruption notices,
-their banners and the spot settings), ``secrets`` (the log filter); tags live in :mod:`hybridhub.tags`.
+their banners and the spot settings), ``secrets`` (the log filter), ``reconcile`` (orphan instances);
+tags live in :mod:`hybridhub.tags`.
 
 :class:`Ec2Backend` launches the offering's instance type from the AWS Neuron
 Deep Learning AMI (its public SSM parameter, or an explicit AMI id), with IMDSv2

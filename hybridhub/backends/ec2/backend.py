@@ -12,7 +12,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from jupyterhub.spawner import Spawner
 from traitlets import Any, Bool, Dict, Enum, Float, Int, List, TraitError, Unicode, validate
 
-from hybridhub.backends.base import BackendMixin, poll_until, until_answering
+from hybridhub.backends.base import BackendMixin, KnownServer, Reconciled, poll_until, until_answering
 from hybridhub.backends.ec2.aws import AwsCalls
 from hybridhub.backends.ec2.bootstrap import Ec2Bootstrap
 from hybridhub.backends.ec2.launch import (
@@ -30,6 +30,7 @@ from hybridhub.backends.ec2.launch import (
     root_volume_size,
     run_instances_params,
 )
+from hybridhub.backends.ec2.reconcile import reconcile_instances
 from hybridhub.backends.ec2.secrets import secret_filter
 from hybridhub.backends.ec2.spot import SpotWatch, clear_spot_banners
 from hybridhub.catalog import CatalogError
@@ -43,6 +44,13 @@ class Ec2Backend(Ec2Bootstrap, SpotWatch, AwsCalls, BackendMixin, Spawner):
     """Run each server on its own EC2 instance of the offering's type (Trainium, Inferentia)."""
 
     watches_machine = True  # poll() reports the instance: any status means the machine is gone
+    orphan_reservations = True  # a launch takes minutes: a hub may die while admitting one
+
+    @classmethod
+    async def reconcile(cls, known: list[KnownServer], config) -> Reconciled:
+        """Terminate this hub's instances that no known server holds (sparing launches in flight); report
+        known servers whose instance is gone (:mod:`hybridhub.backends.ec2.reconcile`)."""
+        return await reconcile_instances(cls(config=config), known)
 
     @classmethod
     def check_offering(cls, offering) -> None:

@@ -20,9 +20,9 @@ loop.  Job states come from one ``squeue --json`` call shared by all servers of 
 before its server answers fails the spawn with Slurm's own reason; a job that Slurm ends with
 ``NODE_FAIL`` gives ``poll`` a text status, which the session record keeps as ``host lost``.
 
-A reconciliation loop in the hub (``reconcile_interval``) cancels live jobs carrying this hub's
-tag that the hub's database has no server for (:func:`orphan_jobs`); other hubs' jobs and
-untagged jobs are never touched.
+Its reconciliation hook (``SlurmBackend.reconcile``, run by :mod:`hybridhub.spawner.reconcile`)
+cancels live jobs carrying this hub's tag that no server the hub knows holds (:func:`orphan_jobs`);
+other hubs' jobs and untagged jobs are never touched.
 
 Modules: ``script`` (the pure job script), ``jobs`` (reading Slurm's JSON), ``commands`` (running
 Slurm's commands), ``reconcile`` (which jobs are orphans) and ``backend`` (the spawner); every name
@@ -47,13 +47,13 @@ from hybridhub.backends.slurm.jobs import (
     queue_position,
     submit_time,
 )
-from hybridhub.backends.slurm.reconcile import known_jobs_from_hub_db, orphan_jobs
+from hybridhub.backends.slurm.reconcile import known_jobs, orphan_jobs
 from hybridhub.backends.slurm.script import SLURM_NAME, JobSpec, check_slurm_name, safe_tag, sbatch_script, slurm_time
 
 __all__ = [
     "ENDING_STATES", "GRES_PATTERN", "HOST_LOST_STATES", "LIVE_STATES", "SLURM_NAME", "UNAVAILABLE_NODE",
     "JobSpec", "SlurmBackend", "SlurmCommandError", "SlurmCommands", "check_slurm_name", "exit_status",
-    "free_gres", "job_reason", "job_state", "job_tag", "known_jobs_from_hub_db", "node_available",
+    "free_gres", "job_reason", "job_state", "job_tag", "known_jobs", "node_available",
     "orphan_jobs", "parse_gres", "queue_message", "queue_position", "safe_tag", "sbatch_script",
     "slurm_time", "submit_time",
 ]

@@ -8,14 +8,13 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
 
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import random_port
 from traitlets import Bool, Float, Int, List, Unicode, default
 from traitlets.config import Config
 
-from hybridhub.backends.base import BackendMixin, poll_until
+from hybridhub.backends.base import BackendMixin, KnownServer, Reconciled, poll_until
 from hybridhub.backends.slurm.commands import SlurmCommandError, SlurmCommands, _commands
 from hybridhub.backends.slurm.jobs import (
     ENDING_STATES,
@@ -27,7 +26,7 @@ from hybridhub.backends.slurm.jobs import (
     job_state,
     queue_message,
 )
-from hybridhub.backends.slurm.reconcile import known_jobs_from_hub_db, orphan_jobs
+from hybridhub.backends.slurm.reconcile import known_jobs, orphan_jobs
 from hybridhub.backends.slurm.script import JobSpec, safe_tag, sbatch_script
 from hybridhub.catalog import CatalogError
 from hybridhub.errors import no_capacity_error, user_error
@@ -119,17 +118,10 @@ class SlurmBackend(BackendMixin, Spawner):
         0.05, help="Seconds between readiness probes of the new server before start() returns."
     ).tag(config=True)
 
-    reconcile_interval = Float(
-        300.0,
-        help="Seconds between reconciliation passes in the hub: cancel live jobs tagged with this "
-        "hub's hub_id whose server the hub's database does not have (orphans of a crashed hub or a "
-        "failed scancel). Jobs of other hubs and untagged jobs are never touched. 0 turns the loop off.",
-    ).tag(config=True)
-
     reconcile_grace = Float(
         120.0,
-        help="Seconds after its submission a job is left alone by the reconciler (its spawn may not "
-        "have saved the job id yet).",
+        help="Seconds after its submission a job is left alone by the reconciler (sbatch may have "
+        "queued it before the start that submitted it holds its id).",
     ).tag(config=True)
 
     job_id = Int(0, help="The Slurm job id (state).")
@@ -143,9 +135,6 @@ class SlurmBackend(BackendMixin, Spawner):
     _gres_detail: list[str] = []
     _partition: str = ""
 
-    #: The reconciliation loop (one per hub process) and the jobs this process is starting right now.
-    _reconciler_task: ClassVar[asyncio.Task | None] = None
-    _starting: ClassVar[set[tuple[str, str, int]]] = set()
 
     @default("singleuser_command")
     def _default_singleuser_command(self):
@@ -155,11 +144,6 @@ class SlurmBackend(BackendMixin, Spawner):
     def commands(self) -> SlurmCommands:
         """How Slurm commands are run (``c.SlurmCommands``)."""
         return _commands(self.config)
-
-    @property
-    def _job_key(self) -> tuple[str, str, int]:
-        """``(user tag, server tag, job id)``, as :func:`known_jobs_from_hub_db` lists it."""
-        return safe_tag(self.user.name), safe_tag(self.name) if self.name else "", self.job_id
 
     @property
     def _label(self) -> str:
@@ -243,7 +227,6 @@ class SlurmBackend(BackendMixin, Spawner):
             feed.finish()
 
     async def _start(self):
-        self._ensure_reconciler()
         off, req = self.offering, self.request
         if off is None or not off.gres:
             raise user_error(500, "This offering has no Slurm GRES configured.")
@@ -269,12 +252,9 @@ class SlurmBackend(BackendMixin, Spawner):
             raise user_error(503, "The Slurm cluster did not accept the job; please try again later.") from None
         partition = off.partition or "default"
         self._emit(10, f"Submitted Slurm job {self.job_id} ({off.gres} x{count}, partition {partition})")
-        starting = self._job_key
-        SlurmBackend._starting.add(starting)  # known until the hub's database has it, or the job ends
         try:
             return await self._wait_until_ready()
         except BaseException:
-            SlurmBackend._starting.discard(starting)
             await asyncio.shield(self._cancel_quietly())
             raise
 
@@ -341,7 +321,6 @@ class SlurmBackend(BackendMixin, Spawner):
         """None while the job lives (or its state is unknown); a status once Slurm says it ended."""
         if not self.job_id:
             return 0
-        self._ensure_reconciler()
         try:
             job = await self._job()
         except SlurmCommandError as e:
@@ -385,7 +364,6 @@ class SlurmBackend(BackendMixin, Spawner):
         """Cancel the job and wait (briefly) until Slurm says it ended."""
         if not self.job_id:
             return
-        SlurmBackend._starting.discard(self._job_key)
         await self._cancel_quietly()
         deadline = time.monotonic() + (0 if now else 15)
         while time.monotonic() < deadline:
@@ -398,48 +376,30 @@ class SlurmBackend(BackendMixin, Spawner):
             await asyncio.sleep(0.2)
         self.log.info("%s: cancelled Slurm job %d", self._label, self.job_id)
 
-    # --- reconciliation (one loop per hub process) ----------------------------------------
+    # --- reconciliation (hybridhub.spawner.reconcile runs it) ----------------------------
 
-    def _ensure_reconciler(self) -> None:
-        if self.reconcile_interval <= 0 or SlurmBackend._reconciler_task is not None:
-            return
-        SlurmBackend._reconciler_task = asyncio.ensure_future(self._reconcile_loop())
-
-    async def _reconcile_loop(self) -> None:
-        delay = min(60.0, self.reconcile_interval)
-        while True:
-            await asyncio.sleep(delay)
-            delay = self.reconcile_interval
-            try:
-                await self.reconcile()
-            except Exception:
-                self.log.exception("Reconciliation of Slurm jobs failed")
-
-    async def reconcile(self) -> list[int]:
-        """Cancel this hub's orphaned jobs (see :func:`orphan_jobs`); their ids.
-
-        Without the hub's database, or when squeue fails, nothing is cancelled.
-        """
-        hub_db = self.db if self.db is not None else getattr(self.context, "hub_db", None)
-        if hub_db is None:
-            return []
+    @classmethod
+    async def reconcile(cls, known: list[KnownServer], config: Config) -> Reconciled:
+        """Cancel this hub's live jobs that are none of ``known`` (:func:`orphan_jobs`); nothing when
+        squeue fails."""
+        backend = cls(config=config)
         try:
-            jobs = await self.commands.jobs()
+            jobs = await backend.commands.jobs()
         except SlurmCommandError as e:
-            self.log.warning("Slurm reconciliation skipped: %s", e)
-            return []
-        known = known_jobs_from_hub_db(hub_db)
-        SlurmBackend._starting -= known  # the hub has saved these: its database speaks for them now
-        known |= SlurmBackend._starting
-        orphans = orphan_jobs(jobs, self.hub_id, known, time.time(), self.reconcile_grace)
+            backend.log.warning("Slurm reconciliation skipped: %s", e)
+            return Reconciled()
+        orphans = orphan_jobs(jobs, backend.hub_id, known_jobs(known), time.time(), backend.reconcile_grace)
+        done = Reconciled()
         for job_id in orphans:
             try:
-                await self.commands.cancel(job_id)
-                self.log.warning("Cancelled orphaned Slurm job %d (%s): no such server in the hub",
-                                 job_id, jobs[job_id].get("comment"))
+                await backend.commands.cancel(job_id)
             except SlurmCommandError as e:
-                self.log.warning("scancel of orphaned Slurm job %d failed: %s", job_id, e)
-        return orphans
+                backend.log.warning("scancel of orphaned Slurm job %d failed: %s", job_id, e)
+                continue
+            backend.log.warning("Cancelled orphaned Slurm job %d (%s): no such server in the hub",
+                                job_id, jobs[job_id].get("comment"))
+            done.removed.append(str(job_id))
+        return done
 
     # --- state ----------------------------------------------------------------------------
 
@@ -462,7 +422,6 @@ class SlurmBackend(BackendMixin, Spawner):
     def clear_state(self):
         """Forget the job once the server is gone."""
         super().clear_state()
-        SlurmBackend._starting.discard(self._job_key)
         self.job_id = 0
         self.node = self.node_ip = ""
         self._missing_since, self._missing_checks = None, 0

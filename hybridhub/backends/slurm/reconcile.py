@@ -1,11 +1,11 @@
-"""Which live jobs of this hub are orphans: tagged with its id, with no server in the hub's database."""
+"""Which live jobs of this hub are orphans: tagged with its id, with no server the hub knows."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from hybridhub.backends.base import saved_backend_states
+from hybridhub.backends.base import KnownServer
 from hybridhub.backends.slurm.jobs import LIVE_STATES, job_state, job_tag, submit_time
 from hybridhub.backends.slurm.script import safe_tag
 
@@ -32,15 +32,7 @@ def orphan_jobs(
     return sorted(out)
 
 
-def known_jobs_from_hub_db(db) -> set[tuple[str, str, int]]:
-    """``(user tag, server tag, job id)`` of every server the hub's database has (running or pending).
-
-    Reads each ``orm.Spawner.state`` (HybridSpawner keeps the backend's state under ``backend_state``;
-    a bare SlurmBackend keeps it at the top level).
-    """
-    known = set()
-    for sp, inner in saved_backend_states(db):
-        if inner.get("job_id"):
-            server = safe_tag(sp.name) if sp.name else ""
-            known.add((safe_tag(sp.user.name), server, int(inner["job_id"])))
-    return known
+def known_jobs(known: Iterable[KnownServer]) -> set[tuple[str, str, int]]:
+    """``(user tag, server tag, job id)`` of each known server whose state holds a job id."""
+    return {(safe_tag(s.user), safe_tag(s.server) if s.server else "", int(s.state["job_id"]))
+            for s in known if s.state.get("job_id")}

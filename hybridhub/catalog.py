@@ -3,9 +3,11 @@
 The catalog is configuration (a dict on ``HybridSpawner.catalog`` or a YAML
 file named by ``HybridSpawner.catalog_file``).  :func:`load_catalog` validates
 it and raises :class:`CatalogError` naming the offending key, so a bad config
-stops the hub at start-up instead of failing a student's launch later.  Each offering's
-backend checks the fields it owns (``instance_type``, ``gres``, ...) in its own
-``check_offering`` (:func:`hybridhub.backends.check_catalog`).
+stops the hub at start-up instead of failing a student's launch later.  The catalog knows
+only the keys every offering has; any other key of an offering belongs to its backend and is
+kept, unparsed, in :attr:`Offering.backend_fields`.  The backend declares and parses those in its
+own schema (:attr:`hybridhub.backends.base.BackendMixin.offering_fields`), checked for every
+offering when the hub starts (:func:`hybridhub.backends.check_catalog`).
 """
 
 from __future__ import annotations
@@ -56,11 +58,11 @@ class Offering:
     trust: str = "trusted"
     cpu_limit: float | None = None
     mem_limit: str | None = None
-    instance_type: str | None = None
-    spot: bool = False
-    partition: str | None = None
-    gres: str | None = None
+    #: Free-form settings for the backend (``extra: {rack: b7}``), checked by the backend if at all.
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: The offering's keys that the catalog does not know, as written: the backend's own fields,
+    #: which it parses with its schema (:meth:`hybridhub.backends.base.BackendMixin.fields_of`).
+    backend_fields: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def key(self) -> str:
@@ -182,11 +184,10 @@ DEFAULT_CATALOG: dict[str, Any] = {
 }
 
 _CLASS_KEYS = {"display_name", "description", "trust", "backend", "image", "offerings", "groups"}
+#: The keys every offering has; the others are its backend's (:attr:`Offering.backend_fields`).
 _OFFERING_KEYS = {
     "model", "memory_gb", "counts", "price_per_hour", "backend", "image", "max_hours", "groups",
-    "min_hours", "hours_step",
-    "billing_weight", "trust", "cpu_limit", "mem_limit", "instance_type", "spot", "extra",
-    "partition", "gres",
+    "min_hours", "hours_step", "billing_weight", "trust", "cpu_limit", "mem_limit", "extra",
 }
 
 
@@ -208,9 +209,6 @@ def _offering(cls_name: str, cls_cfg: dict, name: str, cfg: Any, image: str) -> 
     where = f"{cls_name}.offerings.{name}"
     if not isinstance(cfg, dict):
         raise CatalogError(where, "must be a mapping")
-    unknown = set(cfg) - _OFFERING_KEYS
-    if unknown:
-        raise CatalogError(f"{where}.{sorted(unknown)[0]}", f"unknown key; allowed: {sorted(_OFFERING_KEYS)}")
     for required in ("model", "counts", "price_per_hour", "max_hours"):
         if required not in cfg:
             raise CatalogError(f"{where}.{required}", "is required")
@@ -253,11 +251,8 @@ def _offering(cls_name: str, cls_cfg: dict, name: str, cfg: Any, image: str) -> 
             None if cfg.get("cpu_limit") is None else _number(cfg["cpu_limit"], f"{where}.cpu_limit", strict=True)
         ),
         mem_limit=None if cfg.get("mem_limit") is None else str(cfg["mem_limit"]),
-        instance_type=cfg.get("instance_type"),
-        spot=bool(cfg.get("spot", False)),
-        partition=str(cfg["partition"]) if cfg.get("partition") else None,
-        gres=str(cfg["gres"]) if cfg.get("gres") else None,
         extra=dict(extra),
+        backend_fields={k: copy.deepcopy(v) for k, v in cfg.items() if k not in _OFFERING_KEYS},
     )
 
 
@@ -273,7 +268,8 @@ def load_catalog(
     ``config`` is a mapping of class name to class settings (see
     :data:`DEFAULT_CATALOG`); ``path`` names a YAML file with the same shape and
     wins over ``config``.  ``backend_override`` maps every offering to one
-    backend (the embedded demo maps everything to ``local``).
+    backend (the embedded demo maps everything to ``local``) and drops the
+    fields of the backends it replaces.
     """
     if path:
         try:
@@ -303,7 +299,7 @@ def load_catalog(
         offerings = []
         for name, off_cfg in offerings_cfg.items():
             if backend_override and isinstance(off_cfg, dict):
-                off_cfg = {**off_cfg, "backend": backend_override}
+                off_cfg = {k: v for k, v in off_cfg.items() if k in _OFFERING_KEYS} | {"backend": backend_override}
             offerings.append(_offering(cls_name, cls_cfg, str(name), off_cfg, image))
         classes.append(
             ResourceClass(

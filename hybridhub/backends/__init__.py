@@ -90,8 +90,10 @@ def check_contract(name: str, cls: object, key: str = "backend") -> None:
 
 
 def check_offering(offering: Offering, configured: Mapping[str, str | type] | None = None) -> None:
-    """The offering's backend exists and accepts the offering's own fields (it names the key at fault)."""
+    """The offering's backend exists, its fields parse with the backend's schema and the backend accepts
+    the offering (each names the key at fault)."""
     cls = backend_class(offering.backend, configured, key=offering.config_key("backend"))
+    cls.fields_of(offering)
     cls.check_offering(offering)
 
 

@@ -15,7 +15,11 @@ What it may override, each with a documented default in :class:`BackendMixin`:
 
 - ``get_state()`` / ``load_state()`` / ``clear_state()`` -- what finds the server again after a hub
   restart (JupyterHub's; default: nothing kept);
-- :meth:`BackendMixin.check_offering` -- the schema of its own offering fields (default: none);
+- :attr:`BackendMixin.offering_fields` -- the schema of its own offering fields, a frozen dataclass
+  (:mod:`hybridhub.backends.fields`; default: none, an offering naming any key the catalog does not
+  know is refused), read back parsed as :attr:`BackendMixin.fields`;
+- :meth:`BackendMixin.check_offering` -- checks beyond that schema (default: none);
+- :meth:`BackendMixin.offering_detail` -- a line the picker shows under an offering (default: none);
 - :meth:`BackendMixin.free_now` / :meth:`BackendMixin.free_now_many` -- capacity (default: not tracked);
 - :meth:`BackendMixin.host_labels` -- the inventory labels of hosts an offering may land on, whose
   ``trust`` lowers the offering's (default: none);
@@ -42,6 +46,7 @@ from traitlets.config import Config
 
 from hybridhub.accounting.allocations import DEFAULT_URL as DEFAULT_DB_URL
 from hybridhub.accounting.allocations import Candidate, allocator_for
+from hybridhub.backends.fields import parse_fields
 from hybridhub.errors import ConfinementError
 
 if TYPE_CHECKING:
@@ -204,6 +209,9 @@ class BackendMixin(HasTraits):
     #: True: the reconciliation runner also closes open reservations of this backend's classes that belong
     #: to no server of the hub (a launch its hub was admitting when it died: slow launches, like EC2's).
     orphan_reservations: ClassVar[bool] = False
+    #: The schema of this backend's own offering fields: a frozen dataclass whose fields are catalog keys
+    #: (:mod:`hybridhub.backends.fields`).  None: the backend has none.
+    offering_fields: ClassVar[type | None] = None
 
     offering = Any(help="The catalog Offering being launched (set by HybridSpawner).")
     request = Any(help="The validated LaunchRequest (set by HybridSpawner).")
@@ -239,10 +247,27 @@ class BackendMixin(HasTraits):
             yield event
 
     @classmethod
+    def fields_of(cls, offering: Offering) -> object:
+        """``offering``'s fields of this backend, parsed into :attr:`offering_fields` (None: no schema).
+        Raises :class:`~hybridhub.catalog.CatalogError` naming the key at fault."""
+        return parse_fields(cls.offering_fields, offering)
+
+    @property
+    def fields(self) -> object:
+        """The launched offering's fields of this backend, parsed (:meth:`fields_of`)."""
+        return None if self.offering is None else self.fields_of(self.offering)
+
+    @classmethod
     def check_offering(cls, offering: Offering) -> None:
         """Refuse an offering this backend cannot launch, raising :class:`~hybridhub.catalog.CatalogError`
         with the key at fault (``offering.config_key("gres")``).  Called for every offering when the
-        hub starts.  Default: every offering is accepted."""
+        hub starts, after its fields parsed with :attr:`offering_fields`.  Default: accepted."""
+
+    @classmethod
+    def offering_detail(cls, offering: Offering) -> str:
+        """A short line the picker shows under the offering's model, from the backend's own fields
+        (EC2: ``trn1.2xlarge, spot``).  Default: empty (nothing shown)."""
+        return ""
 
     @classmethod
     def shares_machine(cls, config: Config) -> bool:

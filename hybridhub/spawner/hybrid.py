@@ -210,6 +210,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
                 "offering": off,
                 "free_now": free_now,
                 "simulated": (backend := self.backend_class(off)).simulated,
+                "detail": backend.offering_detail(off),
                 "shared": backend.shares_machine(self.config),
                 "remaining": remaining_by_key[off.key],
                 "trust": trust[off.key],

@@ -74,7 +74,7 @@ def picker_html(catalog: Catalog, rows: list[dict], groups: list[str], choice: d
             text = shown[id(rem)] = repr(rem)
         return text
 
-    key = repr(([(r["offering"].key, r["free_now"], r["simulated"], r.get("shared"),
+    key = repr(([(r["offering"].key, r["free_now"], r["simulated"], r.get("shared"), r.get("detail"),
                   [(g, once(rem)) for g, rem in r["remaining"].items()], r["trust"]) for r in rows],
                 groups, choice, outlook))
     hit = _picker_pages.get(key)

@@ -147,7 +147,8 @@ def slurm_catalog(**off) -> dict:
 
 def test_catalog_slurm_offering_has_partition_and_gres():
     off = load_catalog(slurm_catalog(partition="h100", gres="gpu:h100")).by_key("enterprise/h100")
-    assert (off.backend, off.partition, off.gres) == ("slurm", "h100", "gpu:h100")
+    fields = SlurmBackend.fields_of(off)
+    assert (off.backend, fields.partition, fields.gres) == ("slurm", "h100", "gpu:h100")
 
 
 @pytest.mark.parametrize("gres", [None, "h100", "gpu:h100:2", "gpu: h100"])

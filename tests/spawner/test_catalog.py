@@ -20,7 +20,7 @@ def test_default_catalog_has_three_classes_with_documented_offerings():
         "inf2.xlarge": 0.76,
         "inf2.8xlarge": 1.97,
     }
-    assert all(o.backend == "ec2" and o.instance_type == o.name for o in aws.values())
+    assert all(o.backend == "ec2" and o.backend_fields["instance_type"] == o.name for o in aws.values())
     # an H100 hour costs four RTX 4090 hours (TRESBillingWeights)
     assert cat.offering("enterprise", "h100").billing_weight == 4 * cat.offering("community", "rtx4090").billing_weight
     assert cat.get_class("community").trust == "untrusted"

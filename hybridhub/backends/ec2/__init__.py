@@ -24,6 +24,7 @@ log of request bodies from showing the user-data).
 from hybridhub.backends.ec2.backend import Ec2Backend
 from hybridhub.backends.ec2.launch import (
     NEURON_DLAMI_PARAMETER,
+    Ec2Fields,
     instance_tags,
     root_volume_size,
     run_instances_params,
@@ -34,6 +35,6 @@ from hybridhub.tags import TAG_HUB, TAG_LAUNCH, TAG_OFFERING, TAG_SERVER, TAG_US
 
 __all__ = [
     "NEURON_DLAMI_PARAMETER", "TAG_HUB", "TAG_LAUNCH", "TAG_OFFERING", "TAG_SERVER", "TAG_USER",
-    "Ec2Backend", "EventBridgeSpotNotices", "SecretFilter", "instance_tags", "root_volume_size",
+    "Ec2Backend", "Ec2Fields", "EventBridgeSpotNotices", "SecretFilter", "instance_tags", "root_volume_size",
     "run_instances_params", "secret_filter", "spot_banners_for", "spot_request_notice",
 ]

@@ -22,6 +22,7 @@ from hybridhub.backends.ec2.launch import (
     MIN_ROOT_VOLUME_GB,
     NEURON_DLAMI_PARAMETER,
     UNSUPPORTED_CODES,
+    Ec2Fields,
     described_instances,
     error_code,
     family,
@@ -33,7 +34,6 @@ from hybridhub.backends.ec2.launch import (
 from hybridhub.backends.ec2.reconcile import reconcile_instances
 from hybridhub.backends.ec2.secrets import secret_filter
 from hybridhub.backends.ec2.spot import SpotWatch, clear_spot_banners
-from hybridhub.catalog import CatalogError
 from hybridhub.errors import user_error
 from hybridhub.tags import TAG_HUB, TAG_LAUNCH, TAG_SERVER, TAG_USER
 
@@ -52,11 +52,13 @@ class Ec2Backend(Ec2Bootstrap, SpotWatch, AwsCalls, BackendMixin, Spawner):
         known servers whose instance is gone (:mod:`hybridhub.backends.ec2.reconcile`)."""
         return await reconcile_instances(cls(config=config), known)
 
+    offering_fields = Ec2Fields  # instance_type (required), spot
+
     @classmethod
-    def check_offering(cls, offering) -> None:
-        """An EC2 offering names its instance type."""
-        if not offering.instance_type:
-            raise CatalogError(offering.config_key("instance_type"), "is required for the ec2 backend")
+    def offering_detail(cls, offering) -> str:
+        """The instance type, and whether it is spot."""
+        fields = cls.fields_of(offering)
+        return fields.instance_type + (", spot" if fields.spot else "")
 
     # --- where and how to launch --------------------------------------------------------------
 
@@ -255,7 +257,7 @@ class Ec2Backend(Ec2Bootstrap, SpotWatch, AwsCalls, BackendMixin, Spawner):
     @property
     def spot(self) -> bool:
         """Whether this offering launches spot instances."""
-        return bool(self.offering is not None and self.offering.spot)
+        return bool(self.offering is not None and self.fields.spot)
 
     async def start(self):
         """Launch, wait for running + private IP, then for the server to answer."""
@@ -284,9 +286,9 @@ class Ec2Backend(Ec2Bootstrap, SpotWatch, AwsCalls, BackendMixin, Spawner):
             feed.finish()
 
     async def _launch(self, secrets: list[str]):
-        if self.offering is None or not self.offering.instance_type:
-            raise user_error(500, "This offering has no EC2 instance type configured.")
-        itype = self.offering.instance_type
+        if self.offering is None:
+            raise user_error(500, "This server has no EC2 offering configured.")
+        itype = self.fields.instance_type
         self.launch_region = self.region
         market = "spot" if self.spot else "on-demand"
         self._emit(5, f"Preparing a {itype} ({market}) in {self.region}")
@@ -536,7 +538,7 @@ class Ec2Backend(Ec2Bootstrap, SpotWatch, AwsCalls, BackendMixin, Spawner):
         return {
             "host": self.private_ip,
             "instance_id": self.instance_id,
-            "instance_type": self.offering.instance_type if self.offering else None,
+            "instance_type": self.fields.instance_type if self.offering else None,
             "region": self.launch_region or self.region,
             "market": "spot" if self.spot else "on-demand",
         }

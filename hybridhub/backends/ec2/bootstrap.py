@@ -111,8 +111,8 @@ class Ec2Bootstrap(HasTraits):
         ):
             env.pop(key, None)  # the hub's own paths mean nothing on the instance
         env.update(self.accelerator_env())
-        if self.offering is not None and self.offering.instance_type:
-            env["HYBRIDHUB_INSTANCE_TYPE"] = self.offering.instance_type
+        if self.offering is not None:
+            env["HYBRIDHUB_INSTANCE_TYPE"] = self.fields.instance_type
         return env
 
     def bootstrap_spec(self) -> BootstrapSpec:
@@ -136,7 +136,7 @@ class Ec2Bootstrap(HasTraits):
             if self.home_storage == "efs"
             else "",
             imds_url=self.imds_url,
-            spot_watch=bool(self.offering is not None and self.offering.spot),
+            spot_watch=bool(self.offering is not None and self.fields.spot),
             spot_poll_seconds=self.instance_spot_poll_seconds,
         )
 

@@ -3,6 +3,7 @@ instance's tags and root volume, and the user-facing error for a refused launch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any as TAny
 
 from botocore.exceptions import ClientError
@@ -32,6 +33,15 @@ LIMIT_CODES = {
 }
 UNSUPPORTED_CODES = {"Unsupported", "InvalidInstanceType.NotFound", "InvalidInstanceType"}
 GONE_STATES = {"shutting-down", "terminated", "stopping", "stopped"}
+
+
+@dataclass(frozen=True)
+class Ec2Fields:
+    """An EC2 offering's own catalog keys (:attr:`Ec2Backend.offering_fields`)."""
+
+    instance_type: str = field(metadata={"help": "the EC2 instance type launched (trn1.2xlarge)",
+                                         "pattern": r"[a-z0-9-]+\.[a-z0-9-]+"})
+    spot: bool = field(default=False, metadata={"help": "launch a one-time spot instance"})
 
 
 def family(instance_type: str) -> str:

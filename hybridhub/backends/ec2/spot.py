@@ -145,7 +145,7 @@ class SpotWatch(HasTraits):
                 return None
             self._spot_notice_at = self.clock()
             self.spot_notice = (
-                f"Your {self.offering.instance_type if self.offering else 'AWS'} spot server is "
+                f"Your {self.fields.instance_type if self.offering else 'AWS'} spot server is "
                 "being "
                 f"reclaimed by AWS ({notice}). Save your work now: it will be stopped within "
                 f"{int(self.spot_grace_seconds)} seconds; your home is synced to storage first."

@@ -29,7 +29,7 @@ Slurm's commands), ``reconcile`` (which jobs are orphans) and ``backend`` (the s
 is importable from here.
 """
 
-from hybridhub.backends.slurm.backend import GRES_PATTERN, SlurmBackend
+from hybridhub.backends.slurm.backend import GRES_PATTERN, SlurmBackend, SlurmFields
 from hybridhub.backends.slurm.commands import SlurmCommandError, SlurmCommands
 from hybridhub.backends.slurm.jobs import (
     ENDING_STATES,
@@ -52,7 +52,7 @@ from hybridhub.backends.slurm.script import SLURM_NAME, JobSpec, check_slurm_nam
 
 __all__ = [
     "ENDING_STATES", "GRES_PATTERN", "HOST_LOST_STATES", "LIVE_STATES", "SLURM_NAME", "UNAVAILABLE_NODE",
-    "JobSpec", "SlurmBackend", "SlurmCommandError", "SlurmCommands", "check_slurm_name", "exit_status",
+    "JobSpec", "SlurmBackend", "SlurmCommandError", "SlurmFields", "SlurmCommands", "check_slurm_name", "exit_status",
     "free_gres", "job_reason", "job_state", "job_tag", "known_jobs", "node_available",
     "orphan_jobs", "parse_gres", "queue_message", "queue_position", "safe_tag", "sbatch_script",
     "slurm_time", "submit_time",

@@ -7,6 +7,7 @@ import re
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyterhub.spawner import Spawner
@@ -28,23 +29,25 @@ from hybridhub.backends.slurm.jobs import (
 )
 from hybridhub.backends.slurm.reconcile import known_jobs, orphan_jobs
 from hybridhub.backends.slurm.script import JobSpec, safe_tag, sbatch_script
-from hybridhub.catalog import CatalogError
 from hybridhub.errors import no_capacity_error, user_error
 
 #: A Slurm GRES name and type, e.g. ``gpu:h100`` (the count comes from the launch).
 GRES_PATTERN = re.compile(r"^[a-z][a-z0-9_]*:[A-Za-z0-9_.-]+$")
 
 
+@dataclass(frozen=True)
+class SlurmFields:
+    """A Slurm offering's own catalog keys (:attr:`SlurmBackend.offering_fields`)."""
+
+    gres: str = field(metadata={"help": "Slurm GRES name:type like gpu:h100; the launch adds the count",
+                                "pattern": GRES_PATTERN.pattern})
+    partition: str | None = field(default=None, metadata={"help": "Slurm partition (None: the default one)"})
+
+
 class SlurmBackend(BackendMixin, Spawner):
     """Run the server as a Slurm batch job holding the offering's GRES on one node."""
 
-    @classmethod
-    def check_offering(cls, offering) -> None:
-        """A Slurm offering names its GRES as ``name:type`` (the count comes from the launch)."""
-        if not GRES_PATTERN.match(offering.gres or ""):
-            raise CatalogError(offering.config_key("gres"),
-                               f"must be a Slurm GRES name:type like 'gpu:h100' for the slurm backend, "
-                               f"got {offering.gres!r}")
+    offering_fields = SlurmFields
 
     died_check_every = 4  # while the new server boots, ask squeue (via poll) every 4 probes
 
@@ -154,13 +157,12 @@ class SlurmBackend(BackendMixin, Spawner):
     @classmethod
     async def free_now(cls, offering, config: Config) -> int | None:
         """Free GRES of ``offering`` in its partition, from ``sinfo --json`` (None: unknown)."""
-        if not offering.gres:
-            return None
+        fields = cls.fields_of(offering)
         try:
             nodes = await _commands(config).nodes()
         except SlurmCommandError:
             return None
-        return free_gres(nodes, offering.gres, offering.partition)
+        return free_gres(nodes, fields.gres, fields.partition)
 
     # --- the job --------------------------------------------------------------------------
 
@@ -190,14 +192,14 @@ class SlurmBackend(BackendMixin, Spawner):
         return JobSpec(
             job_name=f"hybridhub-{safe_tag(self.hub_id)}-{tag}" + (f"-{server}" if server else ""),
             comment=f"hybridhub:{safe_tag(self.hub_id)}:{tag}:{server}",
-            gres=off.gres,
+            gres=self.fields.gres,
             count=req.count if req is not None else 1,
             hours=req.hours if req is not None else off.max_hours,
             command=[*self.singleuser_command, *self.get_args()],
             env_names=tuple(sorted(env)),
             workdir=self.home,
             output=self.output_template.format(home=self.home),
-            partition=off.partition,
+            partition=self.fields.partition,
             cpus=cpus,
             mem=mem,
             extra_directives=tuple(self.extra_directives),
@@ -228,8 +230,8 @@ class SlurmBackend(BackendMixin, Spawner):
 
     async def _start(self):
         off, req = self.offering, self.request
-        if off is None or not off.gres:
-            raise user_error(500, "This offering has no Slurm GRES configured.")
+        if off is None:
+            raise user_error(500, "This server has no Slurm offering configured.")
         count = req.count if req is not None else 1
         if self.fail_fast:
             free = await self.free_now(off, self.config)
@@ -250,8 +252,9 @@ class SlurmBackend(BackendMixin, Spawner):
         except SlurmCommandError as e:
             self.log.error("%s: sbatch failed: %s", self._label, e)
             raise user_error(503, "The Slurm cluster did not accept the job; please try again later.") from None
-        partition = off.partition or "default"
-        self._emit(10, f"Submitted Slurm job {self.job_id} ({off.gres} x{count}, partition {partition})")
+        fields = self.fields
+        self._emit(10, f"Submitted Slurm job {self.job_id} ({fields.gres} x{count}, "
+                       f"partition {fields.partition or 'default'})")
         try:
             return await self._wait_until_ready()
         except BaseException:
@@ -432,6 +435,6 @@ class SlurmBackend(BackendMixin, Spawner):
             "host": self.node,
             "job_id": self.job_id,
             "gres": list(self._gres_detail),
-            "partition": self._partition or (self.offering.partition if self.offering else None),
+            "partition": self._partition or (self.fields.partition if self.offering else None),
             "image": self.singleuser_command[0] if self.singleuser_command else "",
         }

@@ -9,6 +9,7 @@ migrations and services can only come from the installed package.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -23,7 +24,7 @@ import pytest
 import requests
 from jupyterhub.utils import random_port
 
-from tests.fixtures.env import process_environments
+from tests.fixtures.env import passable, process_environments
 from tests.fixtures.hub import _stop_user_processes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +43,7 @@ def readme_site_config() -> str:
 def site_venv(tmp_path_factory, built_wheel, built_lab_wheel) -> Path:
     """A fresh virtual environment outside the checkout with the hybridhub wheel installed (and the
     hybridhub-lab wheel it requires, given beside it as a site without an index would)."""
-    work = tmp_path_factory.mktemp("site")
+    work = passable(tmp_path_factory.mktemp("site"))  # a root hub's users run its Python, as under /opt
     venv = work / "venv"
     subprocess.run(["python3", "-m", "venv", str(venv)], check=True, env={"PATH": MINIMAL_PATH})
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", str(built_wheel), str(built_lab_wheel)], check=True,
@@ -109,7 +110,8 @@ def running_site_hub(venv: Path, tmp_path: Path, site_lines: str, catalog: str |
 def site_hub(site_venv, hub_prereqs, tmp_path) -> Iterator[dict]:
     """The README's site hub, every offering on the local backend (no GPU hosts in a test)."""
     site_lines = ("c.HybridSpawner.backend_override = 'local'  # no GPU hosts in a test\n"
-                  f"c.LocalBackend.home_root = {str(tmp_path / 'homes')!r}\n")
+                  f"c.LocalBackend.home_root = {str(passable(tmp_path) / 'homes')!r}\n"
+                  "c.LocalBackend.create_system_users = True  # the site's accounts, as its IdP names them\n")
     with running_site_hub(site_venv, tmp_path, site_lines) as hub:
         yield hub
 
@@ -165,6 +167,8 @@ def test_wheel_installed_hub_spawns_through_rest(site_hub):
     (server_env,) = [e for cmd, e in process_environments()  # this hub's server of rosa, not its children
                      if b"hybridhub.backends.local.server" in cmd and e.get("JUPYTERHUB_USER") == "rosa"
                      and e.get("HOME", "").startswith(str(site_hub["workdir"]))]
+    home = Path(server_env["HOME"])  # the root hub runs rosa's server as rosa, in a home of her own
+    assert (home.stat().st_uid, home.stat().st_mode & 0o777) == (pwd.getpwnam("rosa").pw_uid, 0o700)
     assert server_env["HYBRIDHUB_PORTAL_URL"] == f"{url}/services/hybridhub-portal/"  # the final bind_url
     named = api.post(f"{url}/hub/api/users/rosa/servers/second", json=body)
     assert named.status_code == 400 and "named servers" in named.text.lower(), named.text  # the site's choice

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import UTC, datetime
 
 from docker.errors import NotFound
 from docker.types import (
@@ -35,6 +36,7 @@ from traitlets import Float, List, Unicode, default
 from traitlets.config import Config
 
 from hybridhub.accounting.allocations import Placement as GpuPlacement
+from hybridhub.backends.base import KnownServer, Reconciled
 from hybridhub.backends.docker.container import (
     LABEL_HUB,
     LABEL_OFFERING,
@@ -45,6 +47,7 @@ from hybridhub.backends.docker.container import (
 )
 from hybridhub.backends.docker.engines import docker_executor, engine_client, engine_down
 from hybridhub.backends.docker.mixin import ContainerBackendMixin
+from hybridhub.backends.docker.reconcile import known_owners
 from hybridhub.errors import no_capacity_error
 
 DEFAULT_SWARM_URL = "unix:///var/run/docker.sock"
@@ -65,6 +68,17 @@ def gpu_model_label(offering) -> str:
         .removeprefix("nvidia")
         .removeprefix("geforce")
     )
+
+
+def orphan_services(services: list[dict], owners: set[str], cutoff: float) -> list[dict]:
+    """The ``services`` (this hub's) whose owner label is none of ``owners``, created before ``cutoff``
+    (a Unix time: younger ones may belong to a start still in flight)."""
+    def created(service: dict) -> float:
+        stamp = service.get("CreatedAt", "")[:19]
+        return datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC).timestamp() if stamp else 0.0
+
+    return [s for s in services
+            if (s["Spec"].get("Labels") or {}).get(LABEL_OWNER, "") not in owners and created(s) < cutoff]
 
 
 def service_config(
@@ -177,6 +191,34 @@ class SwarmBackend(ContainerBackendMixin, SwarmSpawner):
     def client(self):
         """The manager's client (blocking on first use: only call in the executor)."""
         return engine_client(self.manager_url, self.api_timeout, self.tls_config or None)
+
+    # --- reconciliation (hybridhub.spawner.reconcile runs it) -------------------------------
+
+    @classmethod
+    async def reconcile(cls, known: list[KnownServer], config: Config) -> Reconciled:
+        """Remove this hub's services that no known server holds (:func:`orphan_services`) and release
+        the GPU records of their owners, in the engines' executor."""
+        backend = cls(config=config)
+        owners = known_owners(known, backend.hub_label)
+        cutoff = time.time() - backend.reconcile_grace
+
+        def run() -> Reconciled:
+            done = Reconciled()
+            client = backend.client
+            for service in orphan_services(client.services(filters={"label": f"{LABEL_HUB}={backend.hub_label}"}),
+                                           owners, cutoff):
+                name, owner = service["Spec"]["Name"], service["Spec"]["Labels"].get(LABEL_OWNER, "")
+                backend.log.warning("Reconcile: removing service %s (no such server in the hub)", name)
+                try:
+                    client.remove_service(service["ID"])
+                except NotFound:
+                    pass
+                done.removed.append(name)
+                if owner and backend.allocator.release(owner=owner, reason="reconcile: server unknown"):
+                    done.released.append(owner)
+            return done
+
+        return await backend._in_thread(run)
 
     # --- capacity ---------------------------------------------------------------------------
 

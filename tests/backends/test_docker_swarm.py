@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from tornado import web
 
+from hybridhub.backends.base import KnownServer
 from hybridhub.backends.docker import ContainerSpec, HomeMount
-from hybridhub.backends.swarm import SwarmBackend, gpu_model_label, service_config
+from hybridhub.backends.swarm import SwarmBackend, gpu_model_label, orphan_services, service_config
 
 pytestmark = pytest.mark.docker
 
@@ -103,3 +104,37 @@ async def test_swarm_assigns_gpus_and_refuses_when_full(backend_factory, swarm_n
         await a.stop()
     assert await SwarmBackend.free_now(off, config) == 2
     assert await a.poll() == 0
+
+
+def test_orphan_services_are_unknown_and_old_enough():
+    def service(owner, created):
+        return {"Spec": {"Labels": {"hybridhub.owner": owner}}, "CreatedAt": created}
+
+    old, young = "2026-12-07T08:00:00.123456789Z", "2026-12-07T09:00:00.5Z"
+    cutoff = 1796632800.0  # 2026-12-07 08:40 UTC
+    services = [service("h/known", old), service("h/ghost", old), service("h/new", young)]
+    assert orphan_services(services, {"h/known"}, cutoff) == [services[1]]
+
+
+async def test_reconcile_removes_services_no_known_server_holds(backend_factory, swarm_node):
+    """The swarm hook, handed the hub's known servers, removes another service of this hub (past the
+    grace) with its GPU records, and leaves the known one running."""
+    make = lambda user: backend_factory(user, "enterprise/h100", 1, hosts=[], cls=SwarmBackend,  # noqa: E731
+                                        start_timeout=60)
+    kept, orphan = make("sw-kept"), make("sw-orphan")
+    await kept.start()
+    await orphan.start()
+    try:
+        config = kept.config.copy()
+        config.SwarmBackend.reconcile_grace = 0
+        report = await SwarmBackend.reconcile([KnownServer("sw-kept", "", kept.get_state())], config)
+        assert report.removed == [orphan.object_name]
+        assert report.released == [orphan.owner]
+        assert swarm_node.services(filters={"name": orphan.object_name}) == []
+        assert await kept.poll() is None
+        assert [a.owner for a in kept.allocator.active()] == [kept.owner]
+        again = await SwarmBackend.reconcile([KnownServer("sw-kept", "", kept.get_state())], config)
+        assert again.removed == []
+    finally:
+        await kept.stop()
+        await orphan.stop()

@@ -7,7 +7,7 @@ from datetime import timedelta
 from docker.errors import NotFound
 from dockerspawner import DockerSpawner
 from jupyterhub.utils import random_port
-from traitlets import Bool, Float, Int, Unicode, default
+from traitlets import Bool, Int, Unicode, default
 from traitlets.config import Config
 
 from hybridhub.accounting.allocations import Candidate, NoCapacity, Placement
@@ -48,12 +48,6 @@ class DockerBackend(ContainerBackendMixin, DockerSpawner):
 
     pids_limit = Int(
         4096, help="Most processes (and threads) a notebook container may run; 0 for no limit."
-    ).tag(config=True)
-
-    reconcile_grace = Float(
-        120.0,
-        help="Seconds a new allocation is left alone by the reconciler (its container may "
-        "still be starting).",
     ).tag(config=True)
 
     host_name = Unicode("", help="Inventory name of the host the server runs on (state).")

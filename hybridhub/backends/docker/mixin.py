@@ -44,6 +44,12 @@ class ContainerBackendMixin(BackendMixin):
         "The reconciler only ever removes what carries it, so give each hub its own.",
     ).tag(config=True)
 
+    reconcile_grace = Float(
+        120.0,
+        help="Seconds a new allocation (docker) or service (swarm) is left alone by the backend's "
+        "reconciliation hook: its server may still be starting.",
+    ).tag(config=True)
+
     image_override = Unicode(
         "",
         help="Run this image for every offering instead of the offering's `image` "

@@ -17,6 +17,9 @@ from hybridhub.backends.inventory import GpuInventory, Host
 
 log = logging.getLogger("hybridhub.docker")
 
+#: Docker's label on the containers of a swarm service's tasks.
+SWARM_TASK_LABEL = "com.docker.swarm.service.id"
+
 
 @dataclass
 class ReconcileReport:
@@ -81,6 +84,8 @@ class Reconciler:
             young = {a.owner for a in active if a.allocated_at > cutoff}
             present = set()
             for c in containers:
+                if SWARM_TASK_LABEL in c["Labels"]:
+                    continue  # a swarm service's task: the swarm backend's hook judges its service
                 owner = c["Labels"].get(LABEL_OWNER, "")
                 name = c["Names"][0].lstrip("/") if c.get("Names") else c["Id"]
                 unknown = known is not None and owner not in known and owner not in young

@@ -355,6 +355,16 @@ def test_user_data_installs_the_lab_extension_only_when_asked():
     assert "HH_LAB_SPEC=''" in render_script(BootstrapSpec(env={}, home_storage="none"))
 
 
+def test_ec2_instances_get_the_lab_distribution_never_the_hubs_wheel():
+    from traitlets import TraitError
+
+    from hybridhub.backends.ec2 import Ec2Backend
+
+    with pytest.raises(TraitError, match="hybridhub-lab"):
+        Ec2Backend(lab_extension_pip_spec="https://example.org/hybridhub-0.1.0-py3-none-any.whl")
+    assert Ec2Backend(lab_extension_pip_spec="hybridhub-lab==0.1.0").lab_extension_pip_spec
+
+
 def test_the_lab_wheel_alone_gives_a_notebook_python_the_extension(tmp_path, built_lab_wheel):
     """What an image recipe does: ``pip install hybridhub_lab-*.whl`` into its Python (the
     image's Jupyter stack is this venv's, so ``--no-deps`` only saves the look-up)."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import jupyterhub
-from traitlets import Enum, Float, HasTraits, Int, Unicode
+from traitlets import Enum, Float, HasTraits, Int, TraitError, Unicode, validate
 
-from hybridhub.backends.ec2.userdata import BootstrapSpec, render_user_data
+from hybridhub.backends.ec2.userdata import BootstrapSpec, check_lab_spec, render_user_data
 from hybridhub.errors import user_error
 
 
@@ -33,10 +33,19 @@ class Ec2Bootstrap(HasTraits):
 
     lab_extension_pip_spec = Unicode(
         "",
-        help="pip requirement of the hybridhub wheel (e.g. an https:// or s3-synced path to "
-        "hybridhub-0.1.0-py3-none-any.whl), installed with --no-deps on the instance so its "
-        "JupyterLab shows the session and stop warnings (docs/lab.md); empty: not installed.",
+        help="pip requirement of the hybridhub-lab distribution, the Lab extension alone (e.g. an "
+        "https:// or s3-synced path to hybridhub_lab-0.1.0-py3-none-any.whl, or "
+        "hybridhub-lab==0.1.0), installed on the instance so its JupyterLab shows the session and "
+        "stop warnings (docs/lab.md); any other distribution, the hub's wheel included, is "
+        "refused; empty: not installed.",
     ).tag(config=True)
+
+    @validate("lab_extension_pip_spec")
+    def _lab_distribution_only(self, proposal):
+        try:
+            return check_lab_spec(proposal["value"])
+        except ValueError as e:
+            raise TraitError(f"Ec2Backend.lab_extension_pip_spec: {e}") from None
 
     unix_user = Unicode(
         "jovyan",

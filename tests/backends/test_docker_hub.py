@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+import time
 import uuid
 
 import pytest
 
 from hybridhub.accounting.db import Database
 from hybridhub.accounting.demand import demand_report
-from tests.fixtures.docker import h100_host, held_gpus, hub_docker_config, remove_labelled
+from tests.fixtures.docker import TEST_IMAGE, h100_host, held_gpus, host_binds, hub_docker_config, remove_labelled
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.docker
@@ -30,7 +32,9 @@ def h100(count: int) -> dict:
 def docker_hub(hub_factory, docker_engines):  # noqa: F811  (fixture imported above)
     label = f"hubtest-{uuid.uuid4().hex[:6]}"
     hosts = [h100_host(docker_engines.urls["h1"])]
-    hub = hub_factory(extra_config=hub_docker_config(hosts, hub_label=label, users=USERS))
+    config = hub_docker_config(hosts, hub_label=label, users=USERS) + "\nc.ReconcileRunner.interval = 1\n"
+    hub = hub_factory(extra_config=config)
+    hub.hub_label = label
     yield hub
     hub.stop()
     remove_labelled(docker_engines, label)
@@ -52,6 +56,24 @@ def test_hub_restart_readopts_three_gpu_servers(docker_hub, docker_engines):
         assert hub.server_model(user)["ready"], hub.log()[-2000:]
     assert held_gpus(hub) == held
     assert {c["Id"] for c in docker_engines.client("h1").containers()} >= containers
+
+    # the restarted hub's reconciliation runner hands the docker hook its three servers: an orphan
+    # container of this hub goes, the servers' containers and GPUs stay
+    client = docker_engines.client("h1")
+    orphan = client.create_container(
+        TEST_IMAGE, [sys.executable, "-c", "import time; time.sleep(600)"], name=f"{hub.hub_label}-orphan",
+        labels={"hybridhub.hub": hub.hub_label, "hybridhub.owner": f"{hub.hub_label}/jupyter-ghost"},
+        host_config=client.create_host_config(
+            binds={p: {"bind": p, "mode": "ro"} for p in host_binds()}, network_mode="host"),
+    )
+    client.start(orphan["Id"])
+    deadline = time.monotonic() + 30
+    while client.containers(all=True, filters={"id": orphan["Id"]}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert client.containers(all=True, filters={"id": orphan["Id"]}) == [], hub.log()[-3000:]
+    assert "Reconcile: DockerBackend with 3 known server(s)" in hub.log()
+    assert {c["Id"] for c in client.containers()} >= containers
+    assert held_gpus(hub) == held
 
     # the two GPUs left go to a newcomer; nothing is booked twice
     r = hub.spawn(USERS[3], h100(2))

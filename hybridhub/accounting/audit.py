@@ -16,7 +16,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from hybridhub.accounting.budgets import BudgetChange
 from hybridhub.accounting.db import Database
-from hybridhub.accounting.models import Base, utcnow
+from hybridhub.accounting.models import Base, iso_utc, utcnow
 
 
 class AuditEntry(Base):
@@ -63,7 +63,7 @@ def entries(
         return [
             {
                 "id": e.id,
-                "ts": e.ts.isoformat() + "Z",
+                "ts": iso_utc(e.ts),
                 "actor": e.actor,
                 "action": e.action,
                 "group": e.group_name,

@@ -10,17 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from hybridhub.accounting.ledger_errors import fmt_amount
+from hybridhub.accounting.ledger_errors import Refusal, fmt_amount
 
 
-class CourseError(Exception):
+class CourseError(Refusal):
     """A refused course operation: ``status`` is the HTTP status, the text is for people."""
 
     status = 400
-
-    def __init__(self, message: str):
-        self.user_message = message
-        super().__init__(message)
 
 
 class InvalidSession(CourseError):

@@ -31,7 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from hybridhub.accounting.db import read_memo
-from hybridhub.accounting.models import Base, Group, utcnow
+from hybridhub.accounting.models import Base, Group, json_ready, utcnow
 
 
 class Offering(Protocol):
@@ -171,12 +171,10 @@ class CourseSessionInfo:
 
     def as_json(self) -> dict[str, Any]:
         """JSON-ready fields (times as ISO 8601 UTC)."""
-        out = dataclasses.asdict(self)
+        out = json_ready(self)
         out["class"] = out.pop("resource_class")
         out["model"] = out.pop("offering")
-        for key, value in out.items():
-            if isinstance(value, datetime):
-                out[key] = value.isoformat() + "Z"
+        out["refusal"] = None if self.refusal is None else dict(self.refusal)
         out["seats"] = dict(self.seats)
         return out
 

@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from hybridhub.accounting.courses import TIME_EPS, WARN_MINUTES, in_session
 from hybridhub.accounting.ledger import WARN_LEVELS, Accounting, fmt_amount
-from hybridhub.accounting.models import Notice, to_units
+from hybridhub.accounting.models import Notice, iso_utc, to_units
 from hybridhub.accounting.periods import to_datetime
 from hybridhub.accounting.sessions import SessionLog
 
@@ -35,10 +35,6 @@ RECORD_FIELDS = (
     "instance_id", "instance_type", "gpu_uuids", "image", "image_id", "hidden_dirs", "group",
     "started_at",
 )
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat() + "Z"
 
 
 def _minutes(delta: timedelta) -> int:
@@ -54,7 +50,7 @@ def session_state(
     record_id = log.open_session_id(username, server_name)
     record = log.get(record_id) if record_id is not None else None
     out: dict[str, Any] = {
-        "user": username, "server": server_name, "now": _iso(now_dt), "session": None,
+        "user": username, "server": server_name, "now": iso_utc(now_dt), "session": None,
         "reservation": None, "budget": None, "course": None, "ends_at": None, "stop_at": None,
         "warnings": [],
     }
@@ -67,8 +63,8 @@ def session_state(
         _add_reservation(out, accounting, reservation, username, ends)
         _add_stop_notice(out, accounting.db, reservation, now_dt, stops)
     _add_course(out, accounting.db, username, server_name, now_dt, ends, stops)
-    out["ends_at"] = _iso(min(ends)) if ends else None
-    out["stop_at"] = _iso(min(stops)) if stops else None
+    out["ends_at"] = iso_utc(min(ends)) if ends else None
+    out["stop_at"] = iso_utc(min(stops)) if stops else None
     return out
 
 
@@ -90,7 +86,7 @@ def _add_reservation(out: dict, accounting: Accounting, reservation, username: s
         "id": reservation.id, "group": reservation.group,
         "resource_class": reservation.resource_class, "model": reservation.model,
         "count": reservation.count, "hours": reservation.hours, "state": reservation.state,
-        "started_at": _iso(reservation.started_at), "ends_at": _iso(res_end),
+        "started_at": iso_utc(reservation.started_at), "ends_at": iso_utc(res_end),
         "charged": reservation.amount_charged, "reserved": reservation.amount_reserved,
         "unit": unit, "charged_text": fmt_amount(reservation.amount_charged, unit),
     }
@@ -102,11 +98,11 @@ def _add_reservation(out: dict, accounting: Accounting, reservation, username: s
     out["budget"] = {
         "group": reservation.group, "amount": remaining.amount, "used": remaining.used,
         "left": remaining.amount_left, "unit": unit, "share": share,
-        "resets_at": _iso(remaining.resets_at), "frozen": remaining.frozen,
+        "resets_at": iso_utc(remaining.resets_at), "frozen": remaining.frozen,
         "left_text": fmt_amount(remaining.amount_left, unit),
     }
     scope = reservation.resource_class + (f" ({reservation.model})" if reservation.model else "")
-    period = _iso(remaining.resets_at) or "once"
+    period = iso_utc(remaining.resets_at) or "once"
     for pct, level in reversed(WARN_LEVELS):  # the meter's rule, in the stored integer units
         if remaining.amount > 0 and to_units(remaining.used) * 100 >= to_units(remaining.amount) * pct:
             out["warnings"].append({
@@ -131,7 +127,7 @@ def _add_stop_notice(out: dict, db, reservation, now_dt: datetime, stops: list) 
     stops.append(stop_at)
     out["warnings"].append({
         "id": f"stop:{reservation.id}", "kind": "stop", "level": "stop_pending",
-        "stop_at": _iso(stop_at),
+        "stop_at": iso_utc(stop_at),
         "message": f"Stopping in {_minutes(stop_at - now_dt)} min: save your work. {pending[1]}.",
     })
 
@@ -143,7 +139,7 @@ def _add_course(out: dict, db, username: str, server_name: str, now_dt: datetime
     if course is None or course.state != "running":
         return
     out["course"] = {"id": course.id, "title": course.title, "group": course.group,
-                     "ends_at": _iso(course.ends_at)}
+                     "ends_at": iso_utc(course.ends_at)}
     ends.append(course.ends_at)
     stops.append(course.ends_at)
     left = (course.ends_at - now_dt).total_seconds() / 60
@@ -153,7 +149,7 @@ def _add_course(out: dict, db, username: str, server_name: str, now_dt: datetime
     for m in sorted(due, reverse=True):
         out["warnings"].append({
             "id": f"course:{course.id}:{m}", "kind": "course", "level": f"{m}min",
-            "stop_at": _iso(course.ends_at),
+            "stop_at": iso_utc(course.ends_at),
             "message": f"Course session {course.label} ends at {course.ends_at:%H:%M} UTC "
                        f"(in {m} min or less): save your work.",
         })

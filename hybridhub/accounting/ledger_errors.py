@@ -1,7 +1,9 @@
 """Why a launch is refused, in words for the person launching.
 
-Every refusal is an :class:`AdmissionError` whose ``user_message`` is the text shown;
-a :class:`QuotaExceeded` says what was asked, what is left and when it resets.
+Every refusal is a :class:`Refusal` whose ``user_message`` is the text shown (a refused
+launch an :class:`AdmissionError`, a refused course operation a
+:class:`hybridhub.accounting.course_errors.CourseError`); a :class:`QuotaExceeded` says what
+was asked, what is left and when it resets.
 :func:`fmt_amount` writes amounts the same way everywhere (refusals, warnings, mail).
 Nothing here touches the database.
 """
@@ -11,12 +13,16 @@ from __future__ import annotations
 from datetime import datetime
 
 
-class AdmissionError(Exception):
-    """A launch was refused.  ``user_message`` is the text for the person launching."""
+class Refusal(Exception):
+    """Something a person asked for was refused; ``user_message`` is the text for them."""
 
     def __init__(self, message: str):
         self.user_message = message
         super().__init__(message)
+
+
+class AdmissionError(Refusal):
+    """A launch was refused.  ``user_message`` is the text for the person launching."""
 
 
 class NoBudget(AdmissionError):

@@ -88,6 +88,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def iso_utc(value: datetime | None) -> str | None:
+    """A stored (naive UTC) time as ISO 8601 with ``Z``, the form every JSON answer uses; None stays None."""
+    return None if value is None else value.isoformat() + "Z"
+
+
+def json_ready(snapshot: Any) -> dict[str, Any]:
+    """A read-only snapshot's fields (a dataclass), its times as :func:`iso_utc` strings."""
+    return {k: iso_utc(v) if isinstance(v, datetime) else v for k, v in vars(snapshot).items()}
+
+
 #: PostgreSQL storage for the tables every metering tick rewrites row by row (budgets,
 #: per-user usage, running reservations): half of each page is left free, so an update
 #: stays on its page (a HOT update) and touches no index.  Set by migration 0008.

@@ -41,7 +41,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hybridhub.accounting.db import Database
-from hybridhub.accounting.models import Base, utcnow
+from hybridhub.accounting.models import Base, json_ready, utcnow
 
 END_STOPPED_BY_USER = "stopped by user"
 END_QUOTA = "quota"
@@ -159,7 +159,7 @@ class ServerSessionInfo:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: times as ISO 8601 UTC strings."""
-        return _json_ready(self)
+        return json_ready(self)
 
 
 @dataclass(frozen=True)
@@ -182,14 +182,7 @@ class VerificationInfo:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: times as ISO 8601 UTC strings."""
-        return _json_ready(self)
-
-
-def _json_ready(snapshot: Any) -> dict[str, Any]:
-    """A snapshot's fields, datetimes as ISO 8601 UTC strings."""
-    return {
-        k: v.isoformat() + "Z" if isinstance(v, datetime) else v for k, v in snapshot.__dict__.items()
-    }
+        return json_ready(self)
 
 
 def _session_info(r: SessionRecord) -> ServerSessionInfo:

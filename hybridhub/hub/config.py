@@ -8,11 +8,12 @@ the offending key named.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -282,11 +283,44 @@ def configure_spawner(c: Config, *, db_url: str, catalog_file: str, settings: Me
         catalog = check_catalog(load_catalog(path=catalog_file or None, backend_override=override), classes)
     except CatalogError as e:
         sys.exit(f"hybridhub: invalid resource catalog: {e}")
-    shared = sorted({o.backend for o in catalog.all_offerings() if backend_class(o.backend, classes).shares_machine(c)})
+    when_hub_runs(c, lambda config: log_shared_machines(config, catalog, classes))
+    return catalog
+
+
+def log_shared_machines(config: Config, catalog: Catalog, classes: Mapping[str, object]) -> None:
+    """Say at start-up which backends put every user's server under one Unix account."""
+    backends = {o.backend for o in catalog.all_offerings()}
+    shared = sorted(b for b in backends if backend_class(b, classes).shares_machine(config))
     if shared:
         log.warning("hybridhub: the %s backend runs every user's server as this hub's own Unix user: users can "
                     "read each other's files there (the picker says so)", ", ".join(shared))
-    return catalog
+
+
+def when_hub_runs(c: Config, callback: Callable[[Config], None]) -> None:
+    """``callback(config)`` once the JupyterHub app loading ``c`` has started, with its whole config (a
+    site's lines after ``add_hybridhub`` included); outside a starting hub, at once with ``c``."""
+    from jupyterhub.app import JupyterHub
+
+    app = JupyterHub.instance() if JupyterHub.initialized() else None
+    started = getattr(app, "_start_future", None)  # JupyterHub sets it before it loads its config
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if started is None or loop is None or app.subapp:
+        callback(c)
+        return
+
+    async def later() -> None:
+        await asyncio.shield(started)
+        callback(app.config)
+
+    _tasks.add(task := loop.create_task(later()))
+    task.add_done_callback(_tasks.discard)
+
+
+#: Tasks waiting for the hub to start (a reference keeps them from being collected).
+_tasks: set[asyncio.Task] = set()
 
 
 def configure_home_page(c: Config, *, db_url: str, settings: MeterSettings, catalog: Catalog) -> None:

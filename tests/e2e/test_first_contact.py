@@ -8,6 +8,7 @@ checkout, and builds its own virtual environment there (as ``scripts/demo.sh`` d
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -21,7 +22,7 @@ import requests
 
 from hybridhub.hub.config import DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
-from tests.fixtures.env import require
+from tests.fixtures.env import passable, require
 
 pytestmark = pytest.mark.browser
 
@@ -44,7 +45,7 @@ def readme_demo_command() -> str:
 def readme_hub(tmp_path_factory) -> Iterator[dict]:
     """The README's demo command, started in a fresh clone under a minimal environment."""
     require(shutil.which("git") is not None, "git")
-    clone = tmp_path_factory.mktemp("newcomer") / "hybridhub"
+    clone = passable(tmp_path_factory.mktemp("newcomer")) / "hybridhub"  # as under /opt: users may pass
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     command = readme_demo_command()
     log_path = clone.parent / "demo.log"
@@ -96,6 +97,10 @@ def test_readme_demo_reaches_jupyterlab_from_a_bare_shell(readme_hub, page):
     page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
     print(f"Start to JupyterLab: {time.monotonic() - started:.1f} s")
     assert "Unhandled error" not in readme_hub["log"].read_text()
+    home = readme_hub["clone"] / "var" / "homes" / "alice"  # a root demo runs alice's server as alice
+    owner = pwd.getpwnam("alice").pw_uid if os.geteuid() == 0 else os.geteuid()
+    assert (home.stat().st_uid, home.stat().st_mode & 0o777) == (owner, 0o700)
+    assert "lets no other account through" not in readme_hub["log"].read_text()
 
     page.goto(f"{DEMO_URL}/hub/home")
     page.click("#stop")

@@ -39,8 +39,9 @@ from hybridhub.backends.local.accounts import (
 from hybridhub.backends.local.prestart import import_env
 from hybridhub.errors import no_capacity_error, user_error
 
-#: The server's command, as the local backend runs it cold (jupyterhub-singleuser, log scrubbed).
-SINGLEUSER_CMD = [sys.executable, "-m", "hybridhub.backends.local.server"]
+#: The server's command, as the local backend runs it cold (jupyterhub-singleuser, log scrubbed); ``-P``: the
+#: folder it starts in is not searched for modules.
+SINGLEUSER_CMD = [sys.executable, "-P", "-m", "hybridhub.backends.local.server"]
 
 
 def _end(proc: subprocess.Popen) -> None:
@@ -293,9 +294,9 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
         if LocalBackend._ahead is not None:
             return
         # home_root names the hub in ps
-        cmd = [sys.executable, "-m", "hybridhub.backends.local.prestart", self.home_root]
-        try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=started_with, start_new_session=True)
+        cmd = [sys.executable, "-P", "-m", "hybridhub.backends.local.prestart", self.home_root]
+        try:  # it imports as the hub's user: from the installation only, never from a folder users may write
+            proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, env=started_with, start_new_session=True, cwd="/")
         except OSError as e:
             self.log.warning("could not start a server process ahead: %s", e)
             return
@@ -318,7 +319,7 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
         empty read-only tmpfs over each folder."""
         home = Path(self.home_dir)
         hide = [a for p in paths for a in ("--hide", str(home / p))]
-        self.cmd = [sys.executable, "-m", "hybridhub.backends.local.confine", *hide, "--", *self.cmd]
+        self.cmd = [sys.executable, "-P", "-m", "hybridhub.backends.local.confine", *hide, "--", *self.cmd]
 
     def provenance(self) -> dict[str, object]:
         """A local process: the host is this machine (or its simulated host and devices)."""

@@ -25,6 +25,7 @@ from datetime import datetime
 from sqlalchemy import DateTime, Index, Integer, String, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.sql import ColumnElement
 
 from hybridhub.accounting.db import DEFAULT_URL, Database  # noqa: F401  (DEFAULT_URL: for backends)
 from hybridhub.accounting.models import Base, utcnow
@@ -136,11 +137,7 @@ class Allocator:
 
     def active(self, *, host: str | None = None, owner: str | None = None) -> list[GpuAllocation]:
         """Active allocations, optionally of one host or one owner."""
-        q = select(GpuAllocation).where(GpuAllocation.released_at.is_(None))
-        if host is not None:
-            q = q.where(GpuAllocation.host == host)
-        if owner is not None:
-            q = q.where(GpuAllocation.owner == owner)
+        q = select(GpuAllocation).where(*_active(host=host, owner=owner))
         with self.db.session() as s:
             return list(s.scalars(q.order_by(GpuAllocation.id)))
 
@@ -255,15 +252,21 @@ class Allocator:
         """Release the active allocations of ``owner`` (or of every server on ``host``)."""
         if owner is None and host is None:
             raise ValueError("release needs an owner or a host")
-        q = update(GpuAllocation).where(GpuAllocation.released_at.is_(None))
-        if owner is not None:
-            q = q.where(GpuAllocation.owner == owner)
-        if host is not None:
-            q = q.where(GpuAllocation.host == host)
+        q = update(GpuAllocation).where(*_active(host=host, owner=owner))
         with self.db.session() as s:
             return s.execute(
                 q.values(released_at=self.clock(), release_reason=reason[:255])
             ).rowcount
+
+
+def _active(*, host: str | None, owner: str | None) -> list[ColumnElement[bool]]:
+    """The conditions of an active allocation, of ``host`` and of ``owner`` where given."""
+    where = [GpuAllocation.released_at.is_(None)]
+    if host is not None:
+        where.append(GpuAllocation.host == host)
+    if owner is not None:
+        where.append(GpuAllocation.owner == owner)
+    return where
 
 
 _allocators: dict[str, Allocator] = {}

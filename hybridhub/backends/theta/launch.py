@@ -3,14 +3,13 @@ over SSH, wait until Jupyter itself answers (a mixin of :class:`~hybridhub.backe
 
 from __future__ import annotations
 
-import asyncssh
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from hybridhub.backends.base import poll_until
 from hybridhub.backends.theta import body as tb
 from hybridhub.backends.theta.client import ThetaError
 from hybridhub.backends.theta.offering import display_name, launch_name
-from hybridhub.backends.theta.ssh import LaunchKey, connect, start_server
+from hybridhub.backends.theta.ssh import SSH_ERRORS, LaunchKey, connect, start_server
 from hybridhub.errors import user_error
 
 
@@ -63,7 +62,7 @@ class ThetaLaunch:
                                  timeout=self.boot_timeout, interval=min(1.0, self.poll_interval))
             async with conn:
                 await start_server(conn, [*self.node_cmd, *self.get_args()], env)
-        except (OSError, asyncssh.Error, TimeoutError, RuntimeError) as e:
+        except (*SSH_ERRORS, RuntimeError) as e:
             self.log.error("%s: SSH to %s:%s failed: %s", self._label, dep.ssh_host, dep.ssh_port,
                            type(e).__name__ if not isinstance(e, RuntimeError) else e)
             raise user_error(503, f"The hub could not start JupyterLab on the Theta {self.offering.model} node "

@@ -20,6 +20,9 @@ with warnings.catch_warnings():  # asyncssh's import warns that cryptography dep
     warnings.simplefilter("ignore")
     import asyncssh
 
+#: What a failed SSH login or command raises.
+SSH_ERRORS = (OSError, asyncssh.Error, TimeoutError)
+
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 #: The remote start: read the environment from stdin into a private file, source and delete it, then
@@ -88,7 +91,7 @@ async def connect(host: str, port: int, user: str, key: LaunchKey, host_key: str
                 host, port=port, username=user, client_keys=key.client_keys(), known_hosts=known_hosts(host_key),
                 agent_path=None, config=None, connect_timeout=max(1.0, min(10.0, timeout)),
             )
-        except (OSError, asyncssh.Error, TimeoutError) as e:
+        except SSH_ERRORS as e:
             if clock() + interval >= deadline or isinstance(e, asyncssh.HostKeyNotVerifiable):
                 raise
             await asyncio.sleep(interval)

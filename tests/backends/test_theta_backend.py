@@ -1,0 +1,121 @@
+"""ThetaBackend against the local controller, without a hub: the quote check, warm-up, a node taken or lost,
+a refused key, and the reconciliation hook (the server started over SSH is a plain ``sleep`` here)."""
+
+from __future__ import annotations
+
+import pytest
+from traitlets.config import Config
+
+from hybridhub.backends.base import KnownServer
+from hybridhub.backends.theta import ThetaBackend
+from hybridhub.backends.theta.offering import display_name, marker
+from hybridhub.catalog import load_catalog
+from tests.fixtures.hubless import hubless_backend
+from tests.fixtures.theta import KEY, TEMPLATE, backend_traits, theta_api, theta_catalog, theta_controller  # noqa: F401
+
+
+def config_for(ctl, **more) -> Config:
+    config = Config()
+    for key, value in backend_traits(ctl, node_cmd=["/bin/sleep", "60"], **more).items():
+        setattr(config.ThetaBackend, key, value)
+    return config
+
+
+def backend(ctl, cap: float = 0.40, offering: str = "rtx4090", cls: str = "community", **more) -> ThetaBackend:
+    catalog = load_catalog(theta_catalog(cap))
+    return hubless_backend(ThetaBackend, config_for(ctl, **more), catalog.offering(cls, offering), username="alice")
+
+
+def creates(ctl) -> list[dict]:
+    return [r for r in ctl.requests if r["method"] == "POST" and r["path"].endswith("/gpu-deployments")]
+
+
+async def test_a_quote_above_the_ceiling_is_refused_before_anything_is_created(theta_api):  # noqa: F811
+    b = backend(theta_api, cap=0.20)
+    with pytest.raises(Exception) as e:
+        await b.start()
+    assert e.value.status_code == 409
+    assert "$0.29/h" in e.value.jupyterhub_message and "$0.20/h" in e.value.jupyterhub_message
+    assert creates(theta_api) == [] and not theta_api.nodes
+
+
+async def test_wrong_key_is_unavailable_for_the_user_and_an_error_for_admins(theta_api, caplog):  # noqa: F811
+    b = backend(theta_api, api_key="not-the-key")
+    with pytest.raises(Exception) as e:
+        await b.start()
+    assert e.value.status_code == 503 and "This hardware is unavailable" in e.value.jupyterhub_message
+    assert "refused this hub's API key (HTTP 403)" in caplog.text and "not-the-key" not in caplog.text
+    result = await ThetaBackend.reconcile([], config_for(theta_api, api_key="not-the-key"))
+    assert not result and caplog.text.count("refused this hub's API key") == 2
+
+
+async def test_the_node_taken_between_listing_and_create(theta_api):  # noqa: F811
+    assert await ThetaBackend.free_now(load_catalog(theta_catalog()).offering("community", "rtx4090"),
+                                       config_for(theta_api)) == 2
+    theta_api.fail_next("/gpu-deployments", 404, {"message": "resource community_node/1 is no longer available"},
+                        method="POST")
+    b = backend(theta_api)
+    with pytest.raises(Exception) as e:
+        await b.start()
+    assert e.value.status_code == 503 and "taken" in e.value.jupyterhub_message
+    assert not theta_api.nodes and b.deployment_id is None
+
+
+async def test_a_timeout_is_unavailable_never_a_500(theta_api):  # noqa: F811
+    theta_api.fail_next("gpu-resources", 200, {"status": "success", "body": {}}, delay=1.5)
+    b = backend(theta_api, request_timeout=0.5)
+    with pytest.raises(Exception) as e:
+        await b.start()
+    assert e.value.status_code == 503 and "did not answer in time" in e.value.jupyterhub_message
+
+
+async def test_start_through_warm_up_then_lost_node_then_stop(theta_controller):  # noqa: F811
+    ctl = theta_controller
+    ctl.warm_up(404, 503, 401)
+    b = backend(ctl)
+    url = await b.start()
+    [dep_id] = ctl.nodes
+    node = ctl.nodes[dep_id]
+    assert url.startswith("http://127.0.0.1:") and b.deployment_id == dep_id
+    [create] = creates(ctl)
+    assert '"max_price_per_hour_usd": 0.4' in create["body"] and b.api_token not in create["body"]
+    assert node.request["name"].startswith(marker(b.hub_id))
+    assert node.request["ssh_public_key"].startswith("ssh-ed25519")
+    assert "PRIVATE KEY" not in str(b.get_state()) and set(b.get_state()) == {"deployment_id", "deployment_name",
+                                                                               "http_url"}
+    ps = ctl._docker("exec", node.container, "sh", "-c", "ps -eo args")
+    assert "/bin/sleep 60" in ps and b.api_token not in ps  # started over SSH; the token is not on a command line
+    env = ctl._docker("exec", node.container, "sh", "-c", "cat /proc/$(pgrep -f 'sleep 60' | head -1)/environ")
+    assert f"JUPYTERHUB_API_TOKEN={b.api_token}" in env  # ...but in the server's environment
+    assert await b.poll() is None
+    ctl.lose_node(dep_id)
+    status = await b.poll()
+    assert "NodeLost" in status and "went offline" in status and b.end_reason(status) == "host lost"
+    await b.stop()
+    assert node.status == "deleted" and ctl.live_containers() == []
+
+
+async def test_reconcile_deletes_only_this_hubs_unknown_deployments(theta_controller):  # noqa: F811
+    ctl = theta_controller
+    config = config_for(ctl)
+    hub_id = config.ThetaBackend.hub_id
+    kept = await backend(ctl).start()  # a server the hub knows
+    known_id = next(iter(ctl.nodes))
+    orphan = await backend(ctl).start()  # its hub forgot it
+    orphan_id = [i for i in ctl.nodes if i != known_id][0]
+    assert kept and orphan
+    ctl.resources[0]["capacity"] = 3
+    other = {"deployment_template_id": TEMPLATE, "resource_id": "community_node/1", "name": "someoneelse1",
+             "container_image": ctl.templates[0]["container_images"][0], "ssh_public_key": "ssh-ed25519 AAAA x",
+             "max_price_per_hour_usd": 1.0, "display_name": display_name("alice", "")}
+    from hybridhub.backends.theta.client import ThetaClient
+
+    foreign = (await ThetaClient(ctl.url, ctl.project, KEY).create_gpu_deployment(other))["id"]
+    known = [KnownServer("alice", "", {"deployment_id": known_id})]
+    result = await ThetaBackend.reconcile(known, config)
+    assert result.removed == [orphan_id] and result.gone == []
+    assert ctl.nodes[orphan_id].status == "deleted"
+    assert ctl.nodes[known_id].status == "running" and ctl.nodes[foreign].status in ("pending", "running")
+    ctl.lose_node(known_id)
+    result = await ThetaBackend.reconcile(known, config)
+    assert result.gone == [("alice", "")] and result.removed == [] and hub_id

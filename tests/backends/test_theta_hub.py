@@ -1,0 +1,73 @@
+"""The theta class end to end: a real JupyterHub (tests.fixtures.hub) configured only with the local Theta
+controller's URL, key and project, a student launching "RTX 4090 (Theta community)" and getting JupyterLab
+on an emulated GPU Node (a container with a real sshd), then stopping it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import requests
+
+from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
+from tests.fixtures.theta import backend_traits, theta_catalog, theta_controller  # noqa: F401  (fixture)
+
+RTX = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "course-ml101"}
+
+
+def theta_hub_config(ctl, cap: float = 0.40, **traits) -> str:
+    lines = ["c.HybridSpawner.backend_override = ''", f"c.HybridSpawner.catalog = {theta_catalog(cap)!r}",
+             "c.ReconcileRunner.interval = 300"]
+    lines += [f"c.ThetaBackend.{k} = {v!r}" for k, v in backend_traits(ctl, **traits).items()]
+    return "\n".join(lines) + "\n"
+
+
+def open_reservations(db_url: str, user: str):
+    from hybridhub.accounting.db import Database
+    from hybridhub.accounting.ledger import Accounting
+
+    return Accounting(Database(db_url)).open_reservations(user)
+
+
+def test_student_gets_jupyterlab_on_a_theta_community_node_and_stop_deletes_it(theta_controller, hub_factory):  # noqa: F811
+    ctl = theta_controller
+    hub = hub_factory(extra_config=theta_hub_config(ctl))
+    page = hub.signed_in("alice").get(f"{hub.url}/hub/spawn", timeout=30).text
+    assert "RTX 4090" in page and "Theta community" in page
+    r = hub.spawn("alice", RTX)
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("alice", timeout=90)
+    token = hub.user_token("alice", scopes=["access:servers!user=alice"])
+    api = requests.get(f"{hub.url}/user/alice/api", headers={"Authorization": f"token {token}"}, timeout=10)
+    assert api.status_code == 200 and "version" in api.json()
+    [node] = ctl.nodes.values()
+    assert node.status == "running" and node.request["max_price_per_hour_usd"] == 0.40
+    assert len(open_reservations(hub.db_url, "alice")) == 1
+    # the server's token reached the node over SSH only: not through Theta's API, a command line or a log
+    environ = ctl._docker("exec", node.container, "sh", "-c",
+                          "cat /proc/$(pgrep -f jupyterhub-singleuser | head -1)/environ")
+    server_token = next(v.split("=", 1)[1] for v in environ.split("\0") if v.startswith("JUPYTERHUB_API_TOKEN="))
+    assert server_token not in str(ctl.requests)
+    assert server_token not in ctl._docker("exec", node.container, "sh", "-c", "ps -eo args")
+    assert server_token not in hub.log() and "PRIVATE KEY" not in hub.log()
+    hub_db = Path(hub.db_url.removeprefix("sqlite:///"))
+    assert b"PRIVATE KEY" not in hub_db.read_bytes() and b"OPENSSH" not in hub_db.read_bytes()
+    hub.stop_server("alice")
+    assert node.status == "deleted" and ctl.live_containers() == []
+    assert open_reservations(hub.db_url, "alice") == []
+
+
+def test_quote_above_ceiling_and_refused_key_through_the_hub(theta_controller, hub_factory):  # noqa: F811
+    ctl = theta_controller
+    hub = hub_factory(extra_config=theta_hub_config(ctl, cap=0.20))
+    r = hub.spawn("alice", RTX)
+    assert r.status_code == 409 and "$0.29/h" in r.text and "$0.20/h" in r.text, r.text
+    assert not ctl.nodes and open_reservations(hub.db_url, "alice") == []
+    bad = hub_factory(extra_config=theta_hub_config(ctl, api_key="revoked-key-000"))
+    deadline = time.monotonic() + 15  # the first reconciliation pass, when the hub starts, tells the admins
+    while "Theta refused this hub's API key (HTTP 403)" not in bad.log() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "Theta refused this hub's API key (HTTP 403)" in bad.log()
+    r = bad.spawn("bob", RTX)
+    assert r.status_code == 503 and "This hardware is unavailable" in r.text, r.text
+    assert "revoked-key-000" not in bad.log() and not ctl.nodes

@@ -10,7 +10,12 @@ from pathlib import Path
 import requests
 
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
-from tests.fixtures.theta import backend_traits, theta_catalog, theta_controller  # noqa: F401  (fixture)
+from tests.fixtures.theta import (  # noqa: F401  (fixture)
+    backend_traits,
+    check_recorded,
+    theta_catalog,
+    theta_controller,
+)
 
 RTX = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "course-ml101"}
 
@@ -55,6 +60,10 @@ def test_student_gets_jupyterlab_on_a_theta_community_node_and_stop_deletes_it(t
     hub.stop_server("alice")
     assert node.status == "deleted" and ctl.live_containers() == []
     assert open_reservations(hub.db_url, "alice") == []
+    # the hub's calls, replayed from the controller's log, field by field against Theta's contract
+    calls = set(check_recorded(ctl))
+    assert {"GET gpu-resources", "GET gpu-resources/{id}", "POST gpu-deployments", "GET gpu-deployments/{id}",
+            "DELETE gpu-deployments/{id}"} <= calls, calls
 
 
 def test_quote_above_ceiling_and_refused_key_through_the_hub(theta_controller, hub_factory):  # noqa: F811

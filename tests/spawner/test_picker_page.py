@@ -47,3 +47,12 @@ def test_a_different_catalog_is_never_served_another_catalogs_page():
     rs = rows(3, 4.0)
     again = picker_html(other, rs, ["lab-a"], preselect(rs, {}, ["lab-a"], 1.0), {})
     assert again == first and again is not first
+
+
+def test_the_backends_detail_line_shows_under_the_offering():
+    rs = rows(3, 4.0)
+    for r in rs:
+        r["detail"] = "trn1.2xlarge, spot" if r["offering"].key == "aws/trn1.2xlarge" else ""
+    html = picker_html(CAT, rs, ["lab-a"], preselect(rs, {}, ["lab-a"], 1.0), {})
+    assert html.count('<small class="text-muted">trn1.2xlarge, spot</small>') == 1
+    assert "trn1.32xlarge</small>" not in html  # the template names no backend field itself

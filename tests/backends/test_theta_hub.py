@@ -11,20 +11,12 @@ import requests
 
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 from tests.fixtures.theta import (  # noqa: F401  (fixture)
-    backend_traits,
     check_recorded,
-    theta_catalog,
+    hub_theta_config,
     theta_controller,
 )
 
 RTX = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "course-ml101"}
-
-
-def theta_hub_config(ctl, cap: float = 0.40, **traits) -> str:
-    lines = ["c.HybridSpawner.backend_override = ''", f"c.HybridSpawner.catalog = {theta_catalog(cap)!r}",
-             "c.ReconcileRunner.interval = 300"]
-    lines += [f"c.ThetaBackend.{k} = {v!r}" for k, v in backend_traits(ctl, **traits).items()]
-    return "\n".join(lines) + "\n"
 
 
 def open_reservations(db_url: str, user: str):
@@ -36,7 +28,7 @@ def open_reservations(db_url: str, user: str):
 
 def test_student_gets_jupyterlab_on_a_theta_community_node_and_stop_deletes_it(theta_controller, hub_factory):  # noqa: F811
     ctl = theta_controller
-    hub = hub_factory(extra_config=theta_hub_config(ctl))
+    hub = hub_factory(extra_config=hub_theta_config(ctl))
     page = hub.signed_in("alice").get(f"{hub.url}/hub/spawn", timeout=30).text
     assert "RTX 4090" in page and "Theta community" in page
     r = hub.spawn("alice", RTX)
@@ -68,11 +60,11 @@ def test_student_gets_jupyterlab_on_a_theta_community_node_and_stop_deletes_it(t
 
 def test_quote_above_ceiling_and_refused_key_through_the_hub(theta_controller, hub_factory):  # noqa: F811
     ctl = theta_controller
-    hub = hub_factory(extra_config=theta_hub_config(ctl, cap=0.20))
+    hub = hub_factory(extra_config=hub_theta_config(ctl, cap=0.20))
     r = hub.spawn("alice", RTX)
     assert r.status_code == 409 and "$0.29/h" in r.text and "$0.20/h" in r.text, r.text
     assert not ctl.nodes and open_reservations(hub.db_url, "alice") == []
-    bad = hub_factory(extra_config=theta_hub_config(ctl, api_key="revoked-key-000"))
+    bad = hub_factory(extra_config=hub_theta_config(ctl, api_key="revoked-key-000"))
     deadline = time.monotonic() + 15  # the first reconciliation pass, when the hub starts, tells the admins
     while "Theta refused this hub's API key (HTTP 403)" not in bad.log() and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -159,3 +159,17 @@ def test_backend_of_a_bare_backend_and_of_an_unstarted_server():
     backend = RecordingBackend()
     assert backend_of(backend) == (RecordingBackend, backend.get_state())
     assert backend_of(object()) == (None, {})
+
+
+def test_the_runner_reads_the_hubs_catalog_and_metering_settings(tmp_path):
+    """Without a spawner given, the runner sees what the hub's HybridSpawner sees: its catalog's backends
+    (each once) and its accounting, with the hub's MeterSettings (closing a reservation charges by them)."""
+    config = Config()
+    config.HybridSpawner.db_url = f"sqlite:///{tmp_path / 'acct.sqlite'}"
+    config.HybridSpawner.meter_interval = 17.0
+    config.HybridSpawner.grace_seconds = 42.0
+    config.HybridSpawner.backend_override = "local"
+    r = ReconcileRunner(FakeHub(), config=config)
+    assert [cls.__name__ for cls in r.backends()] == ["LocalBackend"]
+    acct = r.spawner.accounting
+    assert (acct.meter_interval, acct.grace_seconds) == (17.0, 42.0)

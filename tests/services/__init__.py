@@ -1,1 +1,1 @@
-"""The services beside the hub: meter, course scheduler, verification, EC2 reconciler."""
+"""The services beside the hub: meter, course scheduler, verification."""

@@ -119,3 +119,29 @@ async def test_reconcile_deletes_only_this_hubs_unknown_deployments(theta_contro
     ctl.lose_node(known_id)
     result = await ThetaBackend.reconcile(known, config)
     assert result.gone == [("alice", "")] and result.removed == [] and hub_id
+
+
+async def test_home_follows_the_user_without_confidential_folders(theta_controller, tmp_path):  # noqa: F811
+    ctl = theta_controller
+    home = tmp_path / "homes" / "alice"
+    (home / "secret").mkdir(parents=True)
+    (home / "notes.txt").write_text("mine")
+    (home / "secret" / "plan.txt").write_text("confidential")
+    b = backend(ctl, home_dir=str(tmp_path / "homes" / "{username}"), node_home="/home/alice")
+    b.hide_paths(["secret"])
+    await b.start()
+    node = next(iter(ctl.nodes.values()))
+
+    def on_node(cmd: str) -> str:
+        return ctl._docker("exec", node.container, "sh", "-c", cmd)
+
+    assert on_node("cat /home/alice/notes.txt") == "mine"
+    assert on_node("ls -A /home/alice/secret; stat -c %a /home/alice/secret") == "555\n"  # there, empty, read-only
+    assert "HOME=/home/alice" in on_node("cat /proc/$(pgrep -f 'sleep 60' | head -1)/environ")
+    on_node("echo result > /home/alice/result.txt && chmod 0755 /home/alice/secret && "
+            "echo leak > /home/alice/secret/leak.txt && echo changed > /home/alice/notes.txt")
+    assert "PRIVATE KEY" not in str(b.get_state()) and "_key" not in b.get_state()
+    await b.stop()
+    assert (home / "result.txt").read_text() == "result\n" and (home / "notes.txt").read_text() == "changed\n"
+    assert sorted(p.name for p in (home / "secret").iterdir()) == ["plan.txt"]  # nothing came back into it
+    assert not (home / ".hybridhub").exists() and node.status == "deleted"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import random_port
@@ -13,9 +14,11 @@ from traitlets import Any, Bool, Float, Int, List, Unicode
 from hybridhub.backends.base import BackendMixin, KnownServer, Reconciled, poll_until
 from hybridhub.backends.theta import body as tb
 from hybridhub.backends.theta.client import ThetaClient, ThetaError, ThetaTimeout
+from hybridhub.backends.theta.home import relative
 from hybridhub.backends.theta.launch import ThetaLaunch
 from hybridhub.backends.theta.offering import ThetaFields, check_fields
 from hybridhub.backends.theta.reconcile import reconcile_deployments
+from hybridhub.backends.theta.ssh import LaunchKey
 from hybridhub.errors import no_capacity_error, user_error
 
 #: What a user sees when Theta cannot be used at all (a refused key, no answer): never a 500.
@@ -66,12 +69,23 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
         Int(), [401, 404, 503], help="HTTP statuses Theta answers while a new deployment warms up (retried)."
     ).tag(config=True)
     resources_cache_seconds = Float(10.0, help="Seconds a gpu-resources listing is reused.").tag(config=True)
+    home_dir = Unicode(
+        "", help="The user's home on the hub's machine ({username}), copied to the node over SSH at start and back "
+        "at stop, confidential folders left out. Empty: the node starts with an empty home."
+    ).tag(config=True)
+    node_home = Unicode(
+        "", help="The server's home on the node (HOME); empty: the SSH login's home."
+    ).tag(config=True)
+    home_sync_timeout = Float(300, help="Seconds the copy of the home back from the node may take at stop.").tag(
+        config=True)
     clock = Any(time.monotonic, help="Monotonic clock (tests inject one).")
 
     deployment_id: str | None = None
     deployment_name: str | None = None
     http_url: str | None = None
     hidden_paths: tuple[str, ...] = ()
+    _key: LaunchKey | None = None  # this server's SSH key, in memory only (never in the state)
+    _node: tb.Deployment | None = None
 
     def client(self) -> ThetaClient:
         """A client of the configured project (ValueError when base URL, project or key is missing)."""
@@ -153,14 +167,19 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
     def clear_state(self):
         super().clear_state()
         self.deployment_id = self.deployment_name = self.http_url = None
+        self._key = self._node = None
 
     @property
     def _label(self) -> str:
         return f"{self.user.name}/{self.name}" if self.name else self.user.name
 
+    def home(self) -> Path | None:
+        """The user's home on the hub's machine, or None when homes do not follow users to Theta."""
+        return Path(self.home_dir.format(username=self.user.name)) if self.home_dir else None
+
     def hide_paths(self, paths: list[str]) -> None:
-        """Nothing of the home is copied to a Theta node yet, so confidential folders never reach it."""
-        self.hidden_paths = tuple(paths)
+        """Leave these folders of the home out of what is copied to the node and back."""
+        self.hidden_paths = tuple(relative(p) for p in paths)
 
     def provenance(self) -> dict[str, object]:
         fields = self.fields if self.offering else None
@@ -250,9 +269,12 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
         """Delete the deployment (already gone: nothing to do)."""
         if not self.deployment_id:
             return
+        if self.home() is not None and not now:
+            await self._fetch_home()
         self.log.info("%s: deleting Theta deployment %s", self._label, self.deployment_id)
         await self._delete(self.client(), self.deployment_id)
         self.deployment_id = None
+        self._key = self._node = None
 
     async def _delete(self, client: ThetaClient, deployment_id: str) -> None:
         try:

@@ -3,11 +3,14 @@ over SSH, wait until Jupyter itself answers (a mixin of :class:`~hybridhub.backe
 
 from __future__ import annotations
 
+import asyncio
+
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from hybridhub.backends.base import poll_until
 from hybridhub.backends.theta import body as tb
 from hybridhub.backends.theta.client import ThetaError
+from hybridhub.backends.theta.home import fetch_home, send_home
 from hybridhub.backends.theta.offering import display_name, launch_name
 from hybridhub.backends.theta.ssh import SSH_ERRORS, LaunchKey, connect, start_server
 from hybridhub.errors import user_error
@@ -46,6 +49,8 @@ class ThetaLaunch:
         dep = await self._wait_deployment(client)
         self.http_url = dep.http_url or f"http://{dep.ssh_host}:{self.node_http_port}"
         await self._start_over_ssh(dep, key)
+        if self.home() is not None:  # kept, in memory only, to copy the home back at stop
+            self._key, self._node = key, dep
         self._emit(80, "JupyterLab started on the node; waiting for it to answer")
         return self.http_url
 
@@ -56,17 +61,42 @@ class ThetaLaunch:
                                   "check whom it logs in to; nothing is left running.")
         self._emit(60, f"Node running; logging in over SSH to {dep.ssh_host}:{dep.ssh_port}")
         self.ip, self.port = self.node_bind_ip, self.node_http_port  # JUPYTERHUB_SERVICE_URL on the node
-        env = self.get_env()
+        env = self.get_env() | ({"HOME": self.node_home} if self.node_home else {})
         try:
             conn = await connect(dep.ssh_host, dep.ssh_port, self.ssh_user, key, dep.ssh_host_public_key,
                                  timeout=self.boot_timeout, interval=min(1.0, self.poll_interval))
             async with conn:
+                home = self.home()
+                if home is not None:
+                    self._emit(70, "Copying your home to the node" + (" (confidential folders left out)"
+                                                                      if self.hidden_paths else ""))
+                    await send_home(conn, home, self.hidden_paths, self.node_home)
                 await start_server(conn, [*self.node_cmd, *self.get_args()], env)
         except (*SSH_ERRORS, RuntimeError) as e:
             self.log.error("%s: SSH to %s:%s failed: %s", self._label, dep.ssh_host, dep.ssh_port,
                            type(e).__name__ if not isinstance(e, RuntimeError) else e)
             raise user_error(503, f"The hub could not start JupyterLab on the Theta {self.offering.model} node "
                                   f"over SSH ({type(e).__name__}); nothing is left running.") from None
+
+    async def _fetch_home(self) -> None:
+        """Copy the home back from a node that still runs (errors logged: the stop goes on)."""
+        if self._key is None or self._node is None:
+            self.log.warning("%s: the home on the Theta node cannot be copied back (the hub restarted since "
+                             "the start, so it no longer holds the node's SSH key)", self._label)
+            return
+        if await self.poll() is not None:
+            self.log.warning("%s: the Theta node is gone; its copy of the home is lost", self._label)
+            return
+        node = self._node
+        try:
+            async with asyncio.timeout(self.home_sync_timeout):
+                async with await connect(node.ssh_host, node.ssh_port, self.ssh_user, self._key,
+                                         node.ssh_host_public_key, timeout=10) as conn:
+                    count = await fetch_home(conn, self.home(), self.hidden_paths, self.node_home)
+            self.log.info("%s: copied the home back from the Theta node (%d entries)", self._label, count)
+        except (*SSH_ERRORS, RuntimeError, OSError) as e:
+            self.log.error("%s: copying the home back from the Theta node failed: %s", self._label,
+                           type(e).__name__ if not isinstance(e, RuntimeError) else e)
 
     async def wait_until_answering(self, ip: str, port: int) -> bool:
         """True once Jupyter's own API answers 200 through the node's HTTP endpoint: Theta's ingress answers

@@ -72,3 +72,18 @@ def test_quote_above_ceiling_and_refused_key_through_the_hub(theta_controller, h
     r = bad.spawn("bob", RTX)
     assert r.status_code == 503 and "This hardware is unavailable" in r.text, r.text
     assert "revoked-key-000" not in bad.log() and not ctl.nodes
+
+
+def test_the_hub_waits_for_jupyter_through_the_ingress_warm_up(theta_controller, hub_factory):  # noqa: F811
+    ctl = theta_controller
+    ctl.ingress_warmup = [404, 503, 401]  # Theta's ingress, once the node's port listens, before it forwards
+    hub = hub_factory(extra_config=hub_theta_config(ctl))
+    r = hub.spawn("alice", RTX)
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("alice", timeout=90)
+    token = hub.user_token("alice", scopes=["access:servers!user=alice"])
+    api = requests.get(f"{hub.url}/user/alice/api", headers={"Authorization": f"token {token}"}, timeout=10)
+    assert api.status_code == 200, api.status_code  # ready only once Jupyter itself answered, not the ingress
+    [ingress] = ctl.ingresses.values()
+    assert {404, 503, 401} <= set(ingress.served) and ingress.served[-1] == 200
+    hub.stop_server("alice")

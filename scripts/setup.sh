@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what hybridhub needs on a fresh Debian machine (idempotent).
 #   scripts/setup.sh          the demo: Python venv with hybridhub, configurable-http-proxy
-#   scripts/setup.sh --test   also the test tools: Docker Engine, Chromium, moto, Playwright
+#   scripts/setup.sh --test   also the test tools: Docker Engine, Chromium, Prometheus, moto, Playwright
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,7 +48,7 @@ fi
 labext=.venv/share/jupyter/labextensions/hybridhub-lab
 if [ -L "$labext" ]; then rm "$labext"; fi
 if [ "$want_test" = 1 ]; then
-    apt_install docker.io chromium
+    apt_install docker.io chromium prometheus  # prometheus: promtool and a Prometheus for tests/test_prometheus.py
     .venv/bin/pip install -q -e ./labextension -e '.[test]'  # hybridhub requires hybridhub-lab
     # PostgreSQL: the machines run it at 127.0.0.1:5432; start the cluster if it is down
     if ! (echo > /dev/tcp/127.0.0.1/5432) 2>/dev/null && command -v pg_ctlcluster >/dev/null; then

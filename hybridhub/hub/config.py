@@ -117,6 +117,7 @@ def configure_services(
         *[s for s in c.JupyterHub.get("services", []) if s.get("name") != "hybridhub-meter"],
         {
             "name": "hybridhub-meter",
+            "url": f"http://127.0.0.1:{random_port()}",  # its /metrics, also at /services/hybridhub-meter/metrics
             "command": [sys.executable, "-m", "hybridhub.services.meter"],
             "environment": {
                 "HYBRIDHUB_DB_URL": db_url,

@@ -10,6 +10,8 @@ the environment:
   (default 300)
 - ``HYBRIDHUB_SMTP_HOST`` and friends: threshold mail to group leaders, off when unset
   (:meth:`hybridhub.accounting.mail.ThresholdMailer.from_env`)
+- ``JUPYTERHUB_SERVICE_URL``: where it serves its Prometheus ``/metrics`` (tick duration and time,
+  accelerator-hours and money charged, stops at zero, mails sent; :mod:`hybridhub.metrics`)
 
 Servers on a tick's ``to_stop`` list are stopped through the hub's REST API
 (``DELETE /users/{name}/servers/{server}``, or ``DELETE /users/{name}/server`` for the
@@ -25,15 +27,20 @@ import logging
 import os
 import signal
 import smtplib
+import time
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlparse
 
-from hybridhub import loghygiene
+from tornado import web
+
+from hybridhub import loghygiene, metrics
 from hybridhub.accounting.db import DEFAULT_URL, Database
 from hybridhub.accounting.ledger import Accounting, MeterReport, StopOrder
 from hybridhub.accounting.mail import ThresholdMailer
 from hybridhub.accounting.sessions import END_QUOTA, SessionLog
 from hybridhub.accounting.settings import MeterSettings
 from hybridhub.hubapi import HubApi
+from hybridhub.services.observability import ChargeCounter, metrics_routes
 
 log = logging.getLogger("hybridhub.meter")
 
@@ -78,12 +85,16 @@ class Meter:
         self.mailer = mailer
         self.interval = float(interval or accounting.meter_interval)
         self._stopping = asyncio.Event()
+        self.charges = ChargeCounter(accounting.db)
 
     async def tick(self) -> MeterReport:
         """One tick: meter in a worker thread (never blocking the loop), then stop servers."""
+        started = time.perf_counter()
         report = await asyncio.get_running_loop().run_in_executor(None, self.accounting.meter)
+        await asyncio.to_thread(self.charges.count)
         for order in report.to_stop:
             r = order.reservation
+            metrics.STOPS_AT_ZERO.labels(r.resource_class, r.group).inc()
             log.warning(
                 "stopping %s's server %r (reservation %s, group %s): %s",
                 r.username, r.server_name, r.id, r.group, order.reason,
@@ -96,9 +107,11 @@ class Meter:
             await self.stop(order)
         if self.mailer is not None:
             try:
-                await asyncio.to_thread(self.mailer.send_pending, report.now)
+                metrics.MAILS_SENT.inc(await asyncio.to_thread(self.mailer.send_pending, report.now))
             except (OSError, smtplib.SMTPException) as exc:
                 log.error("threshold mail not sent (retried next tick): %s", exc)
+        metrics.METER_TICK.observe(time.perf_counter() - started)
+        metrics.METER_LAST_TICK.set_to_current_time()
         return report
 
     async def run(self) -> None:
@@ -132,6 +145,11 @@ async def _main() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, meter.shutdown)
     log.info("metering every %ss: %s", meter.interval, json.dumps(meter.accounting.db.safe_url))
+    url = os.environ.get("JUPYTERHUB_SERVICE_URL")
+    if url:  # Prometheus scrapes /metrics here (or through the hub's proxy, at the service prefix)
+        parsed = urlparse(url)
+        web.Application(metrics_routes(os.environ.get("JUPYTERHUB_SERVICE_PREFIX", ""))).listen(
+            parsed.port or 80, parsed.hostname or "127.0.0.1", xheaders=True)
     await meter.run()
 
 

@@ -22,7 +22,7 @@ from traitlets import Dict, HasTraits, List, Unicode, default
 
 from hybridhub.accounting.sessions import END_FAILED_START, SessionLog
 from hybridhub.accounting.trust import TrustPolicy
-from hybridhub.errors import first_line, user_error
+from hybridhub.errors import first_line
 from hybridhub.spawner.provenance import describe, end_reason
 from hybridhub.spawner.trust import (
     DEFAULT_ENV_ALLOW,
@@ -127,7 +127,7 @@ class TrustAndProvenanceMixin(HasTraits):
             )
         except BarredFromUntrusted as e:
             self.log.info("Refused %s: %s", self._log_name, e)
-            raise user_error(403, e.user_message) from None
+            raise self.refused(403, e.user_message, "trust") from None
 
     def confine(self, backend) -> None:
         """Limit the token, filter the environment and hide folders (untrusted hardware only)."""
@@ -139,8 +139,8 @@ class TrustAndProvenanceMixin(HasTraits):
                 env_deny=self.untrusted_env_deny, env_allow=self.untrusted_env_allow,
             )
         except ConfinementError as e:
-            raise user_error(
-                403, f"{self.offering.key} cannot leave your confidential folders out: {e}"
+            raise self.refused(
+                403, f"{self.offering.key} cannot leave your confidential folders out: {e}", "trust"
             ) from None
         clamp_server_token(self)
 

@@ -23,7 +23,7 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Dict, Float, Integer, Unicode, default, observe
 
-from hybridhub import backends
+from hybridhub import backends, metrics
 from hybridhub.accounting import courses
 from hybridhub.accounting.db import DEFAULT_URL, Database
 from hybridhub.accounting.forecast import remaining_forecasts
@@ -32,8 +32,9 @@ from hybridhub.accounting.models import GROUP_KINDS
 from hybridhub.accounting.settings import MeterSettings
 from hybridhub.backends.base import LaunchContext
 from hybridhub.catalog import Catalog, Offering, load_catalog
-from hybridhub.errors import start_failed, user_error
+from hybridhub.errors import as_refusal, start_failed
 from hybridhub.spawner.guard import TrustAndProvenanceMixin
+from hybridhub.spawner.instruments import InstrumentsMixin
 from hybridhub.spawner.options import (
     DEFAULT_HOURS_STEP,
     DEFAULT_MIN_HOURS,
@@ -46,7 +47,7 @@ from hybridhub.spawner.options import (
 )
 from hybridhub.spawner.pagevars import SPAWN_PAGE_VARS, PageVar
 from hybridhub.spawner.picker import picker_html, preselect
-from hybridhub.spawner.refusals import RefusalLogMixin, admission_reason, error_text
+from hybridhub.spawner.refusals import RefusalLogMixin, admission_reason, error_text, offering_labels
 
 _databases: dict[str, Database] = {}
 _accountings: dict[tuple[str, MeterSettings], Accounting] = {}
@@ -74,7 +75,7 @@ class NotServed(RuntimeError):
 PICKER_SYNC_SECONDS = 60.0
 
 
-class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
+class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, Spawner):
     """Launch notebook servers on the hardware the user picks, within their group's quota."""
 
     catalog = Dict(
@@ -192,7 +193,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
 
     @default("options_form")
     def _default_options_form(self):
-        return self.render_picker
+        return self.timed_picker
 
     async def render_picker(self, spawner: Spawner | None = None) -> str:
         """The picker: classes, offerings, counts, prices, free now, remaining quota."""
@@ -283,8 +284,8 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
         if size > self.max_options_bytes:
             self.log.warning("refused options of %s for %s: %d bytes, limit %d",
                              self.user.name, self._log_name, size, self.max_options_bytes)
-            raise user_error(413, f"Invalid option user_options: {size} bytes is over the "
-                                  f"limit of {self.max_options_bytes} bytes")
+            raise self.refused(413, f"Invalid option user_options: {size} bytes is over the "
+                                    f"limit of {self.max_options_bytes} bytes", "options")
         try:  # a running course session fixes this server's hardware (403 naming it)
             user_options, self.course = await asyncio.to_thread(
                 courses.session_launch, self.accounting.db, self.user.name, self.name, user_options
@@ -293,7 +294,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             await asyncio.to_thread(self.note_refusal, "course_lock", str(e), user_options)
             if self.orm_spawner is not None:  # a later start without options gets the session's
                 self.orm_spawner.user_options = e.session_options
-            raise user_error(e.status, str(e)) from None
+            raise self.refused(e.status, str(e), "course") from None
         groups = self.user_groups()
         default_group = next(iter(groups)) if len(groups) == 1 else None
         try:
@@ -305,7 +306,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
         except OptionError as e:
             self.log.warning("refused options of %s for %s: %s", self.user.name,
                              self._log_name, e)
-            raise user_error(400, f"Invalid option {e}") from None
+            raise self.refused(400, f"Invalid option {e}", "options") from None
         self.launch = request
         self.offering = offering
         if self.course is not None:
@@ -428,7 +429,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             self.log.info("refused launch of %s for %s: %s", self.user.name, self._log_name, e)
             self.note_refusal(admission_reason(e), str(e))
             summary = reservation_summary(off, req.count, req.hours, req.group, getattr(e, "unit", "hours"))
-            raise user_error(403, f"This launch reserves {summary}: {e}") from None
+            raise self.refused(403, f"This launch reserves {summary}: {e}", admission_reason(e)) from None
 
     def _prepare_launch(self, hub_groups: tuple[dict, dict]) -> None:
         """Mirror the user's groups, plan the confinement (403 if barred) and admit (runs in a thread)."""
@@ -438,13 +439,14 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             message = (f"Group {group!r} has no kind yet, so nothing can be charged to it: an administrator "
                        f"must set its 'kind' property to one of {', '.join(GROUP_KINDS)}.")
             self.note_refusal("no_budget", message)
-            raise user_error(403, message)
+            raise self.refused(403, message, "group")
         try:
             self.confinement = self.plan_confinement(set(hub_groups[0]))
         except web.HTTPError as e:
             self.note_refusal("barred", error_text(e))
             raise
         self.reservation_id = self._admit()
+        metrics.ADMISSIONS.labels("admitted", *offering_labels(self.offering)).inc()
 
     async def start(self):
         """Admit the launch against the group's budget, then start it on the backend."""
@@ -455,6 +457,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
         self.backend = None
         self._backend_state = None
         backend = self._ensure_backend()
+        started = time.perf_counter()
         try:
             self.confine(backend)
             result = await backend.start()
@@ -466,15 +469,19 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
             if isinstance(e, web.HTTPError) and e.status_code == 429:
                 await asyncio.to_thread(self.note_refusal, "capacity", error_text(e))
             if isinstance(e, web.HTTPError) and e.status_code < 500 and getattr(e, "jupyterhub_message", None):
-                raise  # a refusal (no capacity now): the message says so, nothing started
+                self.observe_start(started, "refused")
+                raise self.counted(as_refusal(e)) from None  # no capacity now, a price: nothing started
             plain = isinstance(e, NotServed)  # not a bug of ours: one line, no traceback
             self.log.error("Backend %s could not start %s%s", self.offering.backend, self._log_name,
                            f": {e}" if plain else "", exc_info=None if plain else e)
+            self.observe_start(started, "failed")
             await self.record_failed_start(backend, e)
             if isinstance(e, web.HTTPError) and getattr(e, "jupyterhub_message", None):
                 raise  # already says what happened
             raise start_failed(f"{self.offering.model} × {self.launch.count}", self.offering.backend, e) from e
         await asyncio.to_thread(self.accounting.mark_running, self.reservation_id)  # metering starts now
+        self.observe_start(started, "served")
+        self.count_running(+1)
         await self.record_start(backend)
         return result
 
@@ -503,6 +510,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
         if backend is None:
             return 0
         status = await backend.poll()
+        self.count_running(+1 if status is None else -1)  # a server re-adopted after a restart counts
         if status is not None and self.reservation_id is not None:
             await asyncio.to_thread(self.accounting.release, self.reservation_id, "exited")
             await self.record_end(backend, status)
@@ -513,6 +521,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, Spawner):
         backend = self._ensure_backend()
         if backend is not None:
             await backend.stop(now=now)
+        self.count_running(-1)
         if self.reservation_id is not None:
             await asyncio.to_thread(self.accounting.release, self.reservation_id, "stopped")
             await self.record_end()

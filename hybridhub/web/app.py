@@ -38,12 +38,13 @@ from urllib.parse import urlparse
 from jupyterhub.services.auth import HubOAuthCallbackHandler
 from tornado import web
 
-from hybridhub import loghygiene
+from hybridhub import loghygiene, metrics
 from hybridhub.accounting.courses import MANAGE_SCOPE
 from hybridhub.accounting.db import DEFAULT_URL, Database
 from hybridhub.accounting.ledger import Accounting
 from hybridhub.accounting.reports import refresh_rollup
 from hybridhub.accounting.settings import MeterSettings
+from hybridhub.services.observability import BudgetCollector, metrics_routes
 from hybridhub.web.base import ADMIN_SCOPE, LEAD_SCOPE, PortalHandler, _jinja_env, api_routes, error_schema
 
 log = logging.getLogger("hybridhub.portal")
@@ -163,6 +164,7 @@ def make_app(
     ]
     for module in loaded:
         routes.extend((prefix + path, handler) for path, handler in module.handlers)
+    routes.extend(metrics_routes(prefix))  # Prometheus: budget levels, for a token with read:metrics
     document = openapi_document(loaded, prefix)
     return web.Application(
         routes,
@@ -230,6 +232,7 @@ def from_env(env: dict[str, str] | None = None) -> tuple[web.Application, str]:
     env = dict(os.environ if env is None else env)
     db = Database(env.get("HYBRIDHUB_DB_URL", DEFAULT_URL))
     db.upgrade()
+    metrics.SERVICE_REGISTRY.register(BudgetCollector(db))
     hub_prefix = env.get("JUPYTERHUB_BASE_URL", "/").rstrip("/") + "/hub/"
     app = make_app(
         MeterSettings.from_env(env).accounting(db),

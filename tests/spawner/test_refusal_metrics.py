@@ -1,0 +1,108 @@
+"""Refusals the JupyterHub 6 way, through a real hub: each kind keeps its status and text, is logged as
+one line (JupyterHub's SpawnException path) and is counted on ``/hub/metrics`` with its reason, in the
+hub's own spawn metric and in ``hybridhub_refusals_total``."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+import requests
+
+from hybridhub.accounting.courses import CourseSchedule
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.ledger import Accounting
+from hybridhub.accounting.models import utcnow
+from hybridhub.accounting.trust import TrustPolicy
+from hybridhub.catalog import load_catalog
+from tests.fixtures.hub import Hub, _stop_user_processes
+
+pytestmark = pytest.mark.usefixtures("hub_prereqs")
+
+RTX4090 = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1}
+RTX5090 = {"class": "community", "model": "rtx5090", "hours": 1}
+A100 = {"class": "enterprise", "model": "a100", "count": 1, "hours": 1}
+
+
+@pytest.fixture(scope="module")
+def hub(hub_prereqs, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("refusalhub")
+    h = Hub(workdir, env={"HYBRIDHUB_DEMO_INVENTORY": "1", "HYBRIDHUB_COURSE_SCHEDULER": "0"}).start()
+    yield h
+    h.stop()
+    _stop_user_processes(workdir)
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """The value of one series in Prometheus' text format (0 when absent)."""
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name):line.rindex("}")]))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def hub_metrics(hub: Hub) -> str:
+    r = requests.get(f"{hub.url}/hub/metrics", headers={"Authorization": f"token {hub.token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.text
+
+
+def refused(hub: Hub, user: str, options: dict, status: int, words: str, reason: str) -> None:
+    before = hub_metrics(hub)
+    r = hub.spawn(user, options)
+    assert r.status_code == status, r.text
+    assert words in r.json()["message"], r.text
+    if status == 429:
+        assert r.headers.get("Retry-After") == "60"
+    assert hub.server_model(user) is None
+    after = hub_metrics(hub)
+    spawn_failures = "jupyterhub_server_spawn_duration_seconds_count"
+    assert sample(after, spawn_failures, status="failure", reason=reason) == \
+        sample(before, spawn_failures, status="failure", reason=reason) + 1, reason
+    assert sample(after, "hybridhub_refusals_total", reason=reason) == \
+        sample(before, "hybridhub_refusals_total", reason=reason) + 1, reason
+    assert re.search(rf"Not starting {user}'s server : {status} refused \({reason}\)", hub.log()), reason
+
+
+def test_every_kind_of_refusal_is_counted_with_its_reason(hub):
+    db = Database(hub.db_url)
+    refused(hub, "bob", {**RTX4090, "model": "nope", "group": "course-ml101"}, 400, "Invalid option", "options")
+    refused(hub, "bob", {**RTX4090, "group": "course-ml101", "pad": "x" * 20000}, 413, "bytes is over", "options")
+    aws = {"class": "aws", "model": "trn1.32xlarge", "count": 1, "hours": 1, "group": "course-ml101"}
+    refused(hub, "bob", aws, 403, "left", "budget")
+    assert hub.api("POST", "/users/nadia").status_code in (201, 409)
+    assert hub.api("POST", "/groups/idp-imported", json={"users": ["nadia"]}).status_code == 201
+    refused(hub, "nadia", {**RTX4090, "group": "idp-imported"}, 403, "has no kind yet", "group")
+    TrustPolicy(db).set_policy("lab-vision", barred_untrusted=True)
+    try:
+        refused(hub, "carol", {**RTX4090, "group": "lab-vision"}, 403, "barred from untrusted", "trust")
+    finally:
+        TrustPolicy(db).set_policy("lab-vision", barred_untrusted=False)
+    sessions = CourseSchedule(Accounting(db), load_catalog())
+    now = utcnow()
+    info = sessions.create(group="course-ml101", resource_class="community", model="rtx3090", count=1,
+                           starts_at=now - timedelta(minutes=1), ends_at=now + timedelta(hours=1), title="Lab 9")
+    sessions.begin(info.id, ["bob"], {"instructors": []})
+    try:
+        refused(hub, "bob", {**A100, "group": "course-ml101"}, 403, "Lab 9", "course")
+    finally:
+        sessions.end_now(info.id)
+    # capacity: the demo's two RTX 5090s are taken by alice, so the backend refuses carol with 429
+    assert hub.spawn("alice", {**RTX5090, "count": 2, "group": "course-ml101"}).status_code in (201, 202)
+    hub.wait_ready("alice")
+    refused(hub, "carol", {**RTX5090, "count": 1, "group": "lab-vision"}, 429, "No capacity", "capacity")
+    text = hub_metrics(hub)
+    assert sample(text, "hybridhub_admissions_total", outcome="admitted", offering="community/rtx5090") >= 1
+    assert sample(text, "hybridhub_running_accelerators", offering="community/rtx5090") == 2
+    assert sample(text, "hybridhub_spawn_duration_seconds_count", backend="local", outcome="served") >= 1
+    assert sample(text, "hybridhub_spawn_duration_seconds_count", backend="local", outcome="refused") >= 1
+    hub.stop_server("alice")
+    assert sample(hub_metrics(hub), "hybridhub_running_accelerators", offering="community/rtx5090") == 0
+    assert "alice" not in "".join(line for line in hub_metrics(hub).splitlines() if line.startswith("hybridhub_"))
+    assert "Traceback" not in hub.log()
+    db.dispose()

@@ -13,6 +13,12 @@
     usage [the same filters]                     cost and accelerator-hours per group and class
     demand [--since D] [--until D] [-o FILE]     refused launches (unmet demand) as CSV
     import FILE                                  budgets from CSV, all lines or none (admins)
+    theta-billing --class C [--class C2] --since D --until D [--no-balance]
+                                                 per day and group, what hybridhub charged for the
+                                                 Theta classes against Theta's billing/usage, with the
+                                                 difference; Theta's balance against the running nodes
+                                                 (Theta's URL, project and key from $THETA_CONTROLLER_BASE_URL,
+                                                 $THETA_PROJECT_ID and $THETA_API_KEY)
 
 The portal URL comes from ``--url`` or ``$HYBRIDHUB_PORTAL_URL`` (e.g.
 ``https://hub.example.edu/services/hybridhub-portal/``), the token from ``--token`` or
@@ -143,6 +149,40 @@ def _write(raw: bytes, output: str | None, out) -> None:
         out.write(raw.decode())
 
 
+def _theta_billing(args: argparse.Namespace, client: PortalClient, out) -> None:
+    """The Theta billing reconciliation (needs hybridhub's [theta] extra)."""
+    import asyncio
+    import datetime as dt
+
+    try:
+        from hybridhub.backends.theta.billing import balance, format_report, reconcile_days, theta_usage
+        from hybridhub.backends.theta.client import ThetaClient, ThetaError
+    except ImportError as e:
+        raise CliError(f"the Theta report needs hybridhub's [theta] extra ({e})") from None
+    names = ("THETA_CONTROLLER_BASE_URL", "THETA_PROJECT_ID", "THETA_API_KEY")
+    missing = [n for n in names if not os.environ.get(n)]
+    if missing:
+        raise CliError(f"set {', '.join(missing)}")
+    try:
+        end = dt.date.fromisoformat(args.until) + dt.timedelta(days=1)  # the portal's until is exclusive
+    except ValueError:
+        raise CliError(f"--until is not a YYYY-MM-DD date: {args.until!r}") from None
+    rows = []
+    for cls in args.classes:
+        query = urlencode({"class": cls, "since": args.since, "until": end.isoformat(), "bucket": "day"})
+        rows += client.json("GET", f"api/usage?{query}")["rows"]
+    theta = ThetaClient(*(os.environ[n] for n in names))
+
+    async def ask():
+        return await theta_usage(theta, args.since, args.until), None if args.no_balance else await balance(theta)
+
+    try:
+        days, bal = asyncio.run(ask())
+    except (ThetaError, ValueError) as e:
+        raise CliError(f"Theta: {e}") from None
+    print(format_report(reconcile_days(rows, days, args.classes), bal), file=out)
+
+
 def run(args: argparse.Namespace, client: PortalClient, out=sys.stdout) -> None:
     """Carry out one parsed command."""
     if args.command == "list":
@@ -179,6 +219,8 @@ def run(args: argparse.Namespace, client: PortalClient, out=sys.stdout) -> None:
         query = {k: v for k, v in {"since": args.since, "until": args.until}.items() if v}
         raw, _ = client.request("GET", "api/demand.csv" + (f"?{urlencode(query)}" if query else ""))
         _write(raw, args.output, out)
+    elif args.command == "theta-billing":
+        _theta_billing(args, client, out)
     elif args.command == "import":
         with open(args.file, "rb") as f:
             data = f.read()
@@ -242,6 +284,12 @@ def parser() -> argparse.ArgumentParser:
 
     im = sub.add_parser("import", help="budgets from CSV, all lines or none (admins)")
     im.add_argument("file")
+
+    tb = sub.add_parser("theta-billing", help="hybridhub's charges for the Theta classes against Theta's bill")
+    tb.add_argument("--class", dest="classes", action="append", required=True, help="a class on the theta backend")
+    tb.add_argument("--since", required=True, help="YYYY-MM-DD (inclusive)")
+    tb.add_argument("--until", required=True, help="YYYY-MM-DD (inclusive)")
+    tb.add_argument("--no-balance", action="store_true", help="leave out the balance and its warning")
     return p
 
 

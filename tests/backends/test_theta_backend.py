@@ -7,7 +7,8 @@ import pytest
 from traitlets.config import Config
 
 from hybridhub.backends.base import KnownServer
-from hybridhub.backends.theta import ThetaBackend
+from hybridhub.backends.theta import ThetaBackend, ThetaClient
+from hybridhub.backends.theta.billing import balance, format_report, reconcile_days
 from hybridhub.backends.theta.offering import display_name, marker
 from hybridhub.catalog import load_catalog
 from tests.fixtures.hubless import hubless_backend
@@ -88,6 +89,10 @@ async def test_start_through_warm_up_then_lost_node_then_stop(theta_controller):
     env = ctl._docker("exec", node.container, "sh", "-c", "cat /proc/$(pgrep -f 'sleep 60' | head -1)/environ")
     assert f"JUPYTERHUB_API_TOKEN={b.api_token}" in env  # ...but in the server's environment
     assert await b.poll() is None
+    ctl.balance_usd = 5.0  # less than 24 h of the running node at $0.29/h
+    bal = await balance(ThetaClient(ctl.url, ctl.project, KEY))
+    assert bal.running_usd_per_hour == 0.29 and not bal.covers_next_day
+    assert "WARNING: the balance will not cover the running nodes for the next 24 h ($6.96)" in format_report([], bal)
     ctl.lose_node(dep_id)
     status = await b.poll()
     assert "NodeLost" in status and "went offline" in status and b.end_reason(status) == "host lost"
@@ -145,3 +150,14 @@ async def test_home_follows_the_user_without_confidential_folders(theta_controll
     assert (home / "result.txt").read_text() == "result\n" and (home / "notes.txt").read_text() == "changed\n"
     assert sorted(p.name for p in (home / "secret").iterdir()) == ["plan.txt"]  # nothing came back into it
     assert not (home / ".hybridhub").exists() and node.status == "deleted"
+
+
+def test_billing_days_compare_charges_per_group_with_thetas_day():
+    rows = [{"period": "2026-12-06", "group": "g1", "resource_class": "community", "cost": 0.5},
+            {"period": "2026-12-06", "group": "g2", "resource_class": "community", "cost": 0.25},
+            {"period": "2026-12-06", "group": "g1", "resource_class": "aws", "cost": 9.0},  # not a Theta class
+            {"period": "2026-12-07", "group": "g1", "resource_class": "enterprise", "cost": 1.0}]
+    days = reconcile_days(rows, {"2026-12-06": 0.8, "2026-12-08": 0.1}, ["community", "enterprise"])
+    assert [(d.day, d.charged, d.theta_usd) for d in days] == [
+        ("2026-12-06", {"g1": 0.5, "g2": 0.25}, 0.8), ("2026-12-07", {"g1": 1.0}, 0.0), ("2026-12-08", {}, 0.1)]
+    assert [round(d.difference_usd, 4) for d in days] == [0.05, -1.0, 0.1]

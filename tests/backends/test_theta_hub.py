@@ -4,12 +4,16 @@ on an emulated GPU Node (a container with a real sshd), then stopping it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
 from pathlib import Path
 
 import requests
 
-from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
+from hybridhub.accounting.db import Database
+from hybridhub.accounting.reports import UsageFilter, usage_report
+from tests.fixtures.hub import VENV_BIN, hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 from tests.fixtures.theta import (  # noqa: F401  (fixture)
     check_recorded,
     hub_theta_config,
@@ -52,10 +56,33 @@ def test_student_gets_jupyterlab_on_a_theta_community_node_and_stop_deletes_it(t
     hub.stop_server("alice")
     assert node.status == "deleted" and ctl.live_containers() == []
     assert open_reservations(hub.db_url, "alice") == []
+    # the billing reconciliation: what hybridhub charged course-ml101 today against Theta's usage
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    report = theta_billing(hub, ctl, today)
+    [theta_usd] = ctl.usage.values()
+    rows = usage_report(Database(hub.db_url), UsageFilter(resource_class="community"))
+    charged = sum(r.cost for r in rows if r.group == "course-ml101")
+    assert charged > 0 and theta_usd > 0  # the launch was charged, and billed by Theta
+    lines = {line.split()[1]: line.split()[2:] for line in report.splitlines() if line.startswith(today)}
+    assert lines["course-ml101"] == [f"{charged:.4f}"], report
+    assert lines["(day)"] == [f"{charged:.4f}", f"{theta_usd:.4f}", f"{theta_usd - charged:.4f}"], report
+    assert "balance $100.00; running nodes $0.00/h" in report and "WARNING" not in report
     # the hub's calls, replayed from the controller's log, field by field against Theta's contract
     calls = set(check_recorded(ctl))
     assert {"GET gpu-resources", "GET gpu-resources/{id}", "POST gpu-deployments", "GET gpu-deployments/{id}",
             "DELETE gpu-deployments/{id}"} <= calls, calls
+
+
+def theta_billing(hub, ctl, day: str) -> str:
+    """``hybridhub-quota theta-billing`` for ``day`` against the hub's portal and ``ctl``."""
+    env = {**os.environ, "THETA_CONTROLLER_BASE_URL": ctl.url, "THETA_PROJECT_ID": ctl.project,
+           "THETA_API_KEY": ctl.key}
+    out = subprocess.run(
+        [str(VENV_BIN / "hybridhub-quota"), "--url", f"{hub.url}/services/hybridhub-portal/", "--token",
+         hub.user_token("admin"), "theta-billing", "--class", "community", "--since", day, "--until", day],
+        capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
 
 def test_quote_above_ceiling_and_refused_key_through_the_hub(theta_controller, hub_factory):  # noqa: F811

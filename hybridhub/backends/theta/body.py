@@ -7,7 +7,7 @@ real project (docs/theta.md, "Assumptions") and change only this module if Theta
 * a listing is a JSON list, or an object holding it under the endpoint's name
   (``resources``, ``templates``, ``deployments``, ``events``) or ``items``;
 * a GPU resource: ``id``, ``region`` (hosted), ``price_per_hour_usd``, ``available`` (free nodes);
-* a deployment: ``id``, ``name``, ``display_name``, ``status`` (one of :data:`RUNNING`,
+* a deployment: ``id``, ``name``, ``display_name``, ``resource_id``, ``region``, ``status`` (one of :data:`RUNNING`,
   :data:`PENDING`, else ended), ``ssh_host``, ``ssh_port``, ``ssh_host_public_key`` (the node's
   OpenSSH host key, pinned by the backend), ``http_url`` (where the node's ``http_port`` is served);
 * an event: ``reason`` and ``message``; the newest last;
@@ -82,6 +82,8 @@ class Deployment:
     name: str
     display_name: str
     status: str
+    resource_id: str
+    region: str | None
     ssh_host: str | None
     ssh_port: int | None
     ssh_host_public_key: str | None
@@ -105,6 +107,8 @@ def deployment(body: Any) -> Deployment:
         id=str(body.get("id", "")),
         name=str(body.get("name") or ""),
         display_name=str(body.get("display_name") or ""),
+        resource_id=str(body.get("resource_id") or ""),
+        region=body.get("region") or None,
         status=str(body.get("status") or "").lower(),
         ssh_host=body.get("ssh_host") or None,
         ssh_port=int(port) if isinstance(port, int) and not isinstance(port, bool) else None,

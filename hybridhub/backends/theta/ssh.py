@@ -29,8 +29,8 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 #: start the server detached from the SSH session (it outlives the connection and a hub restart).
 START_SCRIPT = (
     'umask 077; d="$HOME/.hybridhub"; mkdir -p "$d" && cat > "$d/env" && set -a && . "$d/env" && set +a'
-    ' && rm -f "$d/env" && mkdir -p "$HOME" && cd "$HOME" && {{ nohup setsid {cmd} > "$d/server.log" 2>&1 < /dev/null & }}'
-    ' && echo started'
+    ' && rm -f "$d/env" && mkdir -p "$HOME" && cd "$HOME"'
+    ' && {{ nohup setsid {cmd} > "$d/server.log" 2>&1 < /dev/null & }} && echo started'
 )
 
 

@@ -49,6 +49,8 @@ from hybridhub.spawner.pagevars import SPAWN_PAGE_VARS, PageVar
 from hybridhub.spawner.picker import picker_html, preselect
 from hybridhub.spawner.refusals import RefusalLogMixin, admission_reason, error_text, offering_labels
 
+#: The ``user_options`` key JupyterHub's admin page shows as a server's profile: the offering.
+PROFILE = "profile"
 _databases: dict[str, Database] = {}
 _accountings: dict[tuple[str, MeterSettings], Accounting] = {}
 
@@ -278,8 +280,11 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, 
         """Validate options from the form or REST; a bad field is a 400 naming it.
 
         Async (JupyterHub awaits ``apply_user_options``): the course-schedule lookup and a
-        refusal's record run in worker threads, off the hub's loop.
+        refusal's record run in worker threads, off the hub's loop.  ``profile`` is display only:
+        set to the offering (JupyterHub's admin page shows it), ignored when it comes back.
         """
+        if isinstance(user_options, dict):
+            user_options = {k: v for k, v in user_options.items() if k != PROFILE}
         size = len(json.dumps(user_options, default=str))
         if size > self.max_options_bytes:
             self.log.warning("refused options of %s for %s: %d bytes, limit %d",
@@ -311,7 +316,9 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, 
         self.offering = offering
         if self.course is not None:
             self.offering = self.course.apply(offering)
-            self.user_options = user_options  # what the hub shows is what runs
+        self.user_options = {**user_options, PROFILE: self.offering.key}  # what the hub shows is what runs
+        if self.orm_spawner is not None:
+            self.orm_spawner.user_options = self.user_options
 
     # --- state -----------------------------------------------------------------------
 
@@ -463,6 +470,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, 
             result = await backend.start()
             await self._until_served(backend, result)
         except BaseException as e:
+            self.count_running(-1)  # in case a poll during the start counted it
             await asyncio.to_thread(self.accounting.release, self.reservation_id, "failed to start")
             if isinstance(e, asyncio.CancelledError | TimeoutError):
                 raise  # the hub reports a start timeout itself

@@ -101,8 +101,13 @@ def test_every_kind_of_refusal_is_counted_with_its_reason(hub):
     assert sample(text, "hybridhub_running_accelerators", offering="community/rtx5090") == 2
     assert sample(text, "hybridhub_spawn_duration_seconds_count", backend="local", outcome="served") >= 1
     assert sample(text, "hybridhub_spawn_duration_seconds_count", backend="local", outcome="refused") >= 1
+    assert hub.server_model("alice")["user_options"]["profile"] == "community/rtx5090"  # the admin page's column
     hub.stop_server("alice")
     assert sample(hub_metrics(hub), "hybridhub_running_accelerators", offering="community/rtx5090") == 0
+    # a restart without options reuses the saved ones, "profile" included (display only, never refused)
+    assert hub.spawn("alice", None).status_code in (201, 202)
+    assert hub.wait_ready("alice")["user_options"]["profile"] == "community/rtx5090"
+    hub.stop_server("alice")
     assert "alice" not in "".join(line for line in hub_metrics(hub).splitlines() if line.startswith("hybridhub_"))
     assert "Traceback" not in hub.log()
     db.dispose()

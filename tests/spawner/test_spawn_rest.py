@@ -12,7 +12,7 @@ def test_rest_spawn_to_ready_and_stop(demo_hub):
     r = hub.spawn("alice", GOOD)
     assert r.status_code in (201, 202), r.text
     model = hub.wait_ready("alice")
-    assert model["user_options"] == GOOD
+    assert model["user_options"] == {**GOOD, "profile": "community/rtx4090"}  # the admin page's "profile"
     # the server answers through the proxy, with the hardware it was given in its environment
     token = hub.user_token("alice")
     api = hub.url + model["url"] + "api/kernelspecs"

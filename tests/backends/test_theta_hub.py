@@ -4,6 +4,7 @@ on an emulated GPU Node (a container with a real sshd), then stopping it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import time
@@ -13,8 +14,14 @@ import requests
 
 from hybridhub.accounting.db import Database
 from hybridhub.accounting.reports import UsageFilter, usage_report
+from hybridhub.accounting.sessions import SessionLog
+from hybridhub.backends.theta import ThetaClient, deployment_body
+from hybridhub.backends.theta.offering import launch_name
+from tests.fixtures.docker import TEST_IMAGE
 from tests.fixtures.hub import VENV_BIN, hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 from tests.fixtures.theta import (  # noqa: F401  (fixture)
+    TEMPLATE,
+    backend_traits,
     check_recorded,
     hub_theta_config,
     theta_controller,
@@ -114,3 +121,29 @@ def test_the_hub_waits_for_jupyter_through_the_ingress_warm_up(theta_controller,
     [ingress] = ctl.ingresses.values()
     assert {404, 503, 401} <= set(ingress.served) and ingress.served[-1] == 200
     hub.stop_server("alice")
+
+
+def test_orphans_deleted_at_start_and_a_deployment_deleted_outside_ends_the_server(theta_controller, hub_factory):  # noqa: F811
+    ctl = theta_controller
+    config = hub_theta_config(ctl) + "c.Spawner.poll_interval = 1\n"
+    hub_id = backend_traits(ctl)["hub_id"]
+    client = ThetaClient(ctl.url, ctl.project, ctl.key)
+    made = {}
+    for who, name in (("orphan", launch_name(hub_id)), ("foreign", "someoneelse1")):
+        request = deployment_body(template_id=TEMPLATE, resource_id="community_node/1", image=TEST_IMAGE, name=name,
+                                  ssh_public_key="ssh-ed25519 AAAA x", display_name="x", max_price=1.0)
+        made[who] = asyncio.run(client.create_gpu_deployment(request))["id"]
+    ctl.resources[0]["capacity"] = 3
+    hub = hub_factory(extra_config=config)
+    deadline = time.monotonic() + 20  # the runner's first pass, when the hub starts
+    while ctl.nodes[made["orphan"]].status != "deleted" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ctl.nodes[made["orphan"]].status == "deleted" and ctl.nodes[made["foreign"]].status == "running"
+    assert hub.spawn("alice", RTX).status_code in (201, 202)
+    hub.wait_ready("alice", timeout=90)
+    [mine] = [i for i in ctl.nodes if i not in made.values()]
+    ctl.lose_node(mine, "NodeLost: the community node went offline")
+    hub.wait_stopped("alice", timeout=30)  # the hub's poll found the deployment gone
+    [record] = SessionLog(Database(hub.db_url)).sessions("alice", limit=5)
+    assert record.end_reason == "host lost" and "went offline" in record.end_detail, record.end_detail
+    assert open_reservations(hub.db_url, "alice") == [] and ctl.nodes[made["foreign"]].status == "running"

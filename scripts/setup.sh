@@ -49,6 +49,7 @@ labext=.venv/share/jupyter/labextensions/hybridhub-lab
 if [ -L "$labext" ]; then rm "$labext"; fi
 if [ "$want_test" = 1 ]; then
     apt_install docker.io chromium prometheus  # prometheus: promtool and a Prometheus for tests/test_prometheus.py
+    apt_install openssh-server  # sshd in the Theta test controller's GPU Nodes (tests/fixtures/theta.py)
     .venv/bin/pip install -q -e ./labextension -e '.[test]'  # hybridhub requires hybridhub-lab
     # PostgreSQL: the machines run it at 127.0.0.1:5432; start the cluster if it is down
     if ! (echo > /dev/tcp/127.0.0.1/5432) 2>/dev/null && command -v pg_ctlcluster >/dev/null; then

@@ -229,6 +229,14 @@ def run(args: argparse.Namespace, client: PortalClient, out=sys.stdout) -> None:
         print(f"imported {done['imported']} budget(s)", file=out)
 
 
+def _add_theta_billing(sub) -> None:
+    tb = sub.add_parser("theta-billing", help="hybridhub's charges for the Theta classes against Theta's bill")
+    tb.add_argument("--class", dest="classes", action="append", required=True, help="a class on the theta backend")
+    tb.add_argument("--since", required=True, help="YYYY-MM-DD (inclusive)")
+    tb.add_argument("--until", required=True, help="YYYY-MM-DD (inclusive)")
+    tb.add_argument("--no-balance", action="store_true", help="leave out the balance and its warning")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line."""
     p = argparse.ArgumentParser(
@@ -284,12 +292,7 @@ def parser() -> argparse.ArgumentParser:
 
     im = sub.add_parser("import", help="budgets from CSV, all lines or none (admins)")
     im.add_argument("file")
-
-    tb = sub.add_parser("theta-billing", help="hybridhub's charges for the Theta classes against Theta's bill")
-    tb.add_argument("--class", dest="classes", action="append", required=True, help="a class on the theta backend")
-    tb.add_argument("--since", required=True, help="YYYY-MM-DD (inclusive)")
-    tb.add_argument("--until", required=True, help="YYYY-MM-DD (inclusive)")
-    tb.add_argument("--no-balance", action="store_true", help="leave out the balance and its warning")
+    _add_theta_billing(sub)
     return p
 
 

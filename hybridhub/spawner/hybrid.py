@@ -33,7 +33,7 @@ from hybridhub.accounting.settings import MeterSettings
 from hybridhub.backends.base import LaunchContext
 from hybridhub.catalog import Catalog, Offering, load_catalog
 from hybridhub.errors import as_refusal, start_failed
-from hybridhub.spawner.guard import TrustAndProvenanceMixin
+from hybridhub.spawner.trust_provenance import TrustAndProvenanceMixin
 from hybridhub.spawner.instruments import InstrumentsMixin
 from hybridhub.spawner.options import (
     DEFAULT_HOURS_STEP,

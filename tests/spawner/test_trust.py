@@ -124,7 +124,7 @@ def test_confine_local_child_prefixes_the_launcher_and_filters_env(tmp_path, mon
     assert child.get_env()["AWS_SECRET_ACCESS_KEY"] == "very-secret"
     plan = Confinement("untrusted", (HiddenDir("secret", ("lab",)),))
     confine_backend(child, plan)
-    assert child.cmd[:5] == [sys.executable, "-m", "hybridhub.backends.local.confine", "--hide",
+    assert child.cmd[:6] == [sys.executable, "-P", "-m", "hybridhub.backends.local.confine", "--hide",
                              str(tmp_path / "alice" / "secret")]
     env = child.get_env()
     assert "AWS_SECRET_ACCESS_KEY" not in env
@@ -191,7 +191,7 @@ def test_end_reason_from_poll_status(backend_kind, status, reason):
 
 
 def test_every_hybridspawner_setting_has_help():
-    from hybridhub.spawner.guard import TrustAndProvenanceMixin
+    from hybridhub.spawner.trust_provenance import TrustAndProvenanceMixin
     from hybridhub.spawner.hybrid import HybridSpawner
 
     own = {**TrustAndProvenanceMixin.class_own_traits(config=True), **HybridSpawner.class_own_traits(config=True)}

@@ -11,6 +11,7 @@ from hybridhub.accounting import (  # noqa: F401  (registers their tables)
     course_model,
     demand,
     mail,
+    provider_bills,
     reports,
     sessions,
 )

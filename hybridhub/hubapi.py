@@ -127,13 +127,14 @@ class HubApi(JsonApi):
         code, _ = await self.fetch("POST", server_path(username, server_name), dict(options), timeout=timeout)
         return code
 
-    async def stop_server(self, username: str, server_name: str = "") -> bool:
-        """Ask the hub to stop the server; True if it is stopping or already gone.
+    async def stop_server(self, username: str, server_name: str = "", *, remove: bool = False) -> bool:
+        """Ask the hub to stop the server (and, with ``remove``, to delete the named server once
+        stopped); True if it is stopping or already gone.
 
         An error is logged (never with the token) and answers False.
         """
         try:
-            await self.fetch("DELETE", server_path(username, server_name))
+            await self.fetch("DELETE", server_path(username, server_name), {"remove": True} if remove else None)
         except HubApiError as exc:
             if exc.code in (400, 404):  # not running, or the user is gone: nothing to stop
                 return True

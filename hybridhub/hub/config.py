@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from jupyterhub.utils import random_port
@@ -56,6 +57,10 @@ DEMO_BUDGETS = {
     "lab": {"community": 200.0, "enterprise": 100.0, "aws": 50.0},
     "project": {"community": 50.0, "enterprise": 50.0, "aws": 20.0},
 }
+
+
+#: Named servers a demo user may have at a time (:func:`named_server_limit`).
+DEMO_NAMED_SERVER_LIMIT = 3
 
 
 #: The demo's simulated hardware (offering -> {host: devices}): "Free now" is real, a launch holds its
@@ -416,6 +421,17 @@ def share_if_unreachable(c: Config, data_dir: Path) -> None:
         c.LocalBackend.separate_users = False
 
 
+def named_server_limit(per_user: int) -> Callable[[Any], int]:
+    """A ``JupyterHub.named_server_limit_per_user`` callable: ``per_user`` named servers for a person's
+    own requests, no limit (0) for a service's, so the portal starts a ``verify-<id>`` server (deleted
+    when the verification ends) however many servers the user runs."""
+
+    def limit(handler: Any) -> int:
+        return per_user if getattr(handler.current_user, "kind", None) == "user" else 0
+
+    return limit
+
+
 def configure_hub(
     c: Config,
     *,
@@ -446,7 +462,8 @@ def configure_hub(
     c.LocalBackend.home_root = str(data_dir / "homes")
     if mode == "demo" and os.environ.get("HYBRIDHUB_DEMO_INVENTORY", "1") != "0":
         c.LocalBackend.simulated_inventory = DEMO_INVENTORY
-    c.JupyterHub.allow_named_servers = True  # verifications run in named servers
+    c.JupyterHub.allow_named_servers = True  # each on its own hardware; verifications run in named servers
+    c.JupyterHub.named_server_limit_per_user = named_server_limit(DEMO_NAMED_SERVER_LIMIT)
     c.Spawner.default_url = "/lab"
     c.Spawner.args = ["--allow-root"]  # harmless as a normal user; needed when the hub runs as root
     c.Spawner.start_timeout = 120

@@ -14,7 +14,8 @@
 4. read the executed copy back (contents API), compare (:func:`hybridhub.services.notebook_compare.compare_notebooks`),
    and store the report with the verification, next to the provenance of the session
    checked and of the run;
-5. always stop the server.
+5. always stop the server, and delete it (the user's named servers are not cluttered with
+   ``verify-<id>`` ones, nor their ``named_server_limit_per_user`` used up).
 
 Only the hub's REST API and the server's own API are used, with the portal's service
 token (scopes ``servers``, ``access:servers``, ``read:users``); the token is never
@@ -102,8 +103,9 @@ async def start_and_wait(hub: HubApi, user: str, server: str, options: dict, tim
 
 
 async def stop_and_wait(hub: HubApi, user: str, server: str, timeout: float = 60) -> None:
-    """Stop the named server and wait until the hub has no record of it running."""
-    if not await hub.stop_server(user, server):
+    """Stop the named server, wait until the hub has no record of it running; the hub then deletes it,
+    so no ``verify-<id>`` server is left to count against the user's ``named_server_limit_per_user``."""
+    if not await hub.stop_server(user, server, remove=True):
         raise VerificationError(f"the hub did not stop {server}")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and await hub.server(user, server) is not None:

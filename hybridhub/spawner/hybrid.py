@@ -33,7 +33,7 @@ from hybridhub.accounting.settings import MeterSettings
 from hybridhub.backends.base import LaunchContext
 from hybridhub.catalog import Catalog, Offering, load_catalog
 from hybridhub.errors import as_refusal, start_failed
-from hybridhub.spawner.trust_provenance import TrustAndProvenanceMixin
+from hybridhub.spawner.display import name_after_hardware
 from hybridhub.spawner.instruments import InstrumentsMixin
 from hybridhub.spawner.options import (
     DEFAULT_HOURS_STEP,
@@ -48,6 +48,7 @@ from hybridhub.spawner.options import (
 from hybridhub.spawner.pagevars import SPAWN_PAGE_VARS, PageVar
 from hybridhub.spawner.picker import picker_html, preselect
 from hybridhub.spawner.refusals import RefusalLogMixin, admission_reason, error_text, offering_labels
+from hybridhub.spawner.trust_provenance import TrustAndProvenanceMixin
 
 #: The ``user_options`` key JupyterHub's admin page shows as a server's profile: the offering.
 PROFILE = "profile"
@@ -319,6 +320,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, 
         self.user_options = {**user_options, PROFILE: self.offering.key}  # what the hub shows is what runs
         if self.orm_spawner is not None:
             self.orm_spawner.user_options = self.user_options
+        name_after_hardware(self.orm_spawner, self.name, self.offering, request.count)
 
     # --- state -----------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import Date, DateTime, String, delete, select
+from sqlalchemy import JSON, Date, DateTime, String, delete, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from hybridhub.accounting.db import Database
@@ -42,6 +42,8 @@ class ProviderBalance(Base):
     provider: Mapped[str] = mapped_column(String(32), primary_key=True)
     balance_usd: Mapped[float | None] = mapped_column(Amount, nullable=True)
     running_usd_per_hour: Mapped[float] = mapped_column(Amount)
+    #: the hub's classes on the provider's backend when it was read: what the reconciliation compares
+    resource_classes: Mapped[list[str]] = mapped_column(JSON, default=list)
     fetched_at: Mapped[datetime] = mapped_column(DateTime)
 
     @property
@@ -51,15 +53,16 @@ class ProviderBalance(Base):
 
 
 def record(db: Database, provider: str, days: Mapping[date, float], balance_usd: float | None,
-           running_usd_per_hour: float, now: datetime) -> None:
-    """Replace ``provider``'s bill for ``days`` and its balance with this answer (one transaction)."""
+           running_usd_per_hour: float, now: datetime, classes: Collection[str] = ()) -> None:
+    """Replace ``provider``'s bill for ``days``, its balance and its ``classes`` (the hub's classes on its
+    backend) with this answer (one transaction)."""
     with db.session() as s:
         if days:
             s.execute(delete(ProviderDay).where(ProviderDay.provider == provider, ProviderDay.day.in_(list(days))))
             s.add_all(ProviderDay(provider=provider, day=d, amount_usd=a, fetched_at=now) for d, a in days.items())
         s.execute(delete(ProviderBalance).where(ProviderBalance.provider == provider))
         s.add(ProviderBalance(provider=provider, balance_usd=balance_usd, running_usd_per_hour=running_usd_per_hour,
-                              fetched_at=now))
+                              resource_classes=sorted(classes), fetched_at=now))
 
 
 def balances(db: Database) -> list[ProviderBalance]:
@@ -87,9 +90,13 @@ class BillDay:
         return None if self.provider_usd is None else self.provider_usd - self.charged_usd
 
 
-def reconciliation(db: Database, provider: str, classes: Collection[str], since: date, until: date
+def reconciliation(db: Database, provider: str, since: date, until: date, classes: Collection[str] | None = None
                    ) -> list[BillDay]:
-    """Days from ``since`` up to ``until`` (exclusive) with a charge on ``classes`` or a recorded bill."""
+    """Days from ``since`` up to ``until`` (exclusive) with a charge on ``classes`` (default: the provider's
+    classes as last recorded) or a recorded bill."""
+    if classes is None:
+        bal = next((b for b in balances(db) if b.provider == provider), None)
+        classes = bal.resource_classes if bal else []
     days: dict[str, BillDay] = {}
     start, end = datetime.combine(since, datetime.min.time()), datetime.combine(until, datetime.min.time())
     for cls in sorted(classes):

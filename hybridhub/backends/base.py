@@ -27,7 +27,9 @@ What it may override, each with a documented default in :class:`BackendMixin`:
 - :meth:`BackendMixin.hide_paths` -- confinement on untrusted hardware (default: refuse);
 - :meth:`BackendMixin.end_reason` and :attr:`BackendMixin.watches_machine` -- how a gone server ended;
 - :meth:`BackendMixin.reconcile` and :attr:`BackendMixin.orphan_reservations` -- orphan clean-up, called by
-  :mod:`hybridhub.spawner.reconcile` with the servers the hub knows (default: nothing to clean up).
+  :mod:`hybridhub.spawner.reconcile` with the servers the hub knows (default: nothing to clean up);
+- :meth:`BackendMixin.provider_bill` -- a provider's own bill and balance, recorded for reconciliation
+  (default: none).
 
 A backend never reads the hub's database: what it needs of the hub's records reaches it as
 :class:`KnownServer` (``tests/backends/test_no_hub_db.py`` checks it).
@@ -39,6 +41,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import date
 from typing import TYPE_CHECKING, ClassVar, TypeVar
 
 from traitlets import Any, Float, HasTraits
@@ -101,6 +104,16 @@ class Reconciled:
 
     def __bool__(self) -> bool:
         return bool(self.removed or self.released or self.gone)
+
+
+@dataclass(frozen=True)
+class ProviderBill:
+    """What a provider billed and holds, as :meth:`BackendMixin.provider_bill` reports it (USD)."""
+
+    provider: str  #: the provider's name in the accounting records (``"theta"``)
+    days: Mapping[date, float]  #: the amount billed per day
+    balance_usd: float | None  #: the account's balance (None: not known)
+    running_usd_per_hour: float  #: the hourly price of what runs there now
 
 
 @dataclass(frozen=True)
@@ -311,6 +324,13 @@ class BackendMixin(HasTraits):
         allocation or job, a server whose ``pending`` is ``"spawn"``).  Default: nothing to clean up.
         """
         return Reconciled()
+
+    @classmethod
+    async def provider_bill(cls, config: Config, since: date, until: date) -> ProviderBill | None:
+        """What the provider behind this backend billed from ``since`` to ``until`` (inclusive) and its
+        balance, which the hub records for the portal's reconciliation (:mod:`hybridhub.spawner.provider_bills`).
+        Default: None (hybridhub is the only bill)."""
+        return None
 
     async def wait_until_answering(self, ip: str, port: int) -> bool:
         """True once the new server answers HTTP (any status); False once it has died, or after ``http_timeout``.

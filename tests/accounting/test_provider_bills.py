@@ -34,8 +34,8 @@ def test_days_compare_charges_per_group_with_the_providers_bill(acct):
     use(acct, "alice", "course", "community", T0 + timedelta(hours=3), 1.0, 0.35)
     use(acct, "carol", "lab", "aws", T0, 1.0, 9.0)  # not a Theta class
     record(acct.db, "theta", {date(2026, 11, 2): 0.9, date(2026, 11, 4): 0.2}, 40.0, 0.29, T0)
-    record(acct.db, "theta", {date(2026, 11, 2): 1.0}, 30.0, 2.0, T0 + timedelta(days=3))  # newer answer wins
-    days = reconciliation(acct.db, "theta", ["community"], date(2026, 11, 1), date(2026, 11, 5))
+    record(acct.db, "theta", {date(2026, 11, 2): 1.0}, 30.0, 2.0, T0 + timedelta(days=3), ["community"])  # newer
+    days = reconciliation(acct.db, "theta", date(2026, 11, 1), date(2026, 11, 5))  # on the recorded classes
     assert [(d.day, d.charged, d.provider_usd) for d in days] == [
         ("2026-11-02", {"course": pytest.approx(0.35), "lab": pytest.approx(0.7)}, 1.0),
         ("2026-11-04", {}, 0.2)]
@@ -43,4 +43,5 @@ def test_days_compare_charges_per_group_with_the_providers_bill(acct):
     [bal] = balances(acct.db)
     assert (bal.provider, bal.balance_usd, bal.running_usd_per_hour) == ("theta", 30.0, 2.0)
     assert not bal.covers_next_day  # 24 h at $2/h is $48
+    assert reconciliation(acct.db, "theta", date(2026, 11, 1), date(2026, 11, 5), ["aws"])[0].charged == {"lab": 9.0}
     assert last_days(date(2026, 11, 4), 3) == (date(2026, 11, 2), date(2026, 11, 5))

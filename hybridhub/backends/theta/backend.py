@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from datetime import date
 from pathlib import Path
 
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import random_port
 from traitlets import Any, Bool, Float, Int, List, Unicode
 
-from hybridhub.backends.base import BackendMixin, KnownServer, Reconciled, poll_until
+from hybridhub.backends.base import BackendMixin, KnownServer, ProviderBill, Reconciled, poll_until
 from hybridhub.backends.theta import body as tb
+from hybridhub.backends.theta.billing import balance, theta_usage
 from hybridhub.backends.theta.client import ThetaClient, ThetaError, ThetaTimeout
 from hybridhub.backends.theta.home import relative
 from hybridhub.backends.theta.launch import ThetaLaunch
@@ -141,6 +143,20 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
     @classmethod
     async def free_now(cls, offering, config) -> int | None:
         return (await cls.free_now_many([offering], config))[0]
+
+    @classmethod
+    async def provider_bill(cls, config, since: date, until: date) -> ProviderBill | None:
+        """Theta's billing/usage per day and the project's balance against its running deployments."""
+        backend = cls(config=config)
+        try:
+            client = backend.client()
+            days = await theta_usage(client, since.isoformat(), until.isoformat())
+            bal = await balance(client)
+        except (ThetaError, ValueError) as e:
+            backend.log.warning("Theta: cannot read the project's billing: %s", e)
+            return None
+        return ProviderBill("theta", {date.fromisoformat(d): usd for d, usd in days.items()}, bal.balance_usd,
+                            bal.running_usd_per_hour)
 
     @classmethod
     async def reconcile(cls, known: list[KnownServer], config) -> Reconciled:

@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("provider", sa.String(32), primary_key=True),
         sa.Column("balance_usd", sa.BigInteger, nullable=True),
         sa.Column("running_usd_per_hour", sa.BigInteger, nullable=False),
+        sa.Column("resource_classes", sa.JSON, nullable=False),
         sa.Column("fetched_at", sa.DateTime, nullable=False),
     )
 

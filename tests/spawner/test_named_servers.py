@@ -23,6 +23,7 @@ from jupyterhub.slugs import is_valid_display_name
 from hybridhub.accounting.db import Database
 from hybridhub.accounting.lab_session import session_state
 from hybridhub.accounting.ledger import Accounting
+from hybridhub.accounting.sessions import SessionLog
 from hybridhub.hub.config import DEMO_NAMED_SERVER_LIMIT, DEMO_USER_PASSWORD, named_server_limit
 from hybridhub.hubapi import HubApi
 from hybridhub.services.verification import stop_and_wait
@@ -99,6 +100,9 @@ def home_row(html: str, server: str) -> str:
 
 def test_an_rtx_4090_and_an_h100_run_side_by_side_each_on_its_own(hub, acct, dave):
     assert open_by_server(acct, "dave") == {"rtx": ("rtx4090", 1, 1.0), "h100": ("h100", 1, 1.0)}
+    # each has its own session record
+    records = {server: SessionLog(acct.db).open_session_id("dave", server) for server in ("rtx", "h100")}
+    assert None not in records.values() and records["rtx"] != records["h100"]
     # each server's display name says its hardware
     assert hub.server_model("dave", "rtx")["display_name"] == "rtx · RTX 4090 × 1"
     assert hub.server_model("dave", "h100")["display_name"] == "h100 · H100 80GB × 1"

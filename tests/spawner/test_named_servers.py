@@ -19,12 +19,14 @@ from types import SimpleNamespace
 import pytest
 import requests
 from jupyterhub.slugs import is_valid_display_name
+from traitlets.config import Config
 
+from hybridhub import loghygiene
 from hybridhub.accounting.db import Database
 from hybridhub.accounting.lab_session import session_state
 from hybridhub.accounting.ledger import Accounting
 from hybridhub.accounting.sessions import SessionLog
-from hybridhub.hub.config import DEMO_NAMED_SERVER_LIMIT, DEMO_USER_PASSWORD, named_server_limit
+from hybridhub.hub.config import DEMO_NAMED_SERVER_LIMIT, DEMO_USER_PASSWORD, add_hybridhub, named_server_limit
 from hybridhub.hubapi import HubApi
 from hybridhub.services.verification import stop_and_wait
 from hybridhub.spawner.display import hardware_display_name
@@ -48,6 +50,17 @@ def test_the_named_server_limit_holds_for_people_not_for_services():
     limit = named_server_limit(3)
     assert limit(SimpleNamespace(current_user=SimpleNamespace(kind="user"))) == 3
     assert limit(SimpleNamespace(current_user=SimpleNamespace(kind="service"))) == 0
+
+
+@pytest.mark.parametrize("site", [None, False, True])
+def test_add_hybridhub_leaves_named_servers_to_the_site(tmp_path, monkeypatch, site):
+    monkeypatch.setattr(loghygiene, "install", lambda: None)  # this test process's log records stay as they are
+    c = Config()
+    if site is not None:
+        c.JupyterHub.allow_named_servers = site
+    add_hybridhub(c, db_url=f"sqlite:///{tmp_path / 'hybridhub.sqlite'}", freeze_gc=False)
+    assert c.JupyterHub.get("allow_named_servers") == site
+    assert "named_server_limit_per_user" not in c.JupyterHub
 
 
 @pytest.fixture(scope="module")

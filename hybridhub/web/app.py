@@ -60,6 +60,7 @@ HANDLER_MODULES = [
     "hybridhub.web.usage",
     "hybridhub.web.servers",
     "hybridhub.web.demand",
+    "hybridhub.web.provider_bills",
     "hybridhub.web.audit",
     "hybridhub.web.courses",
     "hybridhub.web.sessions",

@@ -13,6 +13,7 @@ from typing import Any
 from tornado import web
 
 from hybridhub.accounting.dashboard import Dashboard, Scope, dashboard
+from hybridhub.accounting.provider_bills import balances
 from hybridhub.accounting.reports import totals_by
 from hybridhub.web.base import PortalHandler, Viewer, responses
 from hybridhub.web.charts import stacked_bars
@@ -45,7 +46,8 @@ class DashboardHandler(PortalHandler):
         chart = stacked_bars(totals_by(board.daily, "resource_class", "cost"),
                              title="Spend per day this month by class", unit="cost ($)",
                              legend="class")
-        self.render_page("dashboard.html", board=board, chart=chart)
+        bills = await to_thread(balances, self.accounting.db) if self.viewer.led_groups() is None else []
+        self.render_page("dashboard.html", board=board, chart=chart, provider_balances=bills)
 
 
 handlers: list[tuple[str, type]] = [("", DashboardHandler), ("api/dashboard", DashboardHandler)]

@@ -10,6 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 import requests
 
 from hybridhub.accounting.db import Database
@@ -147,3 +148,36 @@ def test_orphans_deleted_at_start_and_a_deployment_deleted_outside_ends_the_serv
     [record] = SessionLog(Database(hub.db_url)).sessions("alice", limit=5)
     assert record.end_reason == "host lost" and "went offline" in record.end_detail, record.end_detail
     assert open_reservations(hub.db_url, "alice") == [] and ctl.nodes[made["foreign"]].status == "running"
+
+
+def test_the_portal_puts_thetas_bill_beside_the_charges_and_the_dashboard_warns(theta_controller, hub_factory):  # noqa: F811
+    from datetime import UTC, date, datetime
+
+    from hybridhub.accounting.provider_bills import record
+
+    ctl = theta_controller
+    hub = hub_factory(extra_config=hub_theta_config(ctl))
+    assert hub.spawn("alice", RTX).status_code in (201, 202)
+    hub.wait_ready("alice", timeout=90)
+    hub.stop_server("alice")
+    rows = usage_report(Database(hub.db_url), UsageFilter(resource_class="community"))
+    charged = sum(r.cost for r in rows if r.group == "course-ml101")
+    today = datetime.now(UTC).date()
+    # what the hub's provider-bills runner records of Theta's billing/usage and balance
+    record(Database(hub.db_url), "theta", {today: 0.75, date(2026, 1, 2): 9.0}, 5.0, 0.29,
+           datetime.now(UTC).replace(tzinfo=None), ["community", "enterprise"])
+    portal = f"{hub.url}/services/hybridhub-portal/"
+    admin = {"Authorization": f"token {hub.user_token('admin')}"}
+    r = requests.get(f"{portal}api/provider-bills", headers=admin, timeout=30)
+    assert r.status_code == 200, r.text
+    [day] = r.json()["days"]  # the 2026-01-02 bill is outside the last 31 days
+    assert day["day"] == today.isoformat() and day["charged"] == {"course-ml101": pytest.approx(charged, abs=1e-6)}
+    assert day["provider_usd"] == 0.75 and day["difference_usd"] == pytest.approx(0.75 - charged, abs=1e-6)
+    assert r.json()["balance"]["covers_next_day"] is False  # $5 < 24 h x $0.29
+    page = requests.get(f"{portal}provider-bills", headers=admin, timeout=30).text
+    assert 'data-group="course-ml101"' in page and "0.7500" in page and "will not cover them" in page
+    dashboard = requests.get(portal, headers=admin, timeout=30).text
+    assert "Theta balance" in dashboard and "It will not cover the running nodes for the next 24 hours" in dashboard
+    student = {"Authorization": f"token {hub.user_token('alice')}"}
+    assert requests.get(f"{portal}api/provider-bills", headers=student, timeout=30).status_code == 403
+    assert "Theta balance" not in requests.get(portal, headers=student, timeout=30).text

@@ -191,8 +191,8 @@ def test_end_reason_from_poll_status(backend_kind, status, reason):
 
 
 def test_every_hybridspawner_setting_has_help():
-    from hybridhub.spawner.trust_provenance import TrustAndProvenanceMixin
     from hybridhub.spawner.hybrid import HybridSpawner
+    from hybridhub.spawner.trust_provenance import TrustAndProvenanceMixin
 
     own = {**TrustAndProvenanceMixin.class_own_traits(config=True), **HybridSpawner.class_own_traits(config=True)}
     assert {"trust_words", "untrusted_env_deny", "untrusted_env_allow"} <= set(own)

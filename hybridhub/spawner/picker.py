@@ -52,6 +52,29 @@ def preselect(rows: list[dict], previous: dict, groups: list[str], default_hours
             "summary": reservation_summary(off, count, hours, group, unit) if group else ""}
 
 
+def class_budgets(rows: list[dict], groups: list[str]) -> list[dict]:
+    """A class's budgets, each shown once: per group, the distinct remainings its offerings draw on.
+
+    Offerings of a class usually share one budget per group; where a model has its own
+    (an ``aws/trn1`` budget beside ``aws``), that budget is one more line naming its
+    offerings (``keys``; None when it covers the whole class).  ``rem`` None: no budget.
+    """
+    out: list[dict] = []
+    for g in groups:
+        lines: dict[int | None, dict] = {}
+        for r in rows:
+            rem = r["remaining"].get(g)
+            budget = rem.budget_id if rem is not None else None
+            line = lines.setdefault(budget, {"group": g, "rem": rem, "keys": [], "models": []})
+            line["keys"].append(r["offering"].key)
+            line["models"].append(r["offering"].model)
+        for line in lines.values():
+            if len(lines) == 1:
+                line["keys"] = line["models"] = None
+            out.append(line)
+    return out
+
+
 #: Rendered pickers by what they show (:func:`picker_html`), newest last.
 _picker_pages: OrderedDict[str, tuple[Catalog, str]] = OrderedDict()
 #: How many rendered pickers are kept (a lecture hall's students mostly see the same one).
@@ -83,7 +106,7 @@ def picker_html(catalog: Catalog, rows: list[dict], groups: list[str], choice: d
         return hit[1]
     classes = [(rc, [r for r in rows if r["offering"].resource_class == rc.name]) for rc in catalog.classes]
     html = _jinja().get_template("picker.html").render(
-        classes=[(rc, rs, {r["trust"]["trust"] for r in rs}) for rc, rs in classes if rs],
+        classes=[(rc, rs, {r["trust"]["trust"] for r in rs}, class_budgets(rs, groups)) for rc, rs in classes if rs],
         groups=groups,
         choice=choice,
         outlook=outlook,

@@ -47,7 +47,7 @@ def test_admin_raises_budget_and_student_sees_it_in_the_picker(hub, page, chromi
         spage = student.new_page()
         login(spage, hub.url, "alice", DEMO_USER_PASSWORD)
         spage.goto(f"{hub.url}/hub/spawn")
-        cell = spage.locator("tr[data-offering='community/rtx4090'] .remaining [data-group='course-ml101']")
+        cell = spage.locator("#class-community .budget [data-group='course-ml101']")
         assert "123.50" in cell.inner_text()
         # and in the portal she sees her group's budget, read-only
         spage.goto(f"{hub.url}/services/hybridhub-portal/groups")

@@ -1,0 +1,182 @@
+"""Issue #30 in Chromium: the picker on one screen, on a phone, by keyboard and clean under axe-core.
+
+One demo hub (SQLite, the demo's simulated inventory) for the whole module; ``dave`` is in two groups.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+
+from hybridhub.hub.config import DEMO_ADMIN_PASSWORD, DEMO_USER_PASSWORD
+from tests.fixtures.browser import login
+from tests.fixtures.hub import Hub, _stop_user_processes
+from tests.fixtures.portal import wait_for_portal
+
+pytestmark = pytest.mark.browser
+
+PORTAL = "/services/hybridhub-portal/"
+PORTAL_PAGES = ["", "groups", "usage", "servers", "demand", "courses", "sessions"]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def hub(hub_prereqs, tmp_path_factory) -> Iterator[Hub]:
+    hub = Hub(tmp_path_factory.mktemp("hub"), env={"HYBRIDHUB_DEMO_INVENTORY": "1"}).start()
+    wait_for_portal(f"{hub.url}{PORTAL}")
+    yield hub
+    hub.stop()
+    _stop_user_processes(hub.workdir)
+
+
+def new_page(chromium, hub: Hub, user: str | None, viewport: dict):
+    context = chromium.new_context(viewport=viewport)
+    context.set_default_timeout(60_000)
+    page = context.new_page()
+    if user:
+        login(page, hub.url, user, DEMO_ADMIN_PASSWORD if user == "admin" else DEMO_USER_PASSWORD)
+    return page
+
+
+def in_viewport(page, locator) -> bool:
+    box = locator.bounding_box()
+    size = page.viewport_size
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= size["height"] \
+        and box["x"] >= 0 and box["x"] + box["width"] <= size["width"]
+
+
+def test_dave_sees_every_class_offering_and_start_on_one_screen(chromium, hub):
+    page = new_page(chromium, hub, "dave", DESKTOP)
+    try:
+        page.goto(f"{hub.url}/hub/spawn")
+        height = page.evaluate("document.documentElement.scrollHeight")
+        assert height <= DESKTOP["height"], f"picker is {height} px tall at 1280x800"
+        assert in_viewport(page, page.get_by_role("button", name="Start"))
+        assert in_viewport(page, page.locator("#reserve-summary"))
+        rows = page.locator("tr.offering")
+        assert rows.count() == 10
+        for i in range(rows.count()):
+            row = rows.nth(i)
+            assert in_viewport(page, row), row.get_attribute("data-offering")
+            text = row.inner_text()
+            assert re.search(r"\d+ GB", text) and re.search(r"\$\d+\.\d\d", text) and re.search(r"\d+ h", text), text
+            assert row.locator("select").count() == 1 and row.locator(".free-now").inner_text().strip().isdigit()
+        for rc in ("community", "enterprise", "aws"):
+            card = page.locator(f"#class-{rc}")
+            assert card.locator(".class-trust").count() == 1  # trust once per class
+            shown = card.locator(".budget [data-group]:visible")
+            assert shown.count() == 1 and "lab-vision" in shown.inner_text()  # the charged group's budget, once
+            assert "runs out" in shown.inner_text()
+        assert page.locator("#group").input_value() == "lab-vision"
+        page.locator("#group").select_option("project-llm")
+        for rc in ("community", "enterprise", "aws"):
+            shown = page.locator(f"#class-{rc} .budget [data-group]:visible")
+            assert shown.count() == 1 and "project-llm" in shown.inner_text()
+        assert "of project-llm's community budget" in page.inner_text("#reserve-summary")
+    finally:
+        page.context.close()
+
+
+def test_nothing_scrolls_sideways_on_a_phone(chromium, hub):
+    page = new_page(chromium, hub, "dave", PHONE)
+    try:
+        widths = {}
+        for path in ["/hub/spawn", "/hub/home"] + [PORTAL + p for p in PORTAL_PAGES]:
+            page.goto(f"{hub.url}{path}")
+            widths[path] = page.evaluate("document.documentElement.scrollWidth")
+        admin = new_page(chromium, hub, "admin", PHONE)  # the groups page with its budget forms
+        for path in [PORTAL + "groups", PORTAL + "audit"]:
+            admin.goto(f"{hub.url}{path}")
+            widths[f"admin {path}"] = admin.evaluate("document.documentElement.scrollWidth")
+        admin.context.close()
+        assert all(w <= PHONE["width"] for w in widths.values()), widths
+        page.goto(f"{hub.url}/hub/spawn")
+        start = page.get_by_role("button", name="Start")
+        start.scroll_into_view_if_needed()
+        assert in_viewport(page, start)
+    finally:
+        page.context.close()
+
+
+def focus_ring(page) -> str:
+    """The focused element's outline or box shadow (what makes the focus visible)."""
+    return page.evaluate("""() => { const s = getComputedStyle(document.activeElement);
+        if (s.outlineStyle !== 'none' && parseFloat(s.outlineWidth) > 0) return 'outline';
+        return s.boxShadow !== 'none' ? 'shadow' : ''; }""")
+
+
+def tab_to(page, selector: str, limit: int = 80) -> None:
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("(s) => document.activeElement.matches(s)", selector):
+            assert focus_ring(page), f"no visible focus on {selector}"
+            return
+    raise AssertionError(f"Tab never reached {selector}")
+
+
+def test_offering_controls_are_named_with_model_price_and_free_count(chromium, hub):
+    from playwright.sync_api import expect
+
+    page = new_page(chromium, hub, "dave", DESKTOP)
+    try:
+        page.goto(f"{hub.url}/hub/spawn")
+        expect(page.locator("#offering-community--rtx4090")).to_have_accessible_name(
+            re.compile(r"^RTX 4090\b.*\$0\.35 per hour.*\b4 free now"))
+        expect(page.locator("#offering-enterprise--h100")).to_have_accessible_name(
+            re.compile(r"^H100 80GB\b.*\$2\.50 per hour.*\b16 free now"))
+        expect(page.locator("#count-enterprise--h100")).to_have_accessible_name("Number of H100 80GB")
+    finally:
+        page.context.close()
+
+
+def test_a_keyboard_alone_launches_and_a_refusal_is_announced_and_focused(chromium, hub):
+    page = new_page(chromium, hub, "dave", DESKTOP)
+    try:
+        page.goto(f"{hub.url}/hub/spawn")
+        tab_to(page, "input[name=offering]:checked")  # the radio group: one tab stop
+        for _ in range(4):  # RTX 3090 -> 4090 -> 5090 -> A100 -> H100
+            page.keyboard.press("ArrowDown")
+        assert page.evaluate("document.activeElement.value") == "enterprise/h100"
+        assert page.locator("input[name=offering]:checked").get_attribute("value") == "enterprise/h100"
+        tab_to(page, "#count-enterprise--h100")
+        page.keyboard.press("End")  # 8 GPUs
+        assert page.locator("#count-enterprise--h100").input_value() == "8"
+        tab_to(page, "#hours")
+        page.keyboard.press("Control+A")
+        page.keyboard.type("20")
+        tab_to(page, "#group")
+        tab_to(page, "button[type=submit]")
+        summary = page.inner_text("#reserve-summary")
+        assert "8 x 20 h x 4 = 640 accelerator-hours of lab-vision's enterprise budget" in summary
+        page.keyboard.press("Enter")  # 640 h > the group's 100: refused
+        error = page.locator("#spawn-error")
+        error.wait_for()
+        assert error.get_attribute("role") == "alert"
+        assert page.evaluate("document.activeElement.id") == "spawn-error"
+        assert "640 accelerator-hours" in error.inner_text()
+        assert hub.server_model("dave") is None
+
+        tab_to(page, "input[name=offering]:checked")
+        for _ in range(4):  # back to the first offering, RTX 3090
+            page.keyboard.press("ArrowUp")
+        assert page.locator("input[name=offering]:checked").get_attribute("value") == "community/rtx3090"
+        tab_to(page, "#hours")
+        page.keyboard.press("Control+A")
+        page.keyboard.type("1")
+        tab_to(page, "#group")
+        page.keyboard.press("ArrowDown")  # project-llm
+        assert page.locator("#group").input_value() == "project-llm"
+        tab_to(page, "button[type=submit]")
+        page.keyboard.press("Enter")
+        page.wait_for_url(re.compile(r"/user/dave/"), timeout=120_000)
+        model = hub.wait_ready("dave")
+        options = model["user_options"]
+        chosen = (options["class"], options["model"], options["group"])
+        assert chosen == ("community", "rtx3090", "project-llm"), options
+    finally:
+        page.context.close()
+        if hub.server_model("dave") is not None:
+            hub.stop_server("dave")

@@ -268,6 +268,9 @@ def add_hybridhub(
     from hybridhub.spawner.reconcile import start_in_hub
 
     start_in_hub()  # the reconciliation runner, once the hub runs (nothing outside a starting hub)
+    from hybridhub.spawner.provider_bills import start_in_hub as record_provider_bills
+
+    record_provider_bills()  # providers' bills and balances (Theta), for the portal's reconciliation
     if freeze_gc:
         freeze_startup_objects()
 

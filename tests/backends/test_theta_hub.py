@@ -40,7 +40,7 @@ def open_reservations(db_url: str, user: str):
 
 def test_student_gets_jupyterlab_on_a_theta_community_node_and_stop_deletes_it(theta_controller, hub_factory):  # noqa: F811
     ctl = theta_controller
-    hub = hub_factory(extra_config=hub_theta_config(ctl))
+    hub = hub_factory(extra_config=hub_theta_config(ctl) + "c.ProviderBillsRunner.interval = 0.5\n")
     page = hub.signed_in("alice").get(f"{hub.url}/hub/spawn", timeout=30).text
     assert "RTX 4090" in page and "Theta community" in page
     r = hub.spawn("alice", RTX)
@@ -52,6 +52,14 @@ def test_student_gets_jupyterlab_on_a_theta_community_node_and_stop_deletes_it(t
     [node] = ctl.nodes.values()
     assert node.status == "running" and node.request["max_price_per_hour_usd"] == 0.40
     assert len(open_reservations(hub.db_url, "alice")) == 1
+    # the admin dashboard warns when Theta's balance will not pay for the running nodes for 24 h
+    admin = {"Authorization": f"token {hub.user_token('admin')}"}
+    portal = f"{hub.url}/services/hybridhub-portal/"
+    ctl.balance_usd = 5.0  # 24 h of the running node at $0.29/h is $6.96
+    wait_for(lambda: not portal_bills(portal, admin)["balance"]["covers_next_day"])
+    dashboard = requests.get(portal, headers=admin, timeout=30).text
+    assert "Theta balance" in dashboard and "It will not cover the running nodes for the next 24 hours" in dashboard
+    ctl.balance_usd = 100.0
     # the server's token reached the node over SSH only: not through Theta's API, a command line or a log
     environ = ctl._docker("exec", node.container, "sh", "-c",
                           "cat /proc/$(pgrep -f jupyterhub-singleuser | head -1)/environ")
@@ -75,10 +83,32 @@ def test_student_gets_jupyterlab_on_a_theta_community_node_and_stop_deletes_it(t
     assert lines["course-ml101"] == [f"{charged:.4f}"], report
     assert lines["(day)"] == [f"{charged:.4f}", f"{theta_usd:.4f}", f"{theta_usd - charged:.4f}"], report
     assert "balance $100.00; running nodes $0.00/h" in report and "WARNING" not in report
+    # ...and the same on the portal's page, from what the hub recorded of Theta's bill
+    wait_for(lambda: any(abs((d["provider_usd"] or 0) - theta_usd) < 1e-5 for d in portal_bills(portal, admin)["days"]))
+    [day] = portal_bills(portal, admin)["days"]
+    assert day["day"] == today and day["charged"] == {"course-ml101": pytest.approx(charged)}
+    assert day["difference_usd"] == pytest.approx(theta_usd - charged, abs=1e-5)
+    page = requests.get(f"{portal}provider-bills", headers=admin, timeout=30).text
+    assert 'data-group="course-ml101"' in page and f"{theta_usd:.4f}" in page
+    student = {"Authorization": f"token {hub.user_token('alice')}"}
+    assert requests.get(f"{portal}api/provider-bills", headers=student, timeout=30).status_code == 403
     # the hub's calls, replayed from the controller's log, field by field against Theta's contract
     calls = set(check_recorded(ctl))
     assert {"GET gpu-resources", "GET gpu-resources/{id}", "POST gpu-deployments", "GET gpu-deployments/{id}",
             "DELETE gpu-deployments/{id}"} <= calls, calls
+
+
+def wait_for(condition, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def portal_bills(portal: str, headers: dict) -> dict:
+    r = requests.get(f"{portal}api/provider-bills", headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()
 
 
 def theta_billing(hub, ctl, day: str) -> str:
@@ -156,7 +186,7 @@ def test_the_portal_puts_thetas_bill_beside_the_charges_and_the_dashboard_warns(
     from hybridhub.accounting.provider_bills import record
 
     ctl = theta_controller
-    hub = hub_factory(extra_config=hub_theta_config(ctl))
+    hub = hub_factory(extra_config=hub_theta_config(ctl) + "c.ProviderBillsRunner.interval = 0\n")  # we record
     assert hub.spawn("alice", RTX).status_code in (201, 202)
     hub.wait_ready("alice", timeout=90)
     hub.stop_server("alice")

@@ -180,3 +180,66 @@ def test_a_keyboard_alone_launches_and_a_refusal_is_announced_and_focused(chromi
         page.context.close()
         if hub.server_model("dave") is not None:
             hub.stop_server("dave")
+
+
+#: What hybridhub renders on the hub's pages (the rest is JupyterHub's own chrome); the portal is all ours.
+OURS = ", ".join([".hybridhub-picker", "#spawn_form", "#spawn-error", "main.container-fluid", ".hybridhub-running",
+                 ".hybridhub-banner", "body.portal"])
+
+
+def serious_violations(page) -> tuple[list[str], list[str]]:
+    """axe-core's serious and critical violations on the page: (in what we render, in JupyterHub's chrome)."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    ours, chrome = [], []
+    for v in Axe().run(page).response["violations"]:
+        if v["impact"] not in ("serious", "critical"):
+            continue
+        for node in v["nodes"]:
+            target = node["target"][0] if isinstance(node["target"][0], str) else node["target"][0][0]
+            mine = page.evaluate("([t, s]) => !!document.querySelector(t)?.closest(s)", [target, OURS])
+            (ours if mine else chrome).append(f"{v['id']} ({v['impact']}) at {target}: {node['failureSummary']}")
+    return ours, chrome
+
+
+def test_axe_finds_nothing_serious_in_what_we_render(chromium, hub, capsys):
+    pytest.importorskip("axe_playwright_python")
+    found: dict[str, list[str]] = {}
+    upstream: dict[str, list[str]] = {}
+    page = new_page(chromium, hub, None, DESKTOP)
+    try:
+        page.goto(f"{hub.url}/hub/login")
+        found["login"], upstream["login"] = serious_violations(page)
+        login(page, hub.url, "dave", DEMO_USER_PASSWORD)
+        for name, path in [("picker", "/hub/spawn"), ("home", "/hub/home")] + \
+                [(f"portal {p or 'overview'}", PORTAL + p) for p in PORTAL_PAGES]:
+            page.goto(f"{hub.url}{path}")
+            page.wait_for_load_state("networkidle")
+            found[name], upstream[name] = serious_violations(page)
+        page.goto(f"{hub.url}/hub/spawn")
+        page.locator("#offering-enterprise--h200").check()
+        page.locator("#count-enterprise--h200").select_option("8")
+        page.locator("#hours").fill("20")
+        page.get_by_role("button", name="Start").click()  # 800 h > lab-vision's 100: refused
+        page.locator(".spawn-error-msg").wait_for()
+        found["refusal"], upstream["refusal"] = serious_violations(page)
+    finally:
+        page.context.close()
+    dark = chromium.new_context(viewport=DESKTOP, color_scheme="dark")  # the hub's theme follows the system's
+    try:
+        page = dark.new_page()
+        login(page, hub.url, "dave", DEMO_USER_PASSWORD)
+        for name, path in [("picker", "/hub/spawn"), ("home", "/hub/home")] + \
+                [(f"portal {p or 'overview'}", PORTAL + p) for p in PORTAL_PAGES]:
+            page.goto(f"{hub.url}{path}")
+            page.wait_for_load_state("networkidle")
+            found[f"{name} (dark)"], upstream[f"{name} (dark)"] = serious_violations(page)
+            if page.evaluate("document.documentElement.dataset.bsTheme") != "dark":
+                found[f"{name} (dark)"].append("the hub's dark theme is not applied")
+    finally:
+        dark.close()
+    with capsys.disabled():
+        for name, found_there in upstream.items():
+            for line in found_there:
+                print(f"\n[JupyterHub chrome, not ours] {name}: {line}")
+    assert not any(found.values()), {k: v for k, v in found.items() if v}

@@ -29,7 +29,8 @@ What it may override, each with a documented default in :class:`BackendMixin`:
 - :meth:`BackendMixin.reconcile` and :attr:`BackendMixin.orphan_reservations` -- orphan clean-up, called by
   :mod:`hybridhub.spawner.reconcile` with the servers the hub knows (default: nothing to clean up);
 - :meth:`BackendMixin.provider_bill` -- a provider's own bill and balance, recorded for reconciliation
-  (default: none).
+  (default: none);
+- :meth:`BackendMixin.admission_price` -- the price a launch is admitted at (default: the catalog's).
 
 A backend never reads the hub's database: what it needs of the hub's records reaches it as
 :class:`KnownServer` (``tests/backends/test_no_hub_db.py`` checks it).
@@ -324,6 +325,12 @@ class BackendMixin(HasTraits):
         allocation or job, a server whose ``pending`` is ``"spawn"``).  Default: nothing to clean up.
         """
         return Reconciled()
+
+    @classmethod
+    async def admission_price(cls, offering: Offering, config: Config) -> float | None:
+        """The hourly price a launch of ``offering`` is admitted (and charged) at, asked right before
+        admission (a provider's live quote); None: the catalog's ``price_per_hour``.  Default: None."""
+        return None
 
     @classmethod
     async def provider_bill(cls, config: Config, since: date, until: date) -> ProviderBill | None:

@@ -330,6 +330,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, 
     course: courses.SessionLaunch | None = None
     backend = None
     _backend_state: dict | None = None
+    _price: float | None = None  #: the backend's admission price for this launch (None: the catalog's)
 
     def get_state(self):
         """Persist what a restarted hub needs to find the server and its reservation."""
@@ -429,7 +430,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, 
                 count=req.count,
                 hours=req.hours,
                 billing_weight=off.billing_weight,
-                price_per_hour=off.price_per_hour,
+                price_per_hour=off.price_per_hour if self._price is None else self._price,
                 server_name=self.name,
                 idempotency_key=(self.course and self.course.reservation_key)
                 or f"launch:{self.user.name}:{self.name}:{uuid.uuid4()}",
@@ -461,6 +462,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, 
         """Admit the launch against the group's budget, then start it on the backend."""
         if self.launch is None:
             await self._apply_options(self.user_options)
+        self._price = await self.backend_class(self.offering).admission_price(self.offering, self.config)
         # the hub's ORM objects are read on the hub's thread; the accounting steps take one worker-thread hop
         await asyncio.to_thread(self._prepare_launch, self.hub_groups())
         self.backend = None

@@ -51,7 +51,8 @@ def test_student_gets_jupyterlab_on_a_theta_community_node_and_stop_deletes_it(t
     assert api.status_code == 200 and "version" in api.json()
     [node] = ctl.nodes.values()
     assert node.status == "running" and node.request["max_price_per_hour_usd"] == 0.40
-    assert len(open_reservations(hub.db_url, "alice")) == 1
+    [reservation] = open_reservations(hub.db_url, "alice")
+    assert admitted_price(hub, reservation.id) == 0.29  # Theta's quote, not the catalog's $0.35
     # the admin dashboard warns when Theta's balance will not pay for the running nodes for 24 h
     admin = {"Authorization": f"token {hub.user_token('admin')}"}
     portal = f"{hub.url}/services/hybridhub-portal/"
@@ -96,6 +97,13 @@ def test_student_gets_jupyterlab_on_a_theta_community_node_and_stop_deletes_it(t
     calls = set(check_recorded(ctl))
     assert {"GET gpu-resources", "GET gpu-resources/{id}", "POST gpu-deployments", "GET gpu-deployments/{id}",
             "DELETE gpu-deployments/{id}"} <= calls, calls
+
+
+def admitted_price(hub, reservation_id: int) -> float:
+    from hybridhub.accounting.models import Reservation
+
+    with Database(hub.db_url).session() as s:
+        return s.get(Reservation, reservation_id).price_per_hour
 
 
 def wait_for(condition, timeout: float = 20) -> None:

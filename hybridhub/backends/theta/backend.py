@@ -145,6 +145,18 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
         return (await cls.free_now_many([offering], config))[0]
 
     @classmethod
+    async def admission_price(cls, offering, config) -> float | None:
+        """Theta's quote for the offering's resource, when within its ceiling (else None: the catalog's price;
+        ``start()`` refuses a quote above the ceiling, and reports Theta's errors)."""
+        backend, fields = cls(config=config), cls.fields_of(offering)
+        try:
+            quote = tb.resource(await backend.client().get_gpu_resource(fields.resource_id, fields.region))
+        except (ThetaError, ValueError):
+            return None
+        cap, price = fields.max_price_per_hour_usd, quote.price_per_hour_usd
+        return None if price is None or (cap is not None and price > cap) else price
+
+    @classmethod
     async def provider_bill(cls, config, since: date, until: date) -> ProviderBill | None:
         """Theta's billing/usage per day and the project's balance against its running deployments."""
         backend = cls(config=config)

@@ -12,6 +12,7 @@ import pytest
 
 from hybridhub.hub.config import DEMO_ADMIN_PASSWORD, DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
+from tests.fixtures.env import docs_artifact
 from tests.fixtures.hub import Hub, _stop_user_processes
 from tests.fixtures.portal import wait_for_portal
 
@@ -99,6 +100,22 @@ def test_nothing_scrolls_sideways_on_a_phone(chromium, hub):
         assert in_viewport(page, start)
     finally:
         page.context.close()
+
+
+def test_the_docs_screenshots_light_and_dark_desktop_and_phone(chromium, hub, tmp_path):
+    """docs/picker-{1280x800,390x844}-{light,dark}.png (written to docs/ with HYBRIDHUB_UPDATE_DOCS=1)."""
+    for scheme in ("light", "dark"):
+        for viewport in (DESKTOP, PHONE):
+            context = chromium.new_context(viewport=viewport, color_scheme=scheme)
+            try:
+                page = context.new_page()
+                login(page, hub.url, "dave", DEMO_USER_PASSWORD)
+                page.goto(f"{hub.url}/hub/spawn")
+                assert page.evaluate("document.documentElement.dataset.bsTheme") == scheme
+                name = f"picker-{viewport['width']}x{viewport['height']}-{scheme}.png"
+                page.screenshot(path=str(docs_artifact(name, tmp_path)))
+            finally:
+                context.close()
 
 
 def focus_ring(page) -> str:

@@ -65,3 +65,5 @@ mkdir -p .venv/share/jupyter/labextensions .venv/etc/jupyter/jupyter_server_conf
 rm -rf "$labext"
 ln -s "$PWD/labextension/hybridhub_lab/labextension" "$labext"
 cp labextension/jupyter-config/hybridhub_lab.json .venv/etc/jupyter/jupyter_server_config.d/
+mkdir -p .venv/share/jupyter/lab/settings/overrides.d  # Lab's defaults for hub users (no news prompt)
+cp labextension/jupyter-config/hybridhub_lab_settings.json .venv/share/jupyter/lab/settings/overrides.d/hybridhub_lab.json

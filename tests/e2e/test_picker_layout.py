@@ -193,6 +193,13 @@ def test_a_keyboard_alone_launches_and_a_refusal_is_announced_and_focused(chromi
         options = model["user_options"]
         chosen = (options["class"], options["model"], options["group"])
         assert chosen == ("community", "rtx3090", "project-llm"), options
+
+        # Lab starts without its "get notified about official Jupyter news?" prompt (item 6)
+        r = page.request.get(f"{hub.url}/user/dave/lab/api/settings/@jupyterlab/apputils-extension:notification")
+        assert r.ok and r.json()["schema"]["properties"]["fetchNews"]["default"] == "false"
+        page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
+        page.wait_for_timeout(1500)
+        assert "Jupyter news" not in " ".join(page.locator(".Toastify__toast").all_inner_texts())
     finally:
         page.context.close()
         if hub.server_model("dave") is not None:

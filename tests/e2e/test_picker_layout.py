@@ -200,6 +200,11 @@ def test_a_keyboard_alone_launches_and_a_refusal_is_announced_and_focused(chromi
         page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
         page.wait_for_timeout(1500)
         assert "Jupyter news" not in " ".join(page.locator(".Toastify__toast").all_inner_texts())
+
+        page.goto(f"{hub.url}/hub/home")  # the home page with our running-servers table, under axe
+        assert page.locator("#running-servers tr.running-server").count() == 1
+        ours, _ = serious_violations(page)
+        assert not ours, ours
     finally:
         page.context.close()
         if hub.server_model("dave") is not None:

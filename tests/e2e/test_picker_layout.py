@@ -205,6 +205,8 @@ def test_a_keyboard_alone_launches_and_a_refusal_is_announced_and_focused(chromi
         assert page.locator("#running-servers tr.running-server").count() == 1
         ours, _ = serious_violations(page)
         assert not ours, ours
+        page.set_viewport_size(PHONE)  # its table scrolls in its own box on a phone
+        assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     finally:
         page.context.close()
         if hub.server_model("dave") is not None:
@@ -217,7 +219,11 @@ OURS = ", ".join([".hybridhub-picker", "#spawn_form", "#spawn-error", "main.cont
 
 
 def serious_violations(page) -> tuple[list[str], list[str]]:
-    """axe-core's serious and critical violations on the page: (in what we render, in JupyterHub's chrome)."""
+    """axe-core's serious and critical violations on the page: (in what we render, in JupyterHub's chrome).
+
+    JupyterHub 6.1's login page fails color-contrast (white on its orange #f37524, 2.84:1, in the form's
+    header and the Sign in button): upstream jupyterhub/jupyterhub#4260, reported here, not silenced.
+    """
     from axe_playwright_python.sync_playwright import Axe
 
     ours, chrome = [], []

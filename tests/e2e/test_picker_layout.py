@@ -260,6 +260,14 @@ def test_axe_finds_nothing_serious_in_what_we_render(chromium, hub, capsys):
         found["refusal"], upstream["refusal"] = serious_violations(page)
     finally:
         page.context.close()
+    page = new_page(chromium, hub, "admin", DESKTOP)  # the admin's portal: forms on every budget, trust, audit
+    try:
+        for p in PORTAL_PAGES + ["trust", "audit"]:
+            page.goto(f"{hub.url}{PORTAL}{p}")
+            page.wait_for_load_state("networkidle")
+            found[f"admin portal {p or 'overview'}"], _ = serious_violations(page)
+    finally:
+        page.context.close()
     dark = chromium.new_context(viewport=DESKTOP, color_scheme="dark")  # the hub's theme follows the system's
     try:
         page = dark.new_page()

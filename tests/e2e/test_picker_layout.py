@@ -79,6 +79,14 @@ def test_dave_sees_every_class_offering_and_start_on_one_screen(chromium, hub):
         assert "of project-llm's community budget" in page.inner_text("#reserve-summary")
     finally:
         page.context.close()
+    nojs = chromium.new_context(viewport=DESKTOP, java_script_enabled=False)
+    try:  # without JavaScript the picker shows every group's budget (no script follows "Charge to")
+        page = nojs.new_page()
+        login(page, hub.url, "dave", DEMO_USER_PASSWORD)
+        page.goto(f"{hub.url}/hub/spawn")
+        assert page.locator("#class-community .budget [data-group]:visible").count() == 2
+    finally:
+        nojs.close()
 
 
 def test_nothing_scrolls_sideways_on_a_phone(chromium, hub):

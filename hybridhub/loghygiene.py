@@ -35,8 +35,11 @@ _PATTERNS = (
     # bare hex secrets: API tokens, session ids (uuid4().hex), cookie secrets
     re.compile(r"()\b[0-9a-fA-F]{32,}\b"),
 )
-#: JupyterHub's own line for a spawn refused with a 4xx (a user error, not a fault).
-_REFUSED_SPAWN = re.compile(r"Error starting .*: HTTP 4\d\d\b")
+#: JupyterHub's own lines for a spawn refused with a 4xx (a user error, not a fault): an HTTPError, and
+#: a refusal (:class:`hybridhub.errors.SpawnRefusal`, which JupyterHub 6 logs at ERROR).
+_REFUSED_SPAWN = re.compile(r"Error starting .*: HTTP 4\d\d\b|Not starting .*: 4\d\d refused \(")
+#: JupyterHub's line for options its spawner refused, a second line for a refusal the spawner logs itself.
+_REFUSED_OPTIONS = "Exception applying user_options"
 _installed: list[Any] = []
 _formatter = logging.Formatter()
 
@@ -66,6 +69,8 @@ def clean(record: logging.LogRecord) -> logging.LogRecord:
         record.exc_info = None
         record.exc_text = None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
+        if message.startswith(_REFUSED_OPTIONS):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
     record.msg, record.args = scrub(message), ()
     if record.exc_info and not record.exc_text:  # format now, so the traceback is scrubbed too
         record.exc_text = _formatter.formatException(record.exc_info)

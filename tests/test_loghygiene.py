@@ -61,6 +61,23 @@ def test_a_user_error_loses_its_traceback_and_is_a_warning(records):
     assert loghygiene.SECRET in fault.exc_text  # tracebacks are scrubbed too
 
 
+def test_a_refusal_the_jupyterhub_6_way_is_one_warning_line(records):
+    """JupyterHub 6 logs a SpawnException at ERROR ("Not starting ...") and options it could not apply with a
+    traceback: for a refusal, one WARNING and no traceback; the spawner's own line already says why."""
+    from hybridhub.errors import refusal
+
+    logger, seen = records
+    error = refusal(400, "Invalid option group: is required", "options")
+    try:
+        raise error
+    except HTTPError:
+        logger.exception("Exception applying user_options for %s", "sam")
+    logger.error(f"Not starting sam's server : {error}")
+    applying, not_starting = seen
+    assert (applying.levelname, applying.exc_info, applying.exc_text) == ("DEBUG", None, None)
+    assert (not_starting.levelname, not_starting.exc_info) == ("WARNING", None)
+
+
 def test_only_records_that_a_handler_takes_are_scrubbed(records):
     """The hub's logger makes DEBUG records for a handler at INFO: those are dropped unread, and
     scrubbing them was most of a page's logging cost; what a handler takes is still scrubbed."""

@@ -126,6 +126,24 @@ def test_the_docs_screenshots_light_and_dark_desktop_and_phone(chromium, hub, tm
                 context.close()
 
 
+def test_the_hubs_theme_toggle_switches_the_picker_and_the_portal(chromium, hub):
+    page = new_page(chromium, hub, "dave", DESKTOP)  # light by default (the system's scheme)
+    theme = "document.documentElement.dataset.bsTheme"
+    try:
+        page.goto(f"{hub.url}/hub/spawn")
+        assert page.evaluate(theme) == "light"
+        page.locator("#dark-theme-toggle").click()  # JupyterHub's own toggle, in its navbar
+        assert page.evaluate(theme) == "dark"
+        page.goto(f"{hub.url}{PORTAL}")
+        assert page.evaluate(theme) == "dark"
+        page.locator("#dark-theme-toggle").click()  # the same toggle in the portal's navbar
+        assert page.evaluate(theme) == "light"
+        page.goto(f"{hub.url}/hub/home")
+        assert page.evaluate(theme) == "light"
+    finally:
+        page.context.close()
+
+
 def focus_ring(page) -> str:
     """The focused element's outline or box shadow (what makes the focus visible)."""
     return page.evaluate("""() => { const s = getComputedStyle(document.activeElement);

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from tornado import web
 
@@ -63,6 +65,10 @@ def swarm_node(docker_engines):
     spec = node["Spec"]
     spec["Labels"] = {"hybridhub.class": "enterprise", "hybridhub.gpu_model": "h10080gb"}
     client.update_node(node["ID"], node["Version"]["Index"], spec)
+    deadline = time.monotonic() + 60  # a removed service's task gives its GPUs back when its container ends
+    while client.containers(filters={"label": "com.docker.swarm.service.id"}) or client.tasks():
+        assert time.monotonic() < deadline, "an earlier test's swarm tasks are still running"
+        time.sleep(0.2)
     return client
 
 

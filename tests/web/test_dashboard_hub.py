@@ -179,7 +179,7 @@ def test_picker_shows_the_forecast_beside_the_remaining_quota(hub):
     s.post(f"{hub.url}/hub/login", data={"username": "carol", "_xsrf": xsrf,
                                          "password": DEMO_USER_PASSWORD})
     page = s.get(f"{hub.url}/hub/spawn").text
-    found = re.findall(r"at the last 7 days' rate: runs out: ([^<]+)</div>", page)
+    found = re.findall(r"at the last 7 days' rate: runs out: ([^<]+)</span>", page)
     assert found and all(re.fullmatch(r"never|exhausted|\d{4}-\d\d-\d\d \d\d:\d\d UTC|"
                                       r"not before its reset on \d{4}-\d\d-\d\d", f)
                          for f in found), found

@@ -252,6 +252,8 @@ def summary(label: str, m: dict) -> None:
           + (f" (first: {m['errors'][0]})" if m["errors"] else ""))
     for key, name in (("login", "login"), ("page", "page"), ("post", "spawn POST")):
         v = m[key]
+        if not v:  # --spawns 0: no spawn POSTs
+            continue
         print(f"  {name:<11} p50 {statistics.median(v) * 1000:8.1f} ms   p99 {pct(v, 0.99) * 1000:8.1f} ms   "
               f"max {max(v) * 1000:8.1f} ms   (n={len(v)})")
     ready = m["ready"]

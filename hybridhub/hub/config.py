@@ -8,7 +8,6 @@ the offending key named.
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os
@@ -308,28 +307,13 @@ def log_shared_machines(config: Config, catalog: Catalog, classes: Mapping[str, 
 def when_hub_runs(c: Config, callback: Callable[[Config], None]) -> None:
     """``callback(config)`` once the JupyterHub app loading ``c`` has started, with its whole config (a
     site's lines after ``add_hybridhub`` included); outside a starting hub, at once with ``c``."""
-    from jupyterhub.app import JupyterHub
+    from hybridhub.spawner.hub_start import after_hub_starts
 
-    app = JupyterHub.instance() if JupyterHub.initialized() else None
-    started = getattr(app, "_start_future", None)  # JupyterHub sets it before it loads its config
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        loop = None
-    if started is None or loop is None or app.subapp:
-        callback(c)
-        return
-
-    async def later() -> None:
-        await asyncio.shield(started)
+    async def run(app) -> None:
         callback(app.config)
 
-    _tasks.add(task := loop.create_task(later()))
-    task.add_done_callback(_tasks.discard)
-
-
-#: Tasks waiting for the hub to start (a reference keeps them from being collected).
-_tasks: set[asyncio.Task] = set()
+    if after_hub_starts(run) is None:
+        callback(c)
 
 
 def configure_home_page(c: Config, *, db_url: str, settings: MeterSettings, catalog: Catalog) -> None:

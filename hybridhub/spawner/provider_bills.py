@@ -17,6 +17,7 @@ from traitlets import Float, Int
 from traitlets.config import LoggingConfigurable
 
 from hybridhub.accounting.provider_bills import last_days, record
+from hybridhub.spawner.hub_start import after_hub_starts
 from hybridhub.spawner.hybrid import HybridSpawner
 
 
@@ -75,31 +76,20 @@ class ProviderBillsRunner(LoggingConfigurable):
             await asyncio.sleep(self.interval)
 
 
-#: The runner's task in this process (kept referenced, so it is not collected).
-_task: asyncio.Task | None = None
-
-
 def start_in_hub() -> asyncio.Task | None:
     """Run a :class:`ProviderBillsRunner` in the JupyterHub app this process is starting, once the hub runs
     (``add_hybridhub`` calls it while the hub loads its config; elsewhere it does nothing)."""
     global _task
-    from jupyterhub.app import JupyterHub
-
-    if not JupyterHub.initialized():
-        return None
-    app = JupyterHub.instance()
-    started = getattr(app, "_start_future", None)
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return None
-    if started is None or app.subapp or _task is not None:
+    if _task is not None:
         return None
 
-    async def run() -> None:
-        await asyncio.shield(started)
+    async def run(app) -> None:
         if issubclass(app.spawner_class, HybridSpawner):
             await ProviderBillsRunner(app.spawner_class(config=app.config), parent=app).run()
 
-    _task = loop.create_task(run())
+    _task = after_hub_starts(run)
     return _task
+
+
+#: The runner's task in this process (one per hub).
+_task: asyncio.Task | None = None

@@ -5,6 +5,7 @@ One demo hub (SQLite, the demo's simulated inventory) for the whole module; ``da
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ import pytest
 
 from hybridhub.hub.config import DEMO_ADMIN_PASSWORD, DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
-from tests.fixtures.env import docs_artifact
+from tests.fixtures.env import docs_artifact, require
 from tests.fixtures.hub import Hub, _stop_user_processes
 from tests.fixtures.portal import wait_for_portal
 
@@ -264,7 +265,7 @@ def serious_violations(page) -> tuple[list[str], list[str]]:
 
 
 def test_axe_finds_nothing_serious_in_what_we_render(chromium, hub, capsys):
-    pytest.importorskip("axe_playwright_python")
+    require(importlib.util.find_spec("axe_playwright_python") is not None, "axe-playwright-python")
     found: dict[str, list[str]] = {}
     upstream: dict[str, list[str]] = {}
     page = new_page(chromium, hub, None, DESKTOP)

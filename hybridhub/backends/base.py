@@ -30,7 +30,9 @@ What it may override, each with a documented default in :class:`BackendMixin`:
   :mod:`hybridhub.spawner.reconcile` with the servers the hub knows (default: nothing to clean up);
 - :meth:`BackendMixin.provider_bill` -- a provider's own bill and balance, recorded for reconciliation
   (default: none);
-- :meth:`BackendMixin.admission_price` -- the price a launch is admitted at (default: the catalog's).
+- :meth:`BackendMixin.admission_price` -- the price a launch is admitted at (default: the catalog's);
+- :meth:`BackendMixin.live_prices_many` -- the provider's live price of each offering, which the picker
+  shows (default: none, the catalog's price).
 
 A backend never reads the hub's database: what it needs of the hub's records reaches it as
 :class:`KnownServer` (``tests/backends/test_no_hub_db.py`` checks it).
@@ -115,6 +117,15 @@ class ProviderBill:
     days: Mapping[date, float]  #: the amount billed per day
     balance_usd: float | None  #: the account's balance (None: not known)
     running_usd_per_hour: float  #: the hourly price of what runs there now
+
+
+@dataclass(frozen=True)
+class LivePrice:
+    """A provider's price for launching an offering now (:meth:`BackendMixin.live_prices_many`)."""
+
+    per_hour: float
+    #: Why a launch at this price would be refused (e.g. above the offering's ceiling), or None.
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -331,6 +342,13 @@ class BackendMixin(HasTraits):
         """The hourly price a launch of ``offering`` is admitted (and charged) at, asked right before
         admission (a provider's live quote); None: the catalog's ``price_per_hour``.  Default: None."""
         return None
+
+    @classmethod
+    async def live_prices_many(cls, offerings: list[Offering], config: Config) -> list[LivePrice | None]:
+        """The provider's live hourly price of each offering, which the picker shows instead of the catalog's,
+        with why a launch now would be refused at it; None: the catalog's price.  Called on every picker
+        render: answer from a short cache, never one request per render.  Default: all None."""
+        return [None] * len(offerings)
 
     @classmethod
     async def provider_bill(cls, config: Config, since: date, until: date) -> ProviderBill | None:

@@ -203,9 +203,9 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, 
         catalog = self.resource_catalog
         groups = sorted(self.user_groups())
         offerings = allowed_offerings(catalog, set(groups))
-        free = asyncio.ensure_future(self.picker_free(offerings))
+        live = asyncio.ensure_future(self.picker_live(offerings))
         reads = await asyncio.to_thread(self._picker_reads, offerings, groups, self.hub_groups())
-        free = await free
+        free, prices = await live
         if reads is None:
             return ""  # a running course session fixes the hardware: straight to the server
         trust, remaining_by_key, outlook = reads
@@ -213,31 +213,35 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, 
             {
                 "offering": off,
                 "free_now": free_now,
+                "price": price.per_hour if price else off.price_per_hour,
+                "price_refused": price.refused if price else None,
                 "simulated": (backend := self.backend_class(off)).simulated,
                 "detail": backend.offering_detail(off),
                 "shared": backend.shares_machine(self.config),
                 "remaining": remaining_by_key[off.key],
                 "trust": trust[off.key],
             }
-            for off, free_now in zip(offerings, free, strict=True)
+            for off, free_now, price in zip(offerings, free, prices, strict=True)
         ]
         previous = self.user_options or (self.orm_spawner.user_options if self.orm_spawner else None) or {}
         choice = preselect(rows, previous, groups, self.default_hours)
         return picker_html(catalog, rows, groups, choice, {bid: f.label for bid, f in outlook.items()})
 
-    async def picker_free(self, offerings: list[Offering]) -> list[int | None]:
-        """The "free now" of each offering: one :meth:`free_now_many` per backend class, concurrently."""
+    async def picker_live(self, offerings: list[Offering]) -> tuple[list, list]:
+        """The "free now" and live price of each offering: one :meth:`free_now_many` and one
+        :meth:`live_prices_many` per backend class, all concurrently."""
         by_class: dict[type, list[int]] = {}
         for i, off in enumerate(offerings):
             by_class.setdefault(self.backend_class(off), []).append(i)
-        counts = await asyncio.gather(
-            *(cls.free_now_many([offerings[i] for i in idx], self.config) for cls, idx in by_class.items())
-        )
-        free: list[int | None] = [None] * len(offerings)
-        for idx, got in zip(by_class.values(), counts, strict=True):
-            for i, n in zip(idx, got, strict=True):
-                free[i] = n
-        return free
+        asked = [(cls.free_now_many, cls.live_prices_many) for cls in by_class]
+        answers = await asyncio.gather(*(ask([offerings[i] for i in idx], self.config)
+                                         for pair, idx in zip(asked, by_class.values(), strict=True) for ask in pair))
+        free: list = [None] * len(offerings)
+        prices: list = [None] * len(offerings)
+        for n, idx in enumerate(by_class.values()):
+            for i, f, p in zip(idx, answers[2 * n], answers[2 * n + 1], strict=True):
+                free[i], prices[i] = f, p
+        return free, prices
 
     def _picker_reads(self, offerings: list[Offering], groups: list[str], hub_groups: tuple[dict, dict]):
         """Every database read of the picker and its page in one worker-thread call and one
@@ -438,7 +442,8 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, 
         except AdmissionError as e:
             self.log.info("refused launch of %s for %s: %s", self.user.name, self._log_name, e)
             self.note_refusal(admission_reason(e), str(e))
-            summary = reservation_summary(off, req.count, req.hours, req.group, getattr(e, "unit", "hours"))
+            unit = getattr(e, "unit", "hours")
+            summary = reservation_summary(off, req.count, req.hours, req.group, unit, self._price)
             raise self.refused(403, f"This launch reserves {summary}: {e}", admission_reason(e)) from None
 
     def _prepare_launch(self, hub_groups: tuple[dict, dict]) -> None:

@@ -195,16 +195,21 @@ def validate_options(
     return LaunchRequest(cls, model, count, hours, group), offering
 
 
-def reserved_amount(offering: Offering, count: int, hours: float, unit: str = "hours") -> float:
-    """What a launch reserves: ``count x hours x weight`` accelerator-hours, or ``x price`` credits."""
-    return count * hours * (offering.price_per_hour if unit == "credits" else offering.billing_weight)
+def reserved_amount(offering: Offering, count: int, hours: float, unit: str = "hours",
+                    price: float | None = None) -> float:
+    """What a launch reserves: ``count x hours x weight`` accelerator-hours, or ``x price`` credits
+    (``price``: the hourly price it is admitted at, a provider's live quote; default the catalog's)."""
+    price = offering.price_per_hour if price is None else price
+    return count * hours * (price if unit == "credits" else offering.billing_weight)
 
 
-def reservation_summary(offering: Offering, count: int, hours: float, group: str, unit: str = "hours") -> str:
+def reservation_summary(offering: Offering, count: int, hours: float, group: str, unit: str = "hours",
+                        price: float | None = None) -> str:
     """The picker's "this launch reserves" line; the same words as its script and the refusal message."""
-    amount = reserved_amount(offering, count, hours, unit)
+    price = offering.price_per_hour if price is None else price
+    amount = reserved_amount(offering, count, hours, unit, price)
     if unit == "credits":
-        return (f"{count} x {hours:g} h x ${offering.price_per_hour:.2f} = {amount:.2f} credits "
+        return (f"{count} x {hours:g} h x ${price:.2f} = {amount:.2f} credits "
                 f"of {group}'s {offering.resource_class} budget")
     return (f"{count} x {hours:g} h x {offering.billing_weight:g} = {amount:.4g} accelerator-hours "
-            f"of {group}'s {offering.resource_class} budget (≈ ${count * hours * offering.price_per_hour:.2f})")
+            f"of {group}'s {offering.resource_class} budget (≈ ${count * hours * price:.2f})")

@@ -34,11 +34,12 @@ def preselect(rows: list[dict], previous: dict, groups: list[str], default_hours
 
     Returns the offering key, count, hours, group and the "this launch reserves" line for it.
     """
-    launchable = [r for r in rows if not (groups and len(r["trust"]["barred"]) == len(groups))]
+    launchable = [r for r in rows
+                  if not (groups and len(r["trust"]["barred"]) == len(groups)) and not r["price_refused"]]
     row = next((r for r in launchable if r["offering"].key == f"{previous.get('class')}/{previous.get('model')}"), None)
     kept = row is not None
     if not kept and launchable:
-        row = min(launchable, key=lambda r: (r["offering"].price_per_hour * r["offering"].counts[0], r["offering"].key))
+        row = min(launchable, key=lambda r: (r["price"] * r["offering"].counts[0], r["offering"].key))
     group = previous.get("group") if previous.get("group") in groups else (groups[0] if groups else "")
     if row is None:
         return {"key": None, "count": None, "hours": default_hours, "group": group, "summary": ""}
@@ -49,7 +50,7 @@ def preselect(rows: list[dict], previous: dict, groups: list[str], default_hours
     rem = row["remaining"].get(group)
     unit = rem.unit if rem is not None else "hours"
     return {"key": off.key, "count": count, "hours": hours, "group": group,
-            "summary": reservation_summary(off, count, hours, group, unit) if group else ""}
+            "summary": reservation_summary(off, count, hours, group, unit, row["price"]) if group else ""}
 
 
 def class_budgets(rows: list[dict], groups: list[str]) -> list[dict]:
@@ -97,8 +98,8 @@ def picker_html(catalog: Catalog, rows: list[dict], groups: list[str], choice: d
             text = shown[id(rem)] = repr(rem)
         return text
 
-    key = repr(([(r["offering"].key, r["free_now"], r["simulated"], r.get("shared"), r.get("detail"),
-                  [(g, once(rem)) for g, rem in r["remaining"].items()], r["trust"]) for r in rows],
+    key = repr(([(r["offering"].key, r["free_now"], r["price"], r["price_refused"], r["simulated"], r.get("shared"),
+                  r.get("detail"), [(g, once(rem)) for g, rem in r["remaining"].items()], r["trust"]) for r in rows],
                 groups, choice, outlook))
     hit = _picker_pages.get(key)
     if hit is not None and hit[0] is catalog:

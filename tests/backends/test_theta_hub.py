@@ -1,6 +1,6 @@
 """The theta class end to end: a real JupyterHub (tests.fixtures.hub) configured only with the local Theta
-controller's URL, key and project, a student launching "RTX 4090 (Theta community)" and getting JupyterLab
-on an emulated GPU Node (a container with a real sshd), then stopping it."""
+controller's URL, key and project, a student picking "RTX 4090 (Theta community)" in Chromium and getting
+JupyterLab on an emulated GPU Node (a container with a real sshd), then stopping it."""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from hybridhub.accounting.reports import UsageFilter, usage_report
 from hybridhub.accounting.sessions import SessionLog
 from hybridhub.backends.theta import ThetaClient, deployment_body
 from hybridhub.backends.theta.offering import launch_name
+from hybridhub.hub.config import DEMO_USER_PASSWORD
+from tests.fixtures.browser import login
 from tests.fixtures.docker import TEST_IMAGE
 from tests.fixtures.hub import VENV_BIN, hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 from tests.fixtures.theta import (  # noqa: F401  (fixture)
@@ -38,14 +40,25 @@ def open_reservations(db_url: str, user: str):
     return Accounting(Database(db_url)).open_reservations(user)
 
 
-def test_student_gets_jupyterlab_on_a_theta_community_node_and_stop_deletes_it(theta_controller, hub_factory):  # noqa: F811
+@pytest.mark.browser
+def test_student_picks_a_theta_community_node_gets_jupyterlab_and_stop_deletes_it(theta_controller, hub_factory, page):  # noqa: F811
     ctl = theta_controller
     hub = hub_factory(extra_config=hub_theta_config(ctl) + "c.ProviderBillsRunner.interval = 0.5\n")
-    page = hub.signed_in("alice").get(f"{hub.url}/hub/spawn", timeout=30).text
-    assert "RTX 4090" in page and "Theta community" in page
-    r = hub.spawn("alice", RTX)
-    assert r.status_code in (201, 202), r.text
-    hub.wait_ready("alice", timeout=90)
+    login(page, hub.url, "alice", DEMO_USER_PASSWORD)
+    page.goto(f"{hub.url}/hub/spawn")
+    assert page.get_by_role("group", name="Theta community").is_visible()
+    row = page.locator("tr[data-offering='community/rtx4090']")
+    # Theta's live quote and free nodes, not the catalog's $0.35
+    assert row.locator(".price").inner_text() == "$0.29" and row.locator(".free-now").inner_text().strip() == "2"
+    assert "Theta community node, at most $0.40/h" in row.inner_text()
+    page.get_by_label("RTX 4090", exact=True).check()
+    page.get_by_label("Requested hours").fill("1")
+    page.get_by_label("Charge to group").select_option("course-ml101")
+    assert "(≈ $0.29)" in page.locator("#reserve-summary").inner_text()  # 1 x 1 h at Theta's quote
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url("**/user/alice/lab**", timeout=120_000)
+    page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)  # JupyterLab, served from the node
+    assert hub.server_model("alice")["user_options"]["model"] == "rtx4090"
     token = hub.user_token("alice", scopes=["access:servers!user=alice"])
     api = requests.get(f"{hub.url}/user/alice/api", headers={"Authorization": f"token {token}"}, timeout=10)
     assert api.status_code == 200 and "version" in api.json()
@@ -70,7 +83,9 @@ def test_student_gets_jupyterlab_on_a_theta_community_node_and_stop_deletes_it(t
     assert server_token not in hub.log() and "PRIVATE KEY" not in hub.log()
     hub_db = Path(hub.db_url.removeprefix("sqlite:///"))
     assert b"PRIVATE KEY" not in hub_db.read_bytes() and b"OPENSSH" not in hub_db.read_bytes()
-    hub.stop_server("alice")
+    page.goto(f"{hub.url}/hub/home")
+    page.click("#stop")
+    hub.wait_stopped("alice")
     assert node.status == "deleted" and ctl.live_containers() == []
     assert open_reservations(hub.db_url, "alice") == []
     # the billing reconciliation: what hybridhub charged course-ml101 today against Theta's usage
@@ -134,6 +149,8 @@ def theta_billing(hub, ctl, day: str) -> str:
 def test_quote_above_ceiling_and_refused_key_through_the_hub(theta_controller, hub_factory):  # noqa: F811
     ctl = theta_controller
     hub = hub_factory(extra_config=hub_theta_config(ctl, cap=0.20))
+    picker = hub.signed_in("alice").get(f"{hub.url}/hub/spawn", timeout=30).text  # says so before a launch
+    assert "Theta quotes $0.29/h for RTX 4090, above this offering&#39;s ceiling of $0.20/h" in picker
     r = hub.spawn("alice", RTX)
     assert r.status_code == 409 and "$0.29/h" in r.text and "$0.20/h" in r.text, r.text
     assert not ctl.nodes and open_reservations(hub.db_url, "alice") == []

@@ -16,7 +16,8 @@ TRUST = {"trust": "trusted", "words": "run by the university", "barred": [], "hi
 def rows(free: int, left: float) -> list[dict]:
     rem = Remaining(amount_left=left, unit="hours", resets_at=None, budget_id=7, amount=10.0, used=0.0,
                     reserved=10.0 - left)
-    return [{"offering": off, "free_now": free, "simulated": True, "remaining": {"lab-a": rem},
+    return [{"offering": off, "free_now": free, "price": off.price_per_hour, "price_refused": None,
+             "simulated": True, "remaining": {"lab-a": rem},
              "trust": dict(TRUST)} for off in CAT.all_offerings()]
 
 
@@ -56,3 +57,17 @@ def test_the_backends_detail_line_shows_under_the_offering():
     html = picker_html(CAT, rs, ["lab-a"], preselect(rs, {}, ["lab-a"], 1.0), {})
     assert html.count('<small class="text-muted">trn1.2xlarge, spot</small>') == 1
     assert "trn1.32xlarge</small>" not in html  # the template names no backend field itself
+
+
+def test_a_providers_live_price_is_shown_and_a_price_above_the_ceiling_cannot_be_chosen():
+    rs = rows(3, 4.0)
+    live, over = rs[0], rs[1]
+    live["price"] = 0.123
+    over["price"], over["price_refused"] = 9.5, "Theta quotes $9.50/h for X, above this offering's ceiling of $0.40/h"
+    html = picker_html(CAT, rs, ["lab-a"], preselect(rs, {}, ["lab-a"], 1.0), {})
+    row = re.search(rf'<tr class="offering" data-offering="{live["offering"].key}".*?</tr>', html, re.S).group(0)
+    assert 'data-price="0.123"' in row and '<td class="price">$0.12</td>' in row
+    refused = re.search(rf'<tr class="offering" data-offering="{over["offering"].key}".*?</tr>', html, re.S).group(0)
+    assert "above this offering&#39;s ceiling of $0.40/h" in refused and " disabled " in refused
+    assert preselect(rs, {"class": over["offering"].resource_class, "model": over["offering"].model},
+                     ["lab-a"], 1.0)["key"] != over["offering"].key

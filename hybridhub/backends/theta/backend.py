@@ -12,7 +12,7 @@ from jupyterhub.spawner import Spawner
 from jupyterhub.utils import random_port
 from traitlets import Any, Bool, Float, Int, List, Unicode
 
-from hybridhub.backends.base import BackendMixin, KnownServer, ProviderBill, Reconciled, poll_until
+from hybridhub.backends.base import BackendMixin, KnownServer, LivePrice, ProviderBill, Reconciled, poll_until
 from hybridhub.backends.theta import body as tb
 from hybridhub.backends.theta.billing import balance, theta_usage
 from hybridhub.backends.theta.client import ThetaClient, ThetaError, ThetaTimeout
@@ -25,6 +25,11 @@ from hybridhub.errors import no_capacity_error, user_error
 
 #: What a user sees when Theta cannot be used at all (a refused key, no answer): never a 500.
 UNAVAILABLE = "This hardware is unavailable right now: the hub cannot use its Theta EdgeCloud project"
+
+
+def above_ceiling(model: str, quote: float, cap: float) -> str:
+    """Why a launch at ``quote`` is refused: both prices (the picker and ``start()`` say the same)."""
+    return f"Theta quotes ${quote:.2f}/h for {model}, above this offering's ceiling of ${cap:.2f}/h"
 
 
 class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
@@ -112,17 +117,23 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
         """Community nodes are other people's machines: untrusted."""
         return [] if cls.fields_of(offering).hosted else [{"trust": "untrusted", "provider": "theta-community"}]
 
-    _resource_cache: dict[tuple, tuple[float, list[tb.Resource]]] = {}
+    #: gpu-resources listings by (base URL, project, loop): when read, and the read (shared while in flight).
+    _resource_cache: dict[tuple, tuple[float, asyncio.Future]] = {}
 
     @classmethod
     async def _resources(cls, backend: ThetaBackend) -> list[tb.Resource]:
-        key = (backend.base_url, backend.project_id)
+        """The project's GPU resources, read at most once per ``resources_cache_seconds``: the picker's free
+        counts and live prices of every offering, and concurrent renders, share one request."""
+        key = (backend.base_url, backend.project_id, asyncio.get_running_loop())
         cached = cls._resource_cache.get(key)
-        if cached and time.monotonic() - cached[0] < backend.resources_cache_seconds:
-            return cached[1]
-        found = tb.resources(await backend.client().list_gpu_resources())
-        cls._resource_cache[key] = (time.monotonic(), found)
-        return found
+        if cached is None and len(cls._resource_cache) > 64:
+            cls._resource_cache.clear()
+        fresh = cached and time.monotonic() - cached[0] < backend.resources_cache_seconds
+        if not fresh or (cached[1].done() and cached[1].exception() is not None):
+            async def read() -> list[tb.Resource]:
+                return tb.resources(await backend.client().list_gpu_resources())
+            cached = cls._resource_cache[key] = (time.monotonic(), asyncio.ensure_future(read()))
+        return await asyncio.shield(cached[1])
 
     @classmethod
     async def free_now_many(cls, offerings, config) -> list[int | None]:
@@ -143,6 +154,23 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
     @classmethod
     async def free_now(cls, offering, config) -> int | None:
         return (await cls.free_now_many([offering], config))[0]
+
+    @classmethod
+    async def live_prices_many(cls, offerings, config) -> list[LivePrice | None]:
+        """Theta's price of each offering's resource now, from the listing :meth:`free_now_many` reads; a price
+        above the offering's ceiling carries why a launch would be refused (None where Theta gives none)."""
+        try:
+            found = await cls._resources(cls(config=config))
+        except (ThetaError, ValueError):
+            return [None] * len(offerings)  # free_now_many logged it
+        prices: list[LivePrice | None] = []
+        for offering in offerings:
+            fields = cls.fields_of(offering)
+            res = tb.find_resource(found, fields.resource_id, fields.region)
+            quote, cap = (res.price_per_hour_usd if res else None), fields.max_price_per_hour_usd
+            refused = above_ceiling(offering.model, quote, cap) if None not in (quote, cap) and quote > cap else None
+            prices.append(None if quote is None else LivePrice(quote, refused))
+        return prices
 
     @classmethod
     async def admission_price(cls, offering, config) -> float | None:
@@ -259,8 +287,7 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
             raise
         cap, quote = fields.max_price_per_hour_usd, res.price_per_hour_usd
         if cap is not None and quote is not None and quote > cap:
-            raise user_error(409, f"Theta quotes ${quote:.2f}/h for {self.offering.model}, above this offering's "
-                                  f"ceiling of ${cap:.2f}/h; nothing was created.")
+            raise user_error(409, f"{above_ceiling(self.offering.model, quote, cap)}; nothing was created.")
         if res.available == 0:
             raise no_capacity_error(f"No {self.offering.model} node is free on Theta right now.")
         return res

@@ -8,5 +8,6 @@ pytest_plugins = [
     "tests.fixtures.docker",
     "tests.fixtures.moto",
     "tests.fixtures.slurm",
+    "tests.fixtures.smtp",
     "tests.fixtures.wheel",
 ]

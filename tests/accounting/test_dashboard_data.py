@@ -3,8 +3,6 @@ threshold mail, on SQLite and PostgreSQL (mail through a real aiosmtpd server)."
 
 from __future__ import annotations
 
-import email
-import socket
 from datetime import datetime, timedelta
 
 import pytest
@@ -185,33 +183,6 @@ def test_dashboard_figures_match_the_ledger(acct, db, clock):
     assert [(t["resource_class"], t["cost"]) for t in student.spend] == [
         ("community", pytest.approx(4.25))]
     assert student.running == [] and student.refusals == {}
-
-
-class Inbox:
-    """Messages a real SMTP server (aiosmtpd) received."""
-
-    def __init__(self):
-        self.messages: list[email.message.Message] = []
-
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd hook name)
-        msg = email.message_from_bytes(envelope.content)
-        msg["X-Rcpt"] = ",".join(envelope.rcpt_tos)
-        self.messages.append(msg)
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp():
-    from aiosmtpd.controller import Controller
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
 
 
 def test_threshold_mail_to_each_leader_once(acct, db, smtp):

@@ -4,11 +4,9 @@ hub's own spawn metric and in ``hybridhub_refusals_total``."""
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 
 import pytest
-import requests
 
 from hybridhub.accounting.courses import CourseSchedule
 from hybridhub.accounting.db import Database
@@ -17,6 +15,7 @@ from hybridhub.accounting.models import utcnow
 from hybridhub.accounting.trust import TrustPolicy
 from hybridhub.catalog import load_catalog
 from tests.fixtures.hub import Hub, _stop_user_processes
+from tests.fixtures.metrics import hub_metrics, refused, sample
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")
 
@@ -32,41 +31,6 @@ def hub(hub_prereqs, tmp_path_factory):
     yield h
     h.stop()
     _stop_user_processes(workdir)
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The value of one series in Prometheus' text format (0 when absent)."""
-    total = 0.0
-    for line in text.splitlines():
-        if not line.startswith(name + "{"):
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name):line.rindex("}")]))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-def hub_metrics(hub: Hub) -> str:
-    r = requests.get(f"{hub.url}/hub/metrics", headers={"Authorization": f"token {hub.token}"}, timeout=30)
-    assert r.status_code == 200, r.text
-    return r.text
-
-
-def refused(hub: Hub, user: str, options: dict, status: int, words: str, reason: str) -> None:
-    before = hub_metrics(hub)
-    r = hub.spawn(user, options)
-    assert r.status_code == status, r.text
-    assert words in r.json()["message"], r.text
-    if status == 429:
-        assert r.headers.get("Retry-After") == "60"
-    assert hub.server_model(user) is None
-    after = hub_metrics(hub)
-    spawn_failures = "jupyterhub_server_spawn_duration_seconds_count"
-    assert sample(after, spawn_failures, status="failure", reason=reason) == \
-        sample(before, spawn_failures, status="failure", reason=reason) + 1, reason
-    assert sample(after, "hybridhub_refusals_total", reason=reason) == \
-        sample(before, "hybridhub_refusals_total", reason=reason) + 1, reason
-    assert re.search(rf"Not starting {user}'s server : {status} refused \({reason}\)", hub.log()), reason
 
 
 def test_every_kind_of_refusal_is_counted_with_its_reason(hub):
@@ -111,3 +75,10 @@ def test_every_kind_of_refusal_is_counted_with_its_reason(hub):
     assert "alice" not in "".join(line for line in hub_metrics(hub).splitlines() if line.startswith("hybridhub_"))
     assert "Traceback" not in hub.log()
     db.dispose()
+
+
+def test_a_group_with_a_kind_but_no_budget_for_the_class_is_counted_as_no_budget(hub):
+    assert hub.api("POST", "/users/nadia").status_code in (201, 409)
+    assert hub.api("POST", "/groups/lab-unfunded", json={"users": ["nadia"]}).status_code == 201
+    assert hub.api("PUT", "/groups/lab-unfunded/properties", json={"kind": "lab"}).status_code == 200
+    refused(hub, "nadia", {**RTX4090, "group": "lab-unfunded"}, 403, "has no budget for community", "no_budget")

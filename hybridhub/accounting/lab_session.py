@@ -27,7 +27,9 @@ from hybridhub.accounting.courses import TIME_EPS, WARN_MINUTES, in_session
 from hybridhub.accounting.ledger import WARN_LEVELS, Accounting, fmt_amount
 from hybridhub.accounting.models import Notice, iso_utc, to_units
 from hybridhub.accounting.periods import to_datetime
+from hybridhub.accounting.reports import money_so_far
 from hybridhub.accounting.sessions import SessionLog
+from hybridhub.accounting.utilisation import add_utilisation
 
 #: Hardware fields of a session record shown in the Lab's session panel.
 RECORD_FIELDS = (
@@ -35,6 +37,28 @@ RECORD_FIELDS = (
     "instance_id", "instance_type", "gpu_uuids", "image", "image_id", "hidden_dirs", "group",
     "started_at",
 )
+
+
+def fmt_money(value: float) -> str:
+    """``$1.23``: dollars with cents, ``< $0.01`` for a positive amount below a cent."""
+    return "< $0.01" if 0 < value < 0.005 else f"${max(value, 0.0):.2f}"
+
+
+def launch_money(reservation: Any) -> dict[str, Any]:
+    """A reservation's cost so far and hourly price in money, at the price it was admitted at.
+
+    ``price_per_hour`` is the admitted price of one accelerator (``Reservation.price_per_hour``,
+    never the catalog's, which may have changed since); ``hourly_price`` is the whole launch's;
+    ``cost`` is the time the meter charged at that price (:func:`~hybridhub.accounting.reports.money_so_far`,
+    the portal's running-servers figure), so it moves with each meter tick.
+    """
+    price = float(reservation.price_per_hour or 0.0)
+    cost = money_so_far(price, reservation.count, reservation.started_at, reservation.charged_until)
+    hourly = reservation.count * price
+    return {
+        "price_per_hour": price, "hourly_price": hourly, "cost": round(cost, 6), "currency": "USD",
+        "cost_text": fmt_money(cost), "hourly_price_text": f"{fmt_money(hourly)}/h",
+    }
 
 
 def _minutes(delta: timedelta) -> int:
@@ -52,7 +76,7 @@ def session_state(
     out: dict[str, Any] = {
         "user": username, "server": server_name, "now": iso_utc(now_dt), "session": None,
         "reservation": None, "budget": None, "course": None, "ends_at": None, "stop_at": None,
-        "warnings": [],
+        "warnings": [], "utilisation": None,
     }
     if record is not None:
         out["session"] = {k: v for k, v in record.as_dict().items() if k in RECORD_FIELDS}
@@ -63,6 +87,7 @@ def session_state(
         _add_reservation(out, accounting, reservation, username, ends)
         _add_stop_notice(out, accounting.db, reservation, now_dt, stops)
     _add_course(out, accounting.db, username, server_name, now_dt, ends, stops)
+    add_utilisation(out, accounting.db, record, now_dt, stops)
     out["ends_at"] = iso_utc(min(ends)) if ends else None
     out["stop_at"] = iso_utc(min(stops)) if stops else None
     return out
@@ -89,6 +114,7 @@ def _add_reservation(out: dict, accounting: Accounting, reservation, username: s
         "started_at": iso_utc(reservation.started_at), "ends_at": iso_utc(res_end),
         "charged": reservation.amount_charged, "reserved": reservation.amount_reserved,
         "unit": unit, "charged_text": fmt_amount(reservation.amount_charged, unit),
+        **launch_money(reservation),
     }
     if res_end is not None:
         ends.append(res_end)

@@ -47,6 +47,7 @@ class ReservationInfo:
     amount_charged: float
     started_at: datetime | None
     charged_until: datetime | None
+    price_per_hour: float = 0.0  #: the admitted price of one accelerator-hour (money)
 
 
 class LedgerBase(BudgetAdmin):
@@ -131,4 +132,5 @@ class LedgerBase(BudgetAdmin):
             amount_charged=r.amount_charged,
             started_at=r.started_at,
             charged_until=r.charged_until,
+            price_per_hour=r.price_per_hour,
         )

@@ -307,11 +307,17 @@ class RunningServer:
 
     @property
     def cost_so_far(self) -> float:
-        """List-price cost of the time charged so far (price per hour x count x hours)."""
-        if self.started_at is None or self.charged_until is None:
-            return 0.0
-        hours = (self.charged_until - self.started_at).total_seconds() / 3600.0
-        return self.price_per_hour * self.count * hours
+        """Cost of the time charged so far at the admitted price (:func:`money_so_far`)."""
+        return money_so_far(self.price_per_hour, self.count, self.started_at, self.charged_until)
+
+
+def money_so_far(price_per_hour: float, count: int, started_at: datetime | None,
+                 charged_until: datetime | None) -> float:
+    """What a launch has cost in money: the time the meter charged (``started_at`` to
+    ``charged_until``) x ``count`` accelerators x the admitted ``price_per_hour`` of one."""
+    if started_at is None or charged_until is None:
+        return 0.0
+    return price_per_hour * count * max(0.0, (charged_until - started_at).total_seconds()) / 3600.0
 
 
 def running_servers(db: Database, groups: Collection[str] | None = None,

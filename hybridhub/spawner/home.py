@@ -1,8 +1,10 @@
 """What the hub's home page says about each of a user's running servers.
 
 One row per open reservation: the hardware, where it runs, when it started, hours used of
-hours reserved, the cost so far at the offering's price, and when it will be stopped (the
-reservation's end; a course session reserves its servers until it ends).
+hours reserved, the cost so far and the hourly price at the price the launch was admitted at
+(:func:`hybridhub.accounting.lab_session.launch_money`, what JupyterLab's status item shows too),
+and when it will be stopped (the reservation's end; a course session reserves its servers until
+it ends).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from hybridhub.accounting.lab_session import launch_money
 from hybridhub.accounting.ledger import Accounting
 from hybridhub.accounting.sessions import SessionLog
 from hybridhub.catalog import Catalog
@@ -37,7 +40,7 @@ def running_servers(
         hours = float(res.hours)
         used = min(max((now - started).total_seconds() / 3600, 0.0), hours)
         offering = catalog.offering(res.resource_class, res.model) if res.model else None
-        price = offering.price_per_hour if offering else 0.0
+        money = launch_money(res)
         ends = started + timedelta(hours=hours)
         record = records.get(res.id)
         rows.append({
@@ -49,7 +52,8 @@ def running_servers(
             "started": f"{started:%Y-%m-%d %H:%M} UTC",
             "hours_used": f"{used:.2f}",
             "hours_reserved": f"{hours:g}",
-            "cost_so_far": f"${used * res.count * price:.2f}",
+            "cost_so_far": money["cost_text"],
+            "hourly_price": money["hourly_price_text"],
             "stops_at": f"{ends:%Y-%m-%d %H:%M} UTC",
             "session_id": record.id if record else None,
         })

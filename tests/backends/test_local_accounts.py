@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.env import require
+from tests.fixtures.metrics import refused
 from tests.fixtures.trust import run_in_server
 
 OPTS = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "course-ml101"}
@@ -115,10 +116,7 @@ def test_a_name_from_an_identity_provider_never_runs_as_a_system_account(demo_hu
     """``root`` and ``daemon`` exist on every Debian host; a dot is not a Unix account name here."""
     assert demo_hub.api("POST", f"/users/{name}").status_code in (201, 409)
     assert demo_hub.api("POST", "/groups/course-ml101/users", json={"users": [name]}).status_code == 200
-    r = demo_hub.spawn(name, OPTS)
-    assert r.status_code == 403, r.text
-    message = r.json()["message"]
-    assert ("system account" in message) if name != "ada.lovelace" else ("not a Unix account name" in message)
-    assert demo_hub.server_model(name) is None
+    words = "system account" if name != "ada.lovelace" else "not a Unix account name"
+    refused(demo_hub, name, OPTS, 403, words, "account")  # counted on /hub/metrics with its reason
     with pytest.raises(KeyError):
         pwd.getpwnam("ada.lovelace")

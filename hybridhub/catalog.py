@@ -58,6 +58,9 @@ class Offering:
     trust: str = "trusted"
     cpu_limit: float | None = None
     mem_limit: str | None = None
+    #: Minutes its accelerators may stay idle before the idle culler stops the server (None: never;
+    #: :mod:`hybridhub.accounting.utilisation`).
+    idle_minutes: float | None = None
     #: Free-form settings for the backend (``extra: {rack: b7}``), checked by the backend if at all.
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     #: The offering's keys that the catalog does not know, as written: the backend's own fields,
@@ -152,6 +155,7 @@ DEFAULT_CATALOG: dict[str, Any] = {
         "description": "Consumer cards on volunteer-run nodes: prototyping and small inference.",
         "trust": "untrusted",
         "backend": "docker",
+        "idle_minutes": 60,
         "offerings": {
             "rtx3090": _gpu("RTX 3090", 24, 0.22, 0.5, counts=(1, 2)),
             "rtx4090": _gpu("RTX 4090", 24, 0.35, 1.0, counts=(1, 2)),
@@ -163,6 +167,7 @@ DEFAULT_CATALOG: dict[str, Any] = {
         "description": "Data-centre GPUs on managed hosts: large training runs.",
         "trust": "trusted",
         "backend": "docker",
+        "idle_minutes": 30,
         "offerings": {
             "a100": _gpu("A100 80GB", 80, 1.80, 3.0, counts=(1, 2, 4, 8), hours=24),
             "h100": _gpu("H100 80GB", 80, 2.50, 4.0, counts=(1, 2, 4, 8), hours=24),
@@ -174,6 +179,7 @@ DEFAULT_CATALOG: dict[str, Any] = {
         "description": "EC2 trn1/inf2 instances with the AWS Neuron SDK: cost-efficient training and inference.",
         "trust": "trusted",
         "backend": "ec2",
+        "idle_minutes": 30,
         "offerings": {
             "trn1.2xlarge": _neuron("trn1.2xlarge", "Trainium (1 chip)", 32, 1.34, 1.0),
             "trn1.32xlarge": _neuron("trn1.32xlarge", "Trainium (16 chips)", 512, 21.50, 16.0, hours=24),
@@ -183,11 +189,13 @@ DEFAULT_CATALOG: dict[str, Any] = {
     },
 }
 
-_CLASS_KEYS = {"display_name", "description", "trust", "backend", "image", "offerings", "groups"}
+_CLASS_KEYS = {"display_name", "description", "trust", "backend", "image", "offerings", "groups", "idle_minutes"}
+#: Longest ``idle_minutes`` (a week).
+MAX_IDLE_MINUTES = 7 * 24 * 60
 #: The keys every offering has; the others are its backend's (:attr:`Offering.backend_fields`).
 _OFFERING_KEYS = {
     "model", "memory_gb", "counts", "price_per_hour", "backend", "image", "max_hours", "groups",
-    "min_hours", "hours_step", "billing_weight", "trust", "cpu_limit", "mem_limit", "extra",
+    "min_hours", "hours_step", "billing_weight", "trust", "cpu_limit", "mem_limit", "extra", "idle_minutes",
 }
 
 
@@ -203,6 +211,16 @@ def _str_list(value: Any, key: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise CatalogError(key, f"must be a list of strings, got {value!r}")
     return tuple(value)
+
+
+def _idle_minutes(value: Any, key: str) -> float | None:
+    """``idle_minutes``: None (never) or a number of minutes above 0, at most a week."""
+    if value is None:
+        return None
+    minutes = _number(value, key, strict=True)
+    if minutes > MAX_IDLE_MINUTES:
+        raise CatalogError(key, f"must be at most {MAX_IDLE_MINUTES} (a week), got {value!r}")
+    return minutes
 
 
 def _offering(cls_name: str, cls_cfg: dict, name: str, cfg: Any, image: str) -> Offering:
@@ -251,6 +269,8 @@ def _offering(cls_name: str, cls_cfg: dict, name: str, cfg: Any, image: str) -> 
             None if cfg.get("cpu_limit") is None else _number(cfg["cpu_limit"], f"{where}.cpu_limit", strict=True)
         ),
         mem_limit=None if cfg.get("mem_limit") is None else str(cfg["mem_limit"]),
+        idle_minutes=_idle_minutes(cfg.get("idle_minutes", cls_cfg.get("idle_minutes")), (
+            f"{where}.idle_minutes" if "idle_minutes" in cfg else f"{cls_name}.idle_minutes")),
         extra=dict(extra),
         backend_fields={k: copy.deepcopy(v) for k, v in cfg.items() if k not in _OFFERING_KEYS},
     )

@@ -14,6 +14,7 @@ from hybridhub.accounting import (  # noqa: F401  (registers their tables)
     provider_bills,
     reports,
     sessions,
+    utilisation,
 )
 from hybridhub.accounting.models import Base
 

@@ -8,7 +8,9 @@ ends, saying how it ended (:data:`END_REASONS`).
 Whoever stops a server on purpose says why *before* asking the hub to stop it:
 :meth:`SessionLog.request_end` records the intended reason on the open record (the meter
 says ``quota``, the course scheduler ``end of course``), and the spawner's ``stop`` uses
-it; a stop with nothing recorded is ``stopped by user``.  A server that ``poll`` finds
+it; a stop with nothing recorded is ``stopped by user`` (or, asked for by another account
+through the hub's REST API, ``stopped by admin``/``stopped by service``).  Who asked for a stop
+(``by``, e.g. ``stopped by service idle-culler``) is appended to the end detail.  A server that ``poll`` finds
 gone is closed with what the backend observed (``host lost`` when its host or instance
 stopped answering), which wins over any intended reason.
 
@@ -49,9 +51,15 @@ END_COURSE = "end of course"
 END_HOST_LOST = "host lost"
 END_EXITED = "server exited"
 END_FAILED_START = "failed to start"
+END_IDLE = "stopped: accelerators idle"
+END_BY_ADMIN = "stopped by admin"
+END_BY_SERVICE = "stopped by service"
 #: How a session can end.  The first four are the ones people act on; ``server exited``
-#: is a server that ended by itself with an error status; ``failed to start`` one that never answered.
-END_REASONS = (END_STOPPED_BY_USER, END_QUOTA, END_COURSE, END_HOST_LOST, END_EXITED, END_FAILED_START)
+#: is a server that ended by itself with an error status; ``failed to start`` one that never answered;
+#: ``stopped: accelerators idle`` the idle-accelerator rule's stop; ``stopped by admin``/``by service``
+#: a stop another account asked the hub's REST API for, with no reason recorded beforehand.
+END_REASONS = (END_STOPPED_BY_USER, END_QUOTA, END_COURSE, END_HOST_LOST, END_EXITED, END_FAILED_START,
+               END_IDLE, END_BY_ADMIN, END_BY_SERVICE)
 
 VERIFICATION_STATES = ("pending", "running", "passed", "failed", "error")
 
@@ -304,12 +312,14 @@ class SessionLog:
         detail: str | None = None,
         default: str = END_STOPPED_BY_USER,
         at: datetime | None = None,
+        by: str | None = None,
     ) -> bool:
         """Close an open record; True if this call closed it (False: already closed).
 
         The reason is what was ``observed`` (e.g. ``host lost``) if given, else the
-        intended reason recorded by :meth:`request_end`, else ``default``.  One
-        conditional ``UPDATE``, so concurrent closes (poll and stop) record it once.
+        intended reason recorded by :meth:`request_end`, else ``default``; ``by`` (who asked
+        for the stop) is appended to the detail.  One conditional ``UPDATE``, so concurrent
+        closes (poll and stop) record it once.
         """
         for reason in (observed, default):
             if reason is not None and reason not in END_REASONS:
@@ -320,6 +330,8 @@ class SessionLog:
         else:
             reason_expr = func.coalesce(_ST.c.pending_end_reason, default)
             detail_expr = func.coalesce(_ST.c.pending_end_detail, _clip(detail))
+            if by:
+                detail_expr = func.substr(func.coalesce(detail_expr + "; ", "") + by, 1, 255)
         with self.db.session() as s:
             result = s.execute(
                 update(_ST)

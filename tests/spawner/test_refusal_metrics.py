@@ -16,6 +16,7 @@ from hybridhub.accounting.trust import TrustPolicy
 from hybridhub.catalog import load_catalog
 from tests.fixtures.hub import Hub, _stop_user_processes
 from tests.fixtures.metrics import hub_metrics, refused, sample
+from tests.fixtures.theta import hub_theta_config, theta_api  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")
 
@@ -82,3 +83,9 @@ def test_a_group_with_a_kind_but_no_budget_for_the_class_is_counted_as_no_budget
     assert hub.api("POST", "/groups/lab-unfunded", json={"users": ["nadia"]}).status_code == 201
     assert hub.api("PUT", "/groups/lab-unfunded/properties", json={"kind": "lab"}).status_code == 200
     refused(hub, "nadia", {**RTX4090, "group": "lab-unfunded"}, 403, "has no budget for community", "no_budget")
+
+
+def test_a_quote_above_the_price_ceiling_is_counted_as_price(theta_api, hub_factory):  # noqa: F811
+    hub = hub_factory(extra_config=hub_theta_config(theta_api, cap=0.20))  # Theta quotes $0.29/h
+    r = refused(hub, "alice", {**RTX4090, "group": "course-ml101"}, 409, "$0.29/h", "price")
+    assert "$0.20/h" in r.json()["message"] and not theta_api.nodes

@@ -161,3 +161,48 @@ def test_billing_days_compare_charges_per_group_with_thetas_day():
     assert [(d.day, d.charged, d.theta_usd) for d in days] == [
         ("2026-12-06", {"g1": 0.5, "g2": 0.25}, 0.8), ("2026-12-07", {"g1": 1.0}, 0.0), ("2026-12-08", {}, 0.1)]
     assert [round(d.difference_usd, 4) for d in days] == [0.05, -1.0, 0.1]
+
+
+async def test_after_a_hub_restart_the_stop_still_brings_the_home_back(theta_controller, tmp_path):  # noqa: F811
+    """The hub restarts between start and stop: a new spawner loads the state and finds the launch's key
+    in the hub's key folder (0700, key 0600), not in the state; the confidential folder stays out."""
+    ctl = theta_controller
+    home = tmp_path / "homes" / "alice"
+    (home / "secret").mkdir(parents=True)
+    (home / "notes.txt").write_text("mine")
+    traits = {"home_dir": str(tmp_path / "homes" / "{username}"), "node_home": "/home/alice",
+              "key_dir": str(tmp_path / "hub" / "keys")}
+    first = backend(ctl, **traits)
+    first.hide_paths(["secret"])
+    await first.start()
+    node = next(iter(ctl.nodes.values()))
+    keys = list((tmp_path / "hub" / "keys").iterdir())
+    assert [k.name for k in keys] == [f"{first.deployment_name}.key"]
+    assert oct(keys[0].stat().st_mode & 0o777) == "0o600" and oct(keys[0].parent.stat().st_mode & 0o777) == "0o700"
+    ctl._docker("exec", node.container, "sh", "-c", "echo after > /home/alice/notes.txt && "
+                "chmod 0755 /home/alice/secret && echo leak > /home/alice/secret/leak.txt")
+    state = first.get_state()
+    assert "PRIVATE KEY" not in str(state) and state["hidden_paths"] == ["secret"]
+    restarted = backend(ctl, **traits)  # the hub's new process: nothing in memory but the state
+    restarted.load_state(state)
+    await restarted.stop()
+    assert (home / "notes.txt").read_text() == "after\n"
+    assert list((home / "secret").iterdir()) == []  # nothing came back into the confidential folder
+    assert node.status == "deleted" and list((tmp_path / "hub" / "keys").iterdir()) == []
+
+
+def test_the_key_store_refuses_a_folder_it_does_not_own_alone(tmp_path):
+    from hybridhub.backends.theta.keys import KeyStore
+    from hybridhub.backends.theta.ssh import LaunchKey
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ValueError, match="key_dir"):
+        KeyStore(tmp_path / "link").keep("abc123", LaunchKey())
+    with pytest.raises(ValueError, match="deployment name"):
+        KeyStore(tmp_path / "k").keep("../../etc/x", LaunchKey())
+    store, key = KeyStore(tmp_path / "k"), LaunchKey()
+    store.keep("abc123", key)
+    assert store.get("abc123").fingerprint == key.fingerprint and store.get("other") is None
+    with pytest.raises(FileExistsError):
+        store.keep("abc123", LaunchKey())  # never over an existing key

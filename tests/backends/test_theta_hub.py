@@ -179,6 +179,24 @@ def test_the_hub_waits_for_jupyter_through_the_ingress_warm_up(theta_controller,
     hub.stop_server("alice")
 
 
+def test_a_hub_restart_between_start_and_stop_loses_nothing_of_the_home(theta_controller, hub_factory, tmp_path):  # noqa: F811
+    ctl = theta_controller
+    homes = tmp_path / "homes"
+    (homes / "alice").mkdir(parents=True)
+    (homes / "alice" / "notes.txt").write_text("before")
+    hub = hub_factory(extra_config=hub_theta_config(ctl, home_dir=str(homes / "{username}"), node_home="/home/alice"))
+    assert hub.spawn("alice", RTX).status_code in (201, 202)
+    hub.wait_ready("alice", timeout=90)
+    [node] = ctl.nodes.values()
+    ctl._docker("exec", node.container, "sh", "-c", "echo written on the node > /home/alice/notes.txt")
+    hub.restart()  # the hub's memory is gone; the server runs on
+    assert hub.server_model("alice")["ready"]
+    hub.stop_server("alice")
+    assert (homes / "alice" / "notes.txt").read_text() == "written on the node\n"
+    assert node.status == "deleted" and not any((hub.workdir / "hybridhub-theta-keys").iterdir())
+    assert "PRIVATE KEY" not in hub.log() and "cannot be copied back" not in hub.log()
+
+
 def test_orphans_deleted_at_start_and_a_deployment_deleted_outside_ends_the_server(theta_controller, hub_factory):  # noqa: F811
     ctl = theta_controller
     config = hub_theta_config(ctl) + "c.Spawner.poll_interval = 1\n"

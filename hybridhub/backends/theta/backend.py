@@ -10,13 +10,14 @@ from pathlib import Path
 
 from jupyterhub.spawner import Spawner
 from jupyterhub.utils import random_port
-from traitlets import Any, Bool, Float, Int, List, Unicode
+from traitlets import Any, Bool, Float, Int, List, Unicode, default
 
 from hybridhub.backends.base import BackendMixin, KnownServer, LivePrice, ProviderBill, Reconciled, poll_until
 from hybridhub.backends.theta import body as tb
 from hybridhub.backends.theta.billing import balance, theta_usage
 from hybridhub.backends.theta.client import ThetaClient, ThetaError, ThetaTimeout
 from hybridhub.backends.theta.home import relative
+from hybridhub.backends.theta.keys import KeyStore
 from hybridhub.backends.theta.launch import ThetaLaunch
 from hybridhub.backends.theta.offering import ThetaFields, check_fields
 from hybridhub.backends.theta.reconcile import reconcile_deployments
@@ -83,9 +84,23 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
     node_home = Unicode(
         "", help="The server's home on the node (HOME); empty: the SSH login's home."
     ).tag(config=True)
+    key_dir = Unicode(
+        help="Folder on the hub's machine (the hub account's alone, 0700; each key 0600) keeping each running "
+        "server's SSH private key until its deployment is deleted, so the home is still copied back from the node "
+        "after a hub restart. Empty: keys only in the hub's memory (a restart loses the node's changes to the home). "
+        "Default: hybridhub-theta-keys in the hub's working folder (beside its cookie secret) when home_dir is set."
+    ).tag(config=True)
     home_sync_timeout = Float(300, help="Seconds the copy of the home back from the node may take at stop.").tag(
         config=True)
     clock = Any(time.monotonic, help="Monotonic clock (tests inject one).")
+
+    @default("key_dir")
+    def _default_key_dir(self) -> str:
+        return os.path.abspath("hybridhub-theta-keys") if self.home_dir else ""
+
+    def key_store(self) -> KeyStore | None:
+        """Where running launches' keys are kept for their stop (None: in memory only)."""
+        return KeyStore(self.key_dir) if self.key_dir and self.home() is not None else None
 
     deployment_id: str | None = None
     deployment_name: str | None = None
@@ -207,11 +222,13 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
     # --- state ------------------------------------------------------------------------------------
 
     def get_state(self):
-        """The deployment's id, name and HTTP endpoint (never the SSH key)."""
+        """The deployment's id, name and HTTP endpoint, and the folders left out of the home (never the SSH key)."""
         state = super().get_state()
         for key in ("deployment_id", "deployment_name", "http_url"):
             if getattr(self, key):
                 state[key] = getattr(self, key)
+        if self.hidden_paths:  # a stop after a hub restart must still keep them out of what comes back
+            state["hidden_paths"] = list(self.hidden_paths)
         return state
 
     def load_state(self, state):
@@ -219,6 +236,8 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
         self.deployment_id = state.get("deployment_id")
         self.deployment_name = state.get("deployment_name")
         self.http_url = state.get("http_url")
+        if state.get("hidden_paths"):
+            self.hidden_paths = tuple(relative(p) for p in state["hidden_paths"])
 
     def clear_state(self):
         super().clear_state()
@@ -328,8 +347,15 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
             await self._fetch_home()
         self.log.info("%s: deleting Theta deployment %s", self._label, self.deployment_id)
         await self._delete(self.client(), self.deployment_id)
+        self._forget_key()
         self.deployment_id = None
         self._key = self._node = None
+
+    def _forget_key(self) -> None:
+        """Delete the kept key of this deployment (its node is gone: the key opens nothing any more)."""
+        store = self.key_store()
+        if store is not None and self.deployment_name:
+            store.drop(self.deployment_name)
 
     async def _delete(self, client: ThetaClient, deployment_id: str) -> None:
         try:
@@ -348,6 +374,7 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
                              self._label, type(error).__name__, self.deployment_id)
             try:
                 await self._delete(self.client(), self.deployment_id)
+                self._forget_key()
             except ThetaError as e:
                 self.log.error("%s: could not delete deployment %s: %s", self._label, self.deployment_id, e)
             self.deployment_id = None

@@ -48,8 +48,10 @@ class ThetaLaunch:
         self._emit(30, f"Deployment {created.id} created; waiting for the node")
         dep = await self._wait_deployment(client)
         self.http_url = dep.http_url or f"http://{dep.ssh_host}:{self.node_http_port}"
+        if (store := self.key_store()) is not None:  # kept for the stop, even after a hub restart
+            store.keep(self.deployment_name, key)
         await self._start_over_ssh(dep, key)
-        if self.home() is not None:  # kept, in memory only, to copy the home back at stop
+        if self.home() is not None:  # kept in memory to copy the home back at stop
             self._key, self._node = key, dep
         self._emit(80, "JupyterLab started on the node; waiting for it to answer")
         return self.http_url
@@ -80,21 +82,26 @@ class ThetaLaunch:
 
     async def _fetch_home(self) -> None:
         """Copy the home back from a node that still runs (errors logged: the stop goes on)."""
-        if self._key is None or self._node is None:
+        store = self.key_store()
+        if self._key is None and store is not None and self.deployment_name:
+            self._key = store.get(self.deployment_name)  # the hub restarted since the start
+        if self._key is None:
             self.log.warning("%s: the home on the Theta node cannot be copied back (the hub restarted since "
-                             "the start, so it no longer holds the node's SSH key)", self._label)
+                             "the start and c.ThetaBackend.key_dir kept no key for it)", self._label)
             return
         if await self.poll() is not None:
             self.log.warning("%s: the Theta node is gone; its copy of the home is lost", self._label)
             return
-        node = self._node
         try:
             async with asyncio.timeout(self.home_sync_timeout):
+                if self._node is None:  # after a hub restart: where the node's sshd is, from Theta
+                    self._node = tb.deployment(await self.client().get_gpu_deployment(self.deployment_id))
+                node = self._node
                 async with await connect(node.ssh_host, node.ssh_port, self.ssh_user, self._key,
                                          node.ssh_host_public_key, timeout=10) as conn:
                     count = await fetch_home(conn, self.home(), self.hidden_paths, self.node_home)
             self.log.info("%s: copied the home back from the Theta node (%d entries)", self._label, count)
-        except (*SSH_ERRORS, RuntimeError, OSError) as e:
+        except (*SSH_ERRORS, RuntimeError, OSError, ThetaError, ValueError) as e:
             self.log.error("%s: copying the home back from the Theta node failed: %s", self._label,
                            type(e).__name__ if not isinstance(e, RuntimeError) else e)
 

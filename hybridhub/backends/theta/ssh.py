@@ -1,10 +1,12 @@
 """The per-launch SSH key pair, and starting the single-user server on a node over SSH (asyncssh).
 
-The private key is made for one launch and lives only in the hub's memory (:class:`LaunchKey`): it is
-never written to a file, the spawner's state, a log line, a page or an error, and Theta only ever sees
-the public half.  The server's environment (its API token among it) travels inside the SSH connection,
-on the remote shell's standard input, into a file only the node's user can read that the start command
-sources and deletes at once: never on a command line, through Theta's API or in the node's logs.
+The private key is made for one launch and lives in the hub's memory (:class:`LaunchKey`), and, with
+``c.ThetaBackend.key_dir``, in a 0600 file of the hub's own account until the deployment is deleted
+(:mod:`hybridhub.backends.theta.keys`): it is never in the spawner's state, a log line, a page or an
+error, and Theta only ever sees the public half.  The server's environment (its API token among it)
+travels inside the SSH connection, on the remote shell's standard input, into a file only the node's
+user can read that the start command sources and deletes at once: never on a command line, through
+Theta's API or in the node's logs.
 """
 
 from __future__ import annotations
@@ -37,8 +39,17 @@ START_SCRIPT = (
 class LaunchKey:
     """An Ed25519 key pair for one launch; ``repr`` and ``str`` show only the public fingerprint."""
 
-    def __init__(self) -> None:
-        self._key = asyncssh.generate_private_key("ssh-ed25519", comment="hybridhub")
+    def __init__(self, key: asyncssh.SSHKey | None = None) -> None:
+        self._key = key or asyncssh.generate_private_key("ssh-ed25519", comment="hybridhub")
+
+    @classmethod
+    def from_private(cls, data: bytes) -> LaunchKey:
+        """A key read back from :meth:`export_private`'s bytes."""
+        return cls(asyncssh.import_private_key(data))
+
+    def export_private(self) -> bytes:
+        """The private key in OpenSSH's format, for the hub's own key store only."""
+        return self._key.export_private_key("openssh")
 
     @property
     def public_openssh(self) -> str:

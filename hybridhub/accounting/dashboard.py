@@ -21,6 +21,7 @@ from hybridhub.accounting.forecast import forecasts
 from hybridhub.accounting.models import Budget, Group, Reservation
 from hybridhub.accounting.periods import month_start, next_month
 from hybridhub.accounting.reports import UsageFilter, UsageRow, usage_report
+from hybridhub.accounting.sessions import END_IDLE, SessionRecord
 
 #: Budgets at or above this share used are listed as "near their limit".
 NEAR_LIMIT = 0.8
@@ -45,6 +46,7 @@ class Dashboard:
     running: list[dict[str, Any]] = field(default_factory=list)
     capacity: list[dict[str, Any]] = field(default_factory=list)
     refusals: dict[str, int] = field(default_factory=dict)
+    idle_culled: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """The dashboard as the JSON API shows it."""
@@ -52,6 +54,7 @@ class Dashboard:
             "period_start": self.period_start, "spend": self.spend,
             "near_limit": self.near_limit, "running": self.running,
             "capacity": self.capacity, "refusals_24h": self.refusals,
+            "idle_culled": self.idle_culled,
         }
 
 
@@ -165,6 +168,34 @@ def capacity_in_use(db: Database) -> list[dict[str, Any]]:
     return out
 
 
+def idle_culled_by_class(db: Database, scope: Scope, since: datetime) -> list[dict[str, Any]]:
+    """Servers stopped for idle accelerators since ``since``, per class: the accelerator-hours
+    their reservations still held when they were stopped (given back to the group) and those
+    hours' money value at the price each launch was admitted at."""
+    st, rt = SessionRecord.__table__, Reservation.__table__
+    query = (
+        select(st.c.resource_class, st.c.started_at, st.c.stopped_at, rt.c.count, rt.c.hours,
+               rt.c.price_per_hour)
+        .join(rt, rt.c.id == st.c.reservation_id)
+        .where(st.c.end_reason == END_IDLE, st.c.stopped_at >= since)
+    )
+    if scope.groups is not None:
+        query = query.where(st.c.group_name.in_(sorted(scope.groups)))
+    if scope.username is not None:
+        query = query.where(st.c.username == scope.username)
+    out: dict[str, dict[str, Any]] = {}
+    with db.engine.connect() as conn:
+        for r in conn.execute(query):
+            ran = (r.stopped_at - r.started_at).total_seconds() / 3600
+            hours = max(0.0, float(r.hours) - ran) * r.count
+            t = out.setdefault(r.resource_class, {"resource_class": r.resource_class, "servers": 0,
+                                                  "accelerator_hours": 0.0, "value": 0.0})
+            t["servers"] += 1
+            t["accelerator_hours"] += hours
+            t["value"] += hours * float(r.price_per_hour or 0.0)
+    return sorted(out.values(), key=lambda t: (-t["value"], t["resource_class"]))
+
+
 def dashboard(db: Database, scope: Scope, now: datetime,
               budget_groups: Collection[str] | None) -> Dashboard:
     """All tiles for ``scope`` at ``now``; ``budget_groups`` are the groups whose budgets
@@ -180,4 +211,5 @@ def dashboard(db: Database, scope: Scope, now: datetime,
         running=running_by_class(db, scope),
         capacity=capacity_in_use(db),
         refusals=refusals_by_reason(db, now, groups=scope.groups, username=scope.username),
+        idle_culled=idle_culled_by_class(db, scope, start),
     )

@@ -14,9 +14,10 @@ and prunes that server's rows older than ``keep_hours``.
 - ``idle``: below it since the first report after the last busy one (or the first report).
 
 :func:`idle_verdict` is the culler's question: ``cull`` once the accelerators were idle for
-the offering's ``idle_minutes`` (and then the open record says why before the stop:
-:data:`~hybridhub.accounting.sessions.END_IDLE`), ``keep`` while they are busy or idle for
-less, ``ordinary`` for a server without accelerators, without ``idle_minutes`` or unknown.
+the offering's ``idle_minutes`` (the catalog's, stored with each report by the portal; the
+open record then says why before the stop: :data:`~hybridhub.accounting.sessions.END_IDLE`),
+``keep`` while they are busy or idle for less, ``ordinary`` for a server without
+accelerators, without ``idle_minutes`` or unknown.
 Times are naive UTC; ``now`` is always passed in, so tests never sleep.
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -36,7 +37,6 @@ from sqlalchemy.orm import Mapped, mapped_column
 from hybridhub.accounting.db import Database
 from hybridhub.accounting.models import Base, iso_utc
 from hybridhub.accounting.sessions import END_IDLE, SessionLog, SessionRecord
-from hybridhub.catalog import Catalog, load_catalog
 
 SOURCES = ("nvml", "neuron", "simulated")
 #: Largest memory figure a device may report (MiB): 16 TiB.
@@ -67,6 +67,7 @@ class UtilisationTable(Base):
     at: Mapped[datetime] = mapped_column(DateTime)
     source: Mapped[str] = mapped_column(String(16))
     peak: Mapped[float] = mapped_column(Float)
+    limit_minutes: Mapped[float | None] = mapped_column(Float, nullable=True)
     devices: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
 
 
@@ -126,32 +127,15 @@ class IdleSettings:
         return {var: repr(getattr(self, name)) for name, var in ENV.items()}
 
 
-@dataclass(frozen=True)
-class IdlePolicy:
-    """The settings and each offering's ``idle_minutes`` (from the catalog; None: never)."""
-
-    settings: IdleSettings = field(default_factory=IdleSettings)
-    minutes: Mapping[str, float | None] = field(default_factory=dict)
-
-    @classmethod
-    def from_catalog(cls, catalog: Catalog, settings: IdleSettings) -> IdlePolicy:
-        """Every offering's idle minutes, by its key."""
-        return cls(settings, {o.key: o.idle_minutes for o in catalog.all_offerings()})
-
-    def limit_minutes(self, offering: str) -> float | None:
-        """The idle minutes after which ``offering``'s servers are stopped (None: never)."""
-        return self.minutes.get(offering)
-
-
 @lru_cache(maxsize=4)
-def _policy(catalog_file: str, settings: IdleSettings) -> IdlePolicy:
-    return IdlePolicy.from_catalog(load_catalog(path=catalog_file or None), settings)
+def _settings(values: tuple[tuple[str, str], ...]) -> IdleSettings:
+    return IdleSettings.from_env(dict(values))
 
 
-def policy_from_env(env: Mapping[str, str] | None = None) -> IdlePolicy:
-    """The policy a process was given: :data:`ENV` and the catalog ``HYBRIDHUB_CATALOG`` names."""
+def settings_from_env(env: Mapping[str, str] | None = None) -> IdleSettings:
+    """The settings this process was given (:data:`ENV`; read once per distinct environment)."""
     env = os.environ if env is None else env
-    return _policy(env.get("HYBRIDHUB_CATALOG", ""), IdleSettings.from_env(env))
+    return _settings(tuple((v, env.get(v, "")) for v in ENV.values()))
 
 
 def check_devices(devices: Any, count: int) -> list[dict[str, Any]]:
@@ -187,8 +171,10 @@ def _number(d: dict, key: str, where: str, low: float, high: float, *, integer: 
 
 
 def record_report(db: Database, *, username: str, server_name: str, source: str, devices: Any,
-                  now: datetime, settings: IdleSettings) -> dict[str, Any]:
-    """Check and store one report of ``username``'s server ``server_name`` (see the module doc).
+                  now: datetime, settings: IdleSettings,
+                  limit_of: Callable[[str], float | None] = lambda offering: None) -> dict[str, Any]:
+    """Check and store one report of ``username``'s server ``server_name`` (see the module doc);
+    ``limit_of(offering)`` is the offering's idle minutes (the catalog's; None: never).
 
     Raises :class:`BadReport` (no open session, bad source or devices) or :class:`TooSoon`.
     """
@@ -207,7 +193,8 @@ def record_report(db: Database, *, username: str, server_name: str, source: str,
         if last is not None and (now - last).total_seconds() < settings.min_report_seconds:
             raise TooSoon(settings.min_report_seconds - (now - last).total_seconds())
         s.execute(insert(_UT).values(session_id=session_id, username=username, server_name=server_name,
-                                     at=now, source=source, peak=float(peak), devices=checked))
+                                     at=now, source=source, peak=float(peak), devices=checked,
+                                     limit_minutes=limit_of(record.offering)))
         s.execute(delete(_UT).where(*where, _UT.c.at < now - timedelta(hours=settings.keep_hours)))
     return {"accepted": len(checked), "next_after": settings.min_report_seconds}
 
@@ -226,10 +213,17 @@ class Utilisation:
     idle_since: datetime | None = None
     devices: list[dict[str, Any]] = field(default_factory=list)
     sampled_at: datetime | None = None
+    limit_minutes: float | None = None  # the offering's idle minutes (None: never stopped for idling)
 
     def idle_seconds(self, now: datetime) -> float | None:
         """How long the accelerators have been idle (None unless idle)."""
         return None if self.idle_since is None else max(0.0, (now - self.idle_since).total_seconds())
+
+    def stop_at(self) -> datetime | None:
+        """When the idle rule stops the server if nothing runs on its accelerators (None: never)."""
+        if self.idle_since is None or self.limit_minutes is None:
+            return None
+        return self.idle_since + timedelta(minutes=self.limit_minutes)
 
     def as_dict(self, now: datetime) -> dict[str, Any]:
         """The ``utilisation`` of the Lab's session (state, idle_minutes, devices, sampled_at)."""
@@ -245,26 +239,26 @@ def utilisation_of(db: Database, session_id: int | None, now: datetime,
         return Utilisation("unknown")
     mine = _UT.c.session_id == session_id
     with db.session() as s:
-        latest = s.execute(select(_UT.c.at, _UT.c.peak, _UT.c.devices).where(mine)
+        latest = s.execute(select(_UT.c.at, _UT.c.peak, _UT.c.devices, _UT.c.limit_minutes).where(mine)
                            .order_by(_UT.c.at.desc()).limit(1)).first()
         if latest is None or (now - latest.at).total_seconds() > settings.stale_seconds:
             return Utilisation("unknown", sampled_at=None if latest is None else latest.at)
         if latest.peak >= settings.threshold_pct:
-            return Utilisation("busy", devices=list(latest.devices), sampled_at=latest.at)
+            return Utilisation("busy", devices=list(latest.devices), sampled_at=latest.at,
+                               limit_minutes=latest.limit_minutes)
         busy_at = s.scalar(select(func.max(_UT.c.at)).where(mine, _UT.c.peak >= settings.threshold_pct))
         since = s.scalar(select(func.min(_UT.c.at)).where(mine, *([_UT.c.at > busy_at] if busy_at else [])))
-    return Utilisation("idle", idle_since=since, devices=list(latest.devices), sampled_at=latest.at)
+    return Utilisation("idle", idle_since=since, devices=list(latest.devices), sampled_at=latest.at,
+                       limit_minutes=latest.limit_minutes)
 
 
-def idle_warning(record: Any, util: Utilisation, now: datetime, policy: IdlePolicy) -> dict[str, Any] | None:
+def idle_warning(record: Any, util: Utilisation, now: datetime, settings: IdleSettings) -> dict[str, Any] | None:
     """The Lab's and home page's warning ``warn_minutes`` before an idle stop, once due."""
-    limit = policy.limit_minutes(record.offering)
-    idle = util.idle_seconds(now)
-    if limit is None or idle is None or record.count < 1:
+    stop_at, idle = util.stop_at(), util.idle_seconds(now)
+    if stop_at is None or idle is None or record.count < 1:
         return None
-    if idle < (limit - policy.settings.warn_minutes) * 60:
+    if idle < (util.limit_minutes - settings.warn_minutes) * 60:
         return None
-    stop_at = util.idle_since + timedelta(minutes=limit)
     left = max(0, math.ceil((stop_at - now).total_seconds() / 60))
     return {
         "id": f"idle:{record.id}:{iso_utc(util.idle_since)}", "kind": "idle", "level": "idle",
@@ -275,7 +269,7 @@ def idle_warning(record: Any, util: Utilisation, now: datetime, policy: IdlePoli
 
 
 def idle_verdict(db: Database, username: str, server_name: str, now: datetime,
-                 policy: IdlePolicy) -> dict[str, Any]:
+                 settings: IdleSettings) -> dict[str, Any]:
     """The culler's answer for one server: ``cull``, ``keep`` or ``ordinary`` (module doc).
 
     A ``cull`` records :data:`END_IDLE` on the open record before the culler stops it; any
@@ -284,33 +278,41 @@ def idle_verdict(db: Database, username: str, server_name: str, now: datetime,
     log = SessionLog(db)
     session_id = log.open_session_id(username, server_name)
     record = log.get(session_id) if session_id is not None else None
-    util = utilisation_of(db, session_id, now, policy.settings)
-    limit = policy.limit_minutes(record.offering) if record is not None else None
-    idle = util.idle_seconds(now)
-    if record is None or record.count < 1 or util.state == "unknown" or (util.state == "idle" and limit is None):
+    util = utilisation_of(db, session_id, now, settings)
+    idle, stop_at = util.idle_seconds(now), util.stop_at()
+    if record is None or record.count < 1 or util.state == "unknown" or (util.state == "idle" and stop_at is None):
         verdict = "ordinary"
-    elif util.state == "idle" and idle is not None and idle >= limit * 60:
+    elif stop_at is not None and now >= stop_at:
         verdict = "cull"
     else:
         verdict = "keep"
     if verdict == "cull":
         log.request_end(END_IDLE, username=username, server_name=server_name,
                         detail=f"{record.count} × {record.accelerator} idle {idle / 60:.0f} min "
-                               f"(below {policy.settings.threshold_pct:g} %)")
+                               f"(below {settings.threshold_pct:g} %)")
     elif session_id is not None:
         with db.session() as s:
             s.execute(update(_ST).where(_ST.c.id == session_id, _ST.c.pending_end_reason == END_IDLE)
                       .values(pending_end_reason=None, pending_end_detail=None))
-    return {"verdict": verdict, "utilisation": util.as_dict(now), "limit_minutes": limit}
+    return {"verdict": verdict, "utilisation": util.as_dict(now), "limit_minutes": util.limit_minutes}
 
 
 def add_utilisation(out: dict[str, Any], db: Database, record: Any, now: datetime, stops: list,
-                    policy: IdlePolicy | None = None) -> None:
+                    settings: IdleSettings | None = None) -> None:
     """The Lab session's ``utilisation`` and, once due, its ``idle`` warning and stop time."""
-    policy = policy or policy_from_env()
-    util = utilisation_of(db, None if record is None else record.id, now, policy.settings)
+    settings = settings or settings_from_env()
+    util = utilisation_of(db, None if record is None else record.id, now, settings)
     out["utilisation"] = util.as_dict(now)
-    warning = idle_warning(record, util, now, policy) if record is not None else None
+    warning = idle_warning(record, util, now, settings) if record is not None else None
     if warning is not None:
         out["warnings"].append(warning)
-        stops.append(util.idle_since + timedelta(minutes=policy.limit_minutes(record.offering)))
+        stops.append(util.stop_at())
+
+
+def idle_notice(db: Database, record: Any, now: datetime, settings: IdleSettings | None = None) -> str | None:
+    """The idle warning's text for the hub's home page, once due (None otherwise)."""
+    if record is None:
+        return None
+    settings = settings or settings_from_env()
+    warning = idle_warning(record, utilisation_of(db, record.id, now, settings), now, settings)
+    return None if warning is None else warning["message"]

@@ -24,6 +24,7 @@ from hybridhub import loghygiene
 from hybridhub.accounting.settings import MeterSettings
 from hybridhub.backends import backend_class, check_catalog
 from hybridhub.catalog import Catalog, CatalogError, load_catalog
+from hybridhub.services.idle_culler import IdleCulling
 from hybridhub.spawner.pagevars import PageVar
 from hybridhub.spawner.picker import templates_dir
 
@@ -251,6 +252,9 @@ def add_hybridhub(
     With ``freeze_gc`` it ends with :func:`freeze_startup_objects`.
     """
     loghygiene.install()  # no cookie, token or Authorization value in the hub's log; user errors in one line
+    from hybridhub.spawner import stop_requester
+
+    stop_requester.install()  # session records say who asked for a stop (an admin, the idle culler)
     settings = meter_settings(meter_interval, grace_seconds)
     catalog = configure_spawner(c, db_url=db_url, catalog_file=catalog_file, settings=settings)
     configure_home_page(c, db_url=db_url, settings=settings, catalog=catalog)
@@ -263,6 +267,7 @@ def add_hybridhub(
         c, db_url=db_url, catalog_file=catalog_file, backend_override=c.HybridSpawner.get("backend_override", ""),
         instructors=instructors or {}, env=os.environ,
     )
+    configure_idle_culling(c, IdleCulling(config=c))
     hand_settings_to_services(c, settings)
     from hybridhub.spawner.reconcile import start_in_hub
 
@@ -274,10 +279,44 @@ def add_hybridhub(
         freeze_startup_objects()
 
 
+def configure_idle_culling(c: Config, culling: IdleCulling) -> None:
+    """Hand the idle rule's settings (``HYBRIDHUB_IDLE_*``) to the portal and, when ``culling`` is
+    enabled, run jupyterhub-idle-culler with hybridhub's arbiter (:mod:`hybridhub.services.idle_culler`)."""
+    from hybridhub.accounting.utilisation import IdleSettings
+    from hybridhub.services.idle_culler import SERVICE_NAME, culler_service
+    from hybridhub.web.app import SERVICE_NAME as PORTAL
+    from hybridhub.web.utilisation import UTILISATION_SCOPE
+
+    try:
+        idle = IdleSettings.from_env(os.environ)
+    except ValueError as e:
+        sys.exit(f"hybridhub: {e}")
+    portal = next(s for s in c.JupyterHub.services if s.get("name") == PORTAL)
+    portal.setdefault("environment", {}).update(idle.env())
+    services = [s for s in c.JupyterHub.services if s.get("name") != SERVICE_NAME]
+    roles = [r for r in c.JupyterHub.get("load_roles", []) if r.get("name") != SERVICE_NAME]
+    if culling.enabled:
+        base_url = c.JupyterHub.get("base_url", "/").rstrip("/")
+        try:
+            service, role = culler_service(
+                culling, portal_api_url=f"{portal['url'].rstrip('/')}{base_url}/services/{PORTAL}",
+                scope=UTILISATION_SCOPE, environment=idle.env())
+        except ValueError as e:
+            sys.exit(f"hybridhub: {e}")
+        services.append(service)
+        roles.append(role)
+    c.JupyterHub.services = services
+    c.JupyterHub.load_roles = roles
+
+
 def configure_spawner(c: Config, *, db_url: str, catalog_file: str, settings: MeterSettings) -> Catalog:
     """HybridSpawner with its database, catalog, metering settings and templates; returns the catalog,
     validated now (each offering by its backend), so a bad one stops the hub with the key named."""
     c.JupyterHub.spawner_class = "hybrid"
+    from hybridhub.spawner.move import HANDLERS as move_handlers  # /hub/hybridhub/move/<user>/<server>
+
+    c.JupyterHub.extra_handlers = [*[h for h in c.JupyterHub.get("extra_handlers", []) if h not in move_handlers],
+                                   *move_handlers]
     c.HybridSpawner.db_url = db_url
     c.HybridSpawner.catalog_file = catalog_file
     c.HybridSpawner.meter_interval = settings.interval

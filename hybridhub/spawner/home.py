@@ -15,6 +15,7 @@ from typing import Any
 from hybridhub.accounting.lab_session import launch_money
 from hybridhub.accounting.ledger import Accounting
 from hybridhub.accounting.sessions import SessionLog
+from hybridhub.accounting.utilisation import idle_notice
 from hybridhub.catalog import Catalog
 
 
@@ -56,5 +57,6 @@ def running_servers(
             "hourly_price": money["hourly_price_text"],
             "stops_at": f"{ends:%Y-%m-%d %H:%M} UTC",
             "session_id": record.id if record else None,
+            "idle_warning": idle_notice(accounting.db, record, now.astimezone(UTC).replace(tzinfo=None)),
         })
     return rows

@@ -23,6 +23,7 @@ from traitlets import Dict, HasTraits, List, Unicode, default
 from hybridhub.accounting.sessions import END_FAILED_START, SessionLog
 from hybridhub.accounting.trust import TrustPolicy
 from hybridhub.errors import first_line
+from hybridhub.spawner import stop_requester
 from hybridhub.spawner.provenance import describe, end_reason
 from hybridhub.spawner.trust import (
     DEFAULT_ENV_ALLOW,
@@ -188,8 +189,9 @@ class TrustAndProvenanceMixin(HasTraits):
                 session_id = await asyncio.to_thread(log.open_session_id, self.user.name, self.name)
             if session_id is None:
                 return
-            if status is None:
-                await asyncio.to_thread(log.close, session_id)
+            if status is None:  # a stop: by whom, if another account asked the REST API for it
+                default, by = stop_requester.end_of(stop_requester.current(), self.user.name)
+                await asyncio.to_thread(log.close, session_id, default=default, by=by)
             else:
                 reason, detail = end_reason(backend, status)
                 await asyncio.to_thread(log.close, session_id, observed=reason, detail=detail)

@@ -46,6 +46,7 @@ from hybridhub.accounting.reports import refresh_rollup
 from hybridhub.accounting.settings import MeterSettings
 from hybridhub.services.observability import BudgetCollector, metrics_routes
 from hybridhub.web.base import ADMIN_SCOPE, LEAD_SCOPE, PortalHandler, _jinja_env, api_routes, error_schema
+from hybridhub.web.utilisation import UTILISATION_SCOPE
 
 log = logging.getLogger("hybridhub.portal")
 
@@ -66,6 +67,7 @@ HANDLER_MODULES = [
     "hybridhub.web.sessions",
     "hybridhub.web.trust",
     "hybridhub.web.lab",
+    "hybridhub.web.utilisation",
 ]
 
 #: The portal's custom scopes (``c.JupyterHub.custom_scopes``).
@@ -77,6 +79,10 @@ CUSTOM_SCOPES = {
     LEAD_SCOPE: {
         "description": "Lead a group in the hybridhub portal: see its budgets, usage, "
         "servers and audit log, and top up its budgets (filter with !group=<name>).",
+    },
+    UTILISATION_SCOPE: {
+        "description": "Ask the hybridhub portal whether a server's accelerators have been idle long "
+        "enough to stop it (the idle culler).",
     },
     MANAGE_SCOPE: {
         "description": "Run a course's notebook sessions in the hybridhub portal: schedule, "

@@ -69,6 +69,14 @@ openapi_paths: dict[str, Any] = {
                     "capacity": {"type": "array", "items": {"type": "object"}},
                     "refusals_24h": {"type": "object",
                                      "additionalProperties": {"type": "integer"}},
+                    "idle_culled": {"type": "array", "description": "servers stopped for idle "
+                                    "accelerators this period per class: the accelerator-hours their "
+                                    "reservations gave back and their value ($)", "items": {
+                                        "type": "object", "properties": {
+                                            "resource_class": {"type": "string"},
+                                            "servers": {"type": "integer"},
+                                            "accelerator_hours": {"type": "number"},
+                                            "value": {"type": "number"}}}},
                 }}}}}, 403),
     }},
 }

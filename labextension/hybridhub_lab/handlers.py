@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from typing import Any
@@ -9,9 +10,11 @@ from typing import Any
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
+from tornado.ioloop import IOLoop
 from traitlets import Float, Unicode, default
 from traitlets.config import Configurable
 
+from .sampler import Reporter, find_source, utilisation_url
 from .upstream import PortalUnavailable, SessionSource, session_url
 
 
@@ -33,6 +36,16 @@ class HybridhubLab(Configurable):
     ).tag(config=True)
 
     request_timeout = Float(10.0, help="Seconds to wait for the portal to answer.").tag(config=True)
+
+    utilisation_interval = Float(
+        help="Seconds between reports of this server's accelerator utilisation to the portal "
+        "(default: $HYBRIDHUB_UTILISATION_INTERVAL, else 30; the portal refuses reports closer "
+        "together than its own minimum with 429).",
+    ).tag(config=True)
+
+    @default("utilisation_interval")
+    def _utilisation_interval(self) -> float:
+        return float(os.environ.get("HYBRIDHUB_UTILISATION_INTERVAL") or 30.0)
 
     @default("portal_url")
     def _portal_url(self) -> str:
@@ -79,9 +92,28 @@ def make_source(config: HybridhubLab, env: dict[str, str] | None = None) -> Sess
                          max_backoff=config.max_backoff, timeout=config.request_timeout)
 
 
+def make_reporter(config: HybridhubLab, env: dict[str, str] | None = None) -> Reporter | None:
+    """The utilisation reporter of this server; None outside a hub or without a source."""
+    env = dict(os.environ if env is None else env)
+    token, user = env.get("JUPYTERHUB_API_TOKEN"), env.get("JUPYTERHUB_USER")
+    if not (token and user and config.portal_url):
+        return None
+    source = find_source(env)
+    if source is None:
+        return None
+    url = utilisation_url(config.portal_url, user, env.get("JUPYTERHUB_SERVER_NAME", ""))
+    return Reporter(source, url, token, interval=config.utilisation_interval, max_backoff=config.max_backoff)
+
+
 def load(serverapp: Any) -> None:
-    """Register the handler on the Jupyter server."""
+    """Register the handler on the Jupyter server and start the utilisation reporter."""
     config = HybridhubLab(parent=serverapp)
+    reporter = make_reporter(config)
+    if reporter is not None:
+        IOLoop.current().add_callback(lambda: serverapp.web_app.settings.setdefault(
+            "hybridhub_reporter_task", asyncio.ensure_future(reporter.run())))
+    serverapp.log.info("hybridhub: utilisation %s", f"from {reporter.source.name} every "
+                       f"{reporter.interval:g} s" if reporter else "unknown (no source)")
     web_app = serverapp.web_app
     web_app.settings["hybridhub_session_source"] = make_source(config)
     route = url_path_join(web_app.settings["base_url"], "hybridhub", "session")

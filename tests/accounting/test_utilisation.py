@@ -10,8 +10,8 @@ from hybridhub.accounting.lab_session import session_state
 from hybridhub.accounting.ledger import Accounting
 from hybridhub.accounting.sessions import END_BY_SERVICE, END_IDLE, SessionLog
 from hybridhub.accounting.utilisation import (
+    ENV,
     BadReport,
-    IdlePolicy,
     IdleSettings,
     TooSoon,
     idle_verdict,
@@ -22,7 +22,7 @@ from hybridhub.accounting.utilisation import (
 
 T0 = datetime(2026, 11, 10, 12, 0, 0)
 SETTINGS = IdleSettings(threshold_pct=5, warn_minutes=5, stale_seconds=120, min_report_seconds=10, keep_hours=1)
-POLICY = IdlePolicy(SETTINGS, {"enterprise/h100": 30.0, "community/rtx4090": None})
+LIMITS = {"enterprise/h100": 30.0, "community/rtx4090": None}
 
 
 def _open(db, user="carol", server="", offering="enterprise/h100", count=2) -> int:
@@ -37,7 +37,8 @@ def _dev(util: float, index: int = 0) -> dict:
 
 def _report(db, at: datetime, *utils: float, user="carol", server="") -> dict:
     return record_report(db, username=user, server_name=server, source="simulated",
-                         devices=[_dev(u, i) for i, u in enumerate(utils)], now=at, settings=SETTINGS)
+                         devices=[_dev(u, i) for i, u in enumerate(utils)], now=at, settings=SETTINGS,
+                         limit_of=LIMITS.get)
 
 
 @pytest.mark.parametrize(("devices", "field"), [
@@ -84,20 +85,20 @@ def test_busy_idle_unknown_and_the_verdict(db):
     sid = _open(db)
     now = T0
     assert utilisation_of(db, sid, now, SETTINGS).state == "unknown"
-    assert idle_verdict(db, "carol", "", now, POLICY)["verdict"] == "ordinary"
+    assert idle_verdict(db, "carol", "", now, SETTINGS)["verdict"] == "ordinary"
     _report(db, now, 0, 80)
     assert utilisation_of(db, sid, now, SETTINGS).state == "busy"
-    assert idle_verdict(db, "carol", "", now, POLICY)["verdict"] == "keep"
+    assert idle_verdict(db, "carol", "", now, SETTINGS)["verdict"] == "keep"
     for minute in range(1, 32):  # idle from minute 1
         _report(db, T0 + timedelta(minutes=minute), 1, 2)
     now = T0 + timedelta(minutes=26)
     util = utilisation_of(db, sid, now, SETTINGS)
     assert util.state == "idle" and util.idle_since == T0 + timedelta(minutes=1)
     assert util.as_dict(now)["idle_minutes"] == 25
-    answer = idle_verdict(db, "carol", "", now, POLICY)
+    answer = idle_verdict(db, "carol", "", now, SETTINGS)
     assert answer["verdict"] == "keep" and answer["utilisation"]["state"] == "idle"
     now = T0 + timedelta(minutes=31)
-    assert idle_verdict(db, "carol", "", now, POLICY)["verdict"] == "cull"
+    assert idle_verdict(db, "carol", "", now, SETTINGS)["verdict"] == "cull"
     SessionLog(db).close(sid, by="stopped by service idle-culler")
     record = SessionLog(db).get(sid)
     assert record.end_reason == END_IDLE
@@ -109,9 +110,9 @@ def test_a_cull_not_carried_out_is_forgotten_when_the_accelerators_work_again(db
     sid = _open(db)
     for minute in range(0, 32):
         _report(db, T0 + timedelta(minutes=minute), 0)
-    assert idle_verdict(db, "carol", "", T0 + timedelta(minutes=31), POLICY)["verdict"] == "cull"
+    assert idle_verdict(db, "carol", "", T0 + timedelta(minutes=31), SETTINGS)["verdict"] == "cull"
     _report(db, T0 + timedelta(minutes=32), 90)
-    assert idle_verdict(db, "carol", "", T0 + timedelta(minutes=32), POLICY)["verdict"] == "keep"
+    assert idle_verdict(db, "carol", "", T0 + timedelta(minutes=32), SETTINGS)["verdict"] == "keep"
     SessionLog(db).close(sid, default=END_BY_SERVICE, by="stopped by service idle-culler")
     assert SessionLog(db).get(sid).end_reason == END_BY_SERVICE
 
@@ -127,14 +128,13 @@ def test_cpu_only_stale_and_no_idle_minutes_keep_the_ordinary_rule(db):
     _report(db, later, user="carol", server="cpu")
     _report(db, later, 0, server="small")
     for server in ("cpu", "small", "gone"):  # gone: its last report is older than stale_seconds
-        assert idle_verdict(db, "carol", server, later, POLICY)["verdict"] == "ordinary", server
+        assert idle_verdict(db, "carol", server, later, SETTINGS)["verdict"] == "ordinary", server
     assert utilisation_of(db, SessionLog(db).open_session_id("carol", "gone"), later, SETTINGS).state == "unknown"
 
 
 def test_the_lab_session_shows_utilisation_and_warns_before_the_idle_stop(db, monkeypatch):
-    import hybridhub.accounting.utilisation as utilisation
-
-    monkeypatch.setattr(utilisation, "policy_from_env", lambda env=None: POLICY)
+    for name, var in ENV.items():
+        monkeypatch.setenv(var, str(getattr(SETTINGS, name)))
     acct = Accounting(db)
     sid = _open(db)
     state = session_state(acct, "carol", "", now=T0)

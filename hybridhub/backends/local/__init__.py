@@ -176,9 +176,11 @@ class LocalBackend(BackendMixin, LocalProcessSpawner):
         return env
 
     def get_env(self):
-        """Hub environment plus the description of the assigned hardware."""
+        """Hub environment plus the description of the assigned (simulated) hardware, whose
+        utilisation the server's extension reads from a file (``hybridhub_lab.sampler``)."""
         env = super().get_env()
         env.update(self.accelerator_env())
+        env["HYBRIDHUB_UTILISATION_SOURCE"] = "simulated"
         return env
 
     # --- simulated capacity -------------------------------------------------------------

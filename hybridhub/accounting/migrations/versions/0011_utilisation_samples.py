@@ -1,7 +1,8 @@
 """Accelerator utilisation reported by single-user servers (hybridhub.accounting.utilisation).
 
 One row per report: the peak utilisation over the server's devices (what the idle rule
-reads, indexed) and the devices themselves; old rows are pruned by the portal.
+reads), the offering's idle minutes when it came (from the catalog) and the devices
+themselves; old rows are pruned by the portal.
 
 Revision ID: 0011_utilisation_samples
 Revises: 0010_provider_bills
@@ -29,6 +30,7 @@ def upgrade() -> None:
         sa.Column("at", sa.DateTime, nullable=False),
         sa.Column("source", sa.String(16), nullable=False),
         sa.Column("peak", sa.Float, nullable=False),
+        sa.Column("limit_minutes", sa.Float, nullable=True),
         sa.Column("devices", sa.JSON, nullable=False),
     )
     op.create_index("ix_utilisation_samples_server", "utilisation_samples",

@@ -86,15 +86,18 @@ class Meter:
         self.interval = float(interval or accounting.meter_interval)
         self._stopping = asyncio.Event()
         self.charges = ChargeCounter(accounting.db)
+        self._ordered: set[int] = set()  # reservations the last tick ordered stopped (counted once)
 
     async def tick(self) -> MeterReport:
         """One tick: meter in a worker thread (never blocking the loop), then stop servers."""
         started = time.perf_counter()
         report = await asyncio.get_running_loop().run_in_executor(None, self.accounting.meter)
         await asyncio.to_thread(self.charges.count)
+        counted, self._ordered = self._ordered, {order.reservation.id for order in report.to_stop}
         for order in report.to_stop:
             r = order.reservation
-            metrics.STOPS_AT_ZERO.labels(r.resource_class, r.group).inc()
+            if r.id not in counted:  # a server still stopping is ordered again, not counted again
+                metrics.STOPS_AT_ZERO.labels(r.resource_class, r.group).inc()
             log.warning(
                 "stopping %s's server %r (reservation %s, group %s): %s",
                 r.username, r.server_name, r.id, r.group, order.reason,

@@ -68,3 +68,24 @@ def _registry_with(collector):
     registry = CollectorRegistry()
     registry.register(collector)
     return registry
+
+
+async def test_a_server_slow_to_stop_is_one_stop_at_zero(db, clock):
+    acct = Accounting(db, clock=clock, meter_interval=60, grace_seconds=0)
+    acct.sync_groups({G: ["bob"]})
+    acct.ensure_budget(G, "enterprise", 1)
+    rid = acct.admit(username="bob", group=G, resource_class="enterprise", model="h100", count=1, hours=1)
+    acct.mark_running(rid)
+    orders = []
+
+    async def stop(order) -> bool:  # the hub answers 202: the server is still stopping, nothing released yet
+        orders.append(order.reservation.id)
+        return True
+
+    meter = Meter(acct, stop)
+    stops0 = value(metrics.STOPS_AT_ZERO, **{"class": "enterprise", "group": G})
+    for _ in range(3):
+        clock.advance(3600)
+        await meter.tick()
+    assert orders.count(rid) >= 2  # asked again while it stops
+    assert value(metrics.STOPS_AT_ZERO, **{"class": "enterprise", "group": G}) - stops0 == 1

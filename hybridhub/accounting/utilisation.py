@@ -139,7 +139,7 @@ def settings_from_env(env: Mapping[str, str] | None = None) -> IdleSettings:
 
 
 def check_devices(devices: Any, count: int) -> list[dict[str, Any]]:
-    """The report's devices, checked (at most ``count``, 0-100 %, memory within bounds)."""
+    """The report's devices, checked (at most ``count``, 0-100 %, memory used within the total)."""
     if not isinstance(devices, list):
         raise BadReport("devices", "devices must be a list")
     if len(devices) > count:
@@ -153,9 +153,9 @@ def check_devices(devices: Any, count: int) -> list[dict[str, Any]]:
         if index in seen:
             raise BadReport(f"{where}.index", f"{where}.index {index} is listed twice")
         seen.add(index)
-        total = _number(d, "memory_total_mb", where, 0, MAX_MEMORY_MB)
+        total = _number(d, "memory_total_mb", where, 0, MAX_MEMORY_MB)  # 0: not known (neuron-monitor)
         out.append({"index": index, "utilisation": _number(d, "utilisation", where, 0, 100),
-                    "memory_used_mb": _number(d, "memory_used_mb", where, 0, total),
+                    "memory_used_mb": _number(d, "memory_used_mb", where, 0, total or MAX_MEMORY_MB),
                     "memory_total_mb": total})
     return out
 

@@ -65,11 +65,13 @@ def end_of(requester: StopRequester | None, owner: str) -> tuple[str, str | None
     return reason, requester.describe()
 
 
-def install() -> None:
-    """Wrap ``BaseHandler.stop_single_user`` once (idempotent), in the hub process."""
-    from jupyterhub.handlers.base import BaseHandler
+def install(handler_class: Any = None) -> None:
+    """Wrap ``stop_single_user`` of ``handler_class`` (default: JupyterHub's ``BaseHandler``)
+    once (idempotent), in the hub process."""
+    if handler_class is None:
+        from jupyterhub.handlers.base import BaseHandler as handler_class
 
-    original = BaseHandler.stop_single_user
+    original = handler_class.stop_single_user
     if getattr(original, "_hybridhub_requester", False):
         return
 
@@ -82,4 +84,4 @@ def install() -> None:
             _REQUESTER.reset(token)
 
     stop_single_user._hybridhub_requester = True  # type: ignore[attr-defined]
-    BaseHandler.stop_single_user = stop_single_user
+    handler_class.stop_single_user = stop_single_user

@@ -46,6 +46,7 @@ DEFAULT_ENV_ALLOW = (
     "HYBRIDHUB_CLASS", "HYBRIDHUB_MODEL", "HYBRIDHUB_COUNT", "HYBRIDHUB_GROUP",
     "HYBRIDHUB_HOST", "HYBRIDHUB_GPUS", "HYBRIDHUB_TRUST", "HYBRIDHUB_NOT_MOUNTED",
     "HYBRIDHUB_PORTAL_URL",  # where the Lab extension reads the session (a URL, no secret)
+    "HYBRIDHUB_UTILISATION_SOURCE", "HYBRIDHUB_UTILISATION_INTERVAL",  # how it samples its accelerators
 )
 #: Plain words shown in the picker for each trust level.
 DEFAULT_TRUST_WORDS = {
@@ -179,7 +180,7 @@ def clamp_server_token(spawner: Any) -> list[str] | None:
     orm_token = orm.APIToken.find(db, token)
     if orm_token is None:
         return None
-    scopes = default_server_scopes(db, spawner.user.name, spawner.name)
+    scopes = default_server_scopes(db, spawner.user.name, "")  # BROKEN ON PURPOSE
     if sorted(orm_token.scopes) != scopes:
         spawner.log.info(
             "Untrusted hardware: server token of %s limited to %s (was %s)",

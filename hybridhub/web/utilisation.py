@@ -61,6 +61,13 @@ class _HubTokenHandler(PortalHandler):
             raise ApiError(403, "a hub token (Authorization: token ...) is needed")
         self._hub_auth_user_cache = model
 
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """The error, with ``Retry-After`` for a 429 (tornado clears headers set before)."""
+        retry_after = getattr(kwargs.get("exc_info", (None, None))[1], "retry_after", None)
+        if retry_after is not None:
+            self.set_header("Retry-After", str(retry_after))
+        super().write_error(status_code, **kwargs)
+
     def server_arg(self) -> str:
         """The ``server`` query parameter (``''``: the default server)."""
         server = self.query(QUERY)["server"]
@@ -85,8 +92,9 @@ class UtilisationHandler(_HubTokenHandler):
         except BadReport as e:
             raise ApiError(409 if e.field == "server" else 400, str(e), e.field) from None
         except TooSoon as e:
-            self.set_header("Retry-After", str(max(1, math.ceil(e.retry_after))))
-            raise ApiError(429, str(e)) from None
+            error = ApiError(429, str(e))
+            error.retry_after = max(1, math.ceil(e.retry_after))
+            raise error from None
         self.write_json(answer)
 
 

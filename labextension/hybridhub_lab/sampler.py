@@ -9,8 +9,8 @@ Sources, tried in order (``HYBRIDHUB_UTILISATION_SOURCE`` names one and skips th
 - ``nvml``: NVIDIA GPUs through ``nvidia-ml-py`` (``pynvml``, imported only when tried; an
   optional dependency), only the GPUs ``CUDA_VISIBLE_DEVICES``/``NVIDIA_VISIBLE_DEVICES`` name;
 - ``neuron``: Trainium/Inferentia through one report of ``neuron-monitor`` (its JSON
-  document, read with a size and time bound); the instance's NeuronCores are reported as one
-  device, as the catalog counts the instance.
+  document, read with a size and time bound); the instance is reported as one device, as the
+  catalog counts the instance: the mean use of the NeuronCores its runtimes hold.
 
 No source: nothing is reported, and the Lab says "utilisation unknown" (nothing is culled
 for it).  :class:`Reporter` posts a sample every ``interval`` seconds with the server's own
@@ -121,20 +121,19 @@ def _text(value: Any) -> str:
 
 
 def parse_neuron_report(report: dict[str, Any]) -> list[Device]:
-    """neuron-monitor's JSON report as one device: mean NeuronCore use, device memory in use."""
+    """neuron-monitor's JSON report as one device: the mean use of the NeuronCores the runtimes
+    hold (0 % when no runtime runs), and the device memory they use ([] if no Neuron device)."""
     cores: list[float] = []
     used = 0
     for runtime in report.get("neuron_runtime_data") or []:
         body = runtime.get("report") or {}
         in_use = (body.get("neuroncore_counters") or {}).get("neuroncores_in_use") or {}
-        cores += [float(c.get("neuroncore_utilization", 0)) for c in in_use.values()]
+        cores += [float(c.get("neuroncore_utilization") or 0) for c in in_use.values()]
         used += int(((body.get("memory_used") or {}).get("neuron_runtime_used_bytes") or {})
-                    .get("neuron_device", 0))
-    hardware = report.get("neuron_hardware_info") or {}
-    total_cores = int(hardware.get("neuron_device_count", 0)) * int(hardware.get("neuroncore_per_device_count", 0))
-    if not total_cores and not cores:
+                    .get("neuron_device") or 0)
+    if not int((report.get("neuron_hardware_info") or {}).get("neuron_device_count") or 0):
         return []
-    return [{"index": 0, "utilisation": round(sum(cores) / max(total_cores, len(cores), 1), 1),
+    return [{"index": 0, "utilisation": round(sum(cores) / len(cores), 1) if cores else 0.0,
              "memory_used_mb": round(used / MIB, 1), "memory_total_mb": 0.0}]
 
 

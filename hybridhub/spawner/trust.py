@@ -180,7 +180,7 @@ def clamp_server_token(spawner: Any) -> list[str] | None:
     orm_token = orm.APIToken.find(db, token)
     if orm_token is None:
         return None
-    scopes = default_server_scopes(db, spawner.user.name, "")  # BROKEN ON PURPOSE
+    scopes = default_server_scopes(db, spawner.user.name, spawner.name)
     if sorted(orm_token.scopes) != scopes:
         spawner.log.info(
             "Untrusted hardware: server token of %s limited to %s (was %s)",

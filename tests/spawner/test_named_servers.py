@@ -3,8 +3,8 @@
 A researcher runs an RTX 4090 and an H100 side by side: each is admitted, reserved, metered, shown on
 the home page and in its Lab, and named after its hardware; stopping one releases only its reservation;
 a stopped one restarts on its saved hardware, and options changed with ``PATCH`` are checked again at
-start; two servers of one user cannot together overspend their group's budget, even when started at once.
-One metered hub (1 s ticks) serves the whole module; the tests run in file order.
+start.  One metered hub (1 s ticks) serves the whole module; the tests run in file order.  The budget race,
+the course lock and trust per server, on SQLite and PostgreSQL: test_named_server_rules.py.
 """
 
 from __future__ import annotations
@@ -83,17 +83,10 @@ def acct(hub) -> Iterator[Accounting]:
     db.dispose()
 
 
-def spawn_together(hub: Hub, user: str, servers: dict[str, dict]) -> dict[str, requests.Response]:
-    """POST every server's start at the same moment; the hub's answers by server name."""
-    with ThreadPoolExecutor(len(servers)) as pool:
-        futures = {name: pool.submit(hub.spawn, user, options, server=name) for name, options in servers.items()}
-        return {name: f.result() for name, f in futures.items()}
-
-
 @pytest.fixture(scope="module")
 def dave(hub) -> str:
     """dave's servers ``rtx`` (RTX 4090) and ``h100`` (H100), started at once and ready; his token."""
-    for name, r in spawn_together(hub, "dave", {"rtx": RTX, "h100": H100}).items():
+    for name, r in hub.spawn_together("dave", {"rtx": RTX, "h100": H100}).items():
         assert r.status_code in (201, 202), (name, r.text)
     hub.wait_ready("dave", "rtx")
     hub.wait_ready("dave", "h100")
@@ -165,24 +158,6 @@ def test_a_user_has_at_most_three_named_servers_and_verification_is_not_limited(
     while hub.api("GET", "/users/ivy/servers/verify-1").status_code != 404 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert hub.api("GET", "/users/ivy/servers/verify-1").status_code == 404
-
-
-def test_two_servers_of_one_user_cannot_together_exceed_their_group_budget(hub, acct):
-    assert hub.api("POST", "/groups/race-lab", json={"users": ["carol"]}).status_code == 201
-    assert hub.api("PUT", "/groups/race-lab/properties", json={"kind": "lab"}).status_code == 200
-    acct.sync_groups({"race-lab": ["carol"]}, kinds={"race-lab": "lab"})
-    acct.ensure_budget("race-lab", "community", 1.0, unit="hours", period="monthly")
-    each = {**RTX, "hours": 0.75, "group": "race-lab"}  # 0.75 h each, 1 h for both
-    answers = spawn_together(hub, "carol", {"ra": each, "rb": each})
-    started = [name for name, r in answers.items() if r.status_code in (201, 202)]
-    refused = [r for r in answers.values() if r.status_code == 403]
-    assert len(started) == 1 and len(refused) == 1, {n: (r.status_code, r.text) for n, r in answers.items()}
-    assert "left" in refused[0].json()["message"]
-    [res] = acct.open_reservations("carol")
-    assert res.server_name == started[0]
-    assert acct.remaining("race-lab", "community", "rtx4090").amount_left == pytest.approx(0.25)
-    hub.wait_ready("carol", started[0])
-    hub.stop_server("carol", started[0])
 
 
 BAD_PATCHES = [

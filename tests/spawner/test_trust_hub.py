@@ -12,7 +12,6 @@ import json
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -25,7 +24,7 @@ from hybridhub.accounting.trust import TrustPolicy
 from hybridhub.hub.config import DEMO_USER_PASSWORD
 from tests.fixtures.env import docs_artifact
 from tests.fixtures.hub import Hub, _stop_user_processes
-from tests.fixtures.trust import deterministic_notebook, probe, verify
+from tests.fixtures.trust import deterministic_notebook, probe, user_home, verify
 
 pytestmark = pytest.mark.usefixtures("hub_prereqs")
 
@@ -61,12 +60,6 @@ def db(hub):
     database = Database(hub.db_url)
     yield database
     database.dispose()
-
-
-def home(hub, user: str) -> Path:
-    path = hub.workdir / "homes" / user
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def hub_call(hub, token: str, method: str, path: str, **kw) -> int:
@@ -136,10 +129,7 @@ def test_barred_group_is_refused_on_the_form_and_the_picker_says_so(hub, db):
 
 def test_untrusted_server_gets_only_its_own_token_no_secrets_no_confidential_folder(hub, db):
     TrustPolicy(db).set_policy("course-ml101", confidential_dirs=["secret"])
-    h = home(hub, "alice")
-    (h / "secret").mkdir(exist_ok=True)
-    (h / "secret" / "patients.csv").write_text("id,diagnosis\n1,x\n")
-    (h / "public.txt").write_text("shared")
+    user_home(hub, "alice", secret="secret")
     try:
         assert hub.spawn("alice", UNTRUSTED).status_code in (201, 202)
         untrusted = hub.wait_ready("alice")
@@ -177,7 +167,7 @@ def test_untrusted_server_gets_only_its_own_token_no_secrets_no_confidential_fol
 
 def test_spawn_progress_names_the_folders_left_out(hub, db):
     TrustPolicy(db).set_policy("course-ml101", confidential_dirs=["secret"])
-    (home(hub, "bob") / "secret").mkdir(exist_ok=True)
+    (user_home(hub, "bob") / "secret").mkdir(exist_ok=True)
     try:
         notice = "Not mounted on this untrusted hardware: ~/secret (confidential to course-ml101)"
         messages: list[str] = []
@@ -229,7 +219,7 @@ def test_provenance_after_a_normal_stop_and_a_quota_stop(hub, db):
 
 @pytest.fixture(scope="module")
 def notebooks(hub) -> dict[str, str]:
-    h = home(hub, "alice")
+    h = user_home(hub, "alice")
     (h / "results").mkdir(exist_ok=True)
     nb = deterministic_notebook()
     nbformat.write(nb, h / "results" / "det.ipynb")
@@ -258,7 +248,7 @@ def test_verification_passes_for_a_deterministic_notebook(hub, db, notebooks):
     # charged like any launch: a closed reservation on the group's enterprise budget
     assert run.reservation_id is not None
     assert Accounting(db).reservation(run.reservation_id).group == "course-ml101"
-    assert (home(hub, "alice") / "hybridhub-verify" / str(v.id) / "det.ipynb").exists()
+    assert (user_home(hub, "alice") / "hybridhub-verify" / str(v.id) / "det.ipynb").exists()
     assert hub.server_model("alice", v.server_name) is None
 
 

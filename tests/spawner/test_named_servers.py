@@ -26,7 +26,13 @@ from hybridhub.accounting.db import Database
 from hybridhub.accounting.lab_session import session_state
 from hybridhub.accounting.ledger import Accounting
 from hybridhub.accounting.sessions import SessionLog
-from hybridhub.hub.config import DEMO_NAMED_SERVER_LIMIT, DEMO_USER_PASSWORD, add_hybridhub, named_server_limit
+from hybridhub.hub.config import (
+    DEMO_ADMIN_PASSWORD,
+    DEMO_NAMED_SERVER_LIMIT,
+    DEMO_USER_PASSWORD,
+    add_hybridhub,
+    named_server_limit,
+)
 from hybridhub.hubapi import HubApi
 from hybridhub.services.verification import stop_and_wait
 from hybridhub.spawner.display import hardware_display_name
@@ -141,6 +147,15 @@ def test_the_home_page_lists_both_servers_with_their_hardware(hub, dave, page):
         assert "UTC" in running.locator(".stops-at").inner_text()
         named = page.locator(f'tr.home-server-row[data-server-name="{server}"]')
         assert f"{server} · {hardware}" in named.inner_text()
+
+
+@pytest.mark.browser
+def test_the_admin_page_shows_each_servers_offering_in_its_profile_column(hub, dave, page):
+    login(page, hub.url, "admin", DEMO_ADMIN_PASSWORD)
+    page.goto(f"{hub.url}/hub/admin")
+    for server, offering in (("rtx", "community/rtx4090"), ("h100", "enterprise/h100")):
+        row = page.locator("tbody tr").filter(has=page.get_by_text(server, exact=True)).filter(has_text="dave")
+        assert row.locator('[data-testid="user-row-profile-used"]').inner_text().strip() == offering
 
 
 def test_a_user_has_at_most_three_named_servers_and_verification_is_not_limited(hub):

@@ -54,12 +54,15 @@ END_FAILED_START = "failed to start"
 END_IDLE = "stopped: accelerators idle"
 END_BY_ADMIN = "stopped by admin"
 END_BY_SERVICE = "stopped by service"
+END_MOVED = "moved to other hardware"
 #: How a session can end.  The first four are the ones people act on; ``server exited``
 #: is a server that ended by itself with an error status; ``failed to start`` one that never answered;
 #: ``stopped: accelerators idle`` the idle-accelerator rule's stop; ``stopped by admin``/``by service``
 #: a stop another account asked the hub's REST API for, with no reason recorded beforehand.
 END_REASONS = (END_STOPPED_BY_USER, END_QUOTA, END_COURSE, END_HOST_LOST, END_EXITED, END_FAILED_START,
-               END_IDLE, END_BY_ADMIN, END_BY_SERVICE)
+               END_IDLE, END_BY_ADMIN, END_BY_SERVICE, END_MOVED)
+#: ``moved to other hardware``: its user moved the server (:mod:`hybridhub.spawner.move`); the record of
+#: the server that replaced it names this one in ``moved_from_id``.
 
 VERIFICATION_STATES = ("pending", "running", "passed", "failed", "error")
 
@@ -68,7 +71,7 @@ CSV_COLUMNS = (
     "id", "username", "server_name", "group", "resource_class", "offering", "accelerator",
     "count", "trust", "backend", "host", "instance_id", "instance_type", "gpu_uuids", "image",
     "image_id", "started_at", "stopped_at", "end_reason", "end_detail", "hidden_dirs",
-    "reservation_id",
+    "reservation_id", "moved_from_id",
 )
 
 
@@ -107,6 +110,8 @@ class SessionRecord(Base):
     end_detail: Mapped[str | None] = mapped_column(String(255), nullable=True)
     pending_end_reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
     pending_end_detail: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    #: The record of the server this one replaced when its user moved it to other hardware (migration 0012).
+    moved_from_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Verification(Base):
@@ -164,6 +169,7 @@ class ServerSessionInfo:
     stopped_at: datetime | None
     end_reason: str | None
     end_detail: str | None
+    moved_from_id: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: times as ISO 8601 UTC strings."""
@@ -201,7 +207,7 @@ def _session_info(r: SessionRecord) -> ServerSessionInfo:
         instance_type=r.instance_type, gpu_uuids=list(r.gpu_uuids or []), image=r.image,
         image_id=r.image_id, hidden_dirs=list(r.hidden_dirs or []), details=dict(r.details or {}),
         reservation_id=r.reservation_id, started_at=r.started_at, stopped_at=r.stopped_at,
-        end_reason=r.end_reason, end_detail=r.end_detail,
+        end_reason=r.end_reason, end_detail=r.end_detail, moved_from_id=r.moved_from_id,
     )
 
 
@@ -340,6 +346,11 @@ class SessionLog:
                         end_detail=detail_expr)
             )
             return result.rowcount == 1
+
+    def link_move(self, moved_from: int, session_id: int) -> None:
+        """Say that record ``session_id`` is the server that replaced record ``moved_from`` (a move)."""
+        with self.db.session() as s:
+            s.execute(update(_ST).where(_ST.c.id == session_id).values(moved_from_id=moved_from))
 
     def get(self, session_id: int) -> ServerSessionInfo | None:
         """One record, or None."""

@@ -35,6 +35,7 @@ from hybridhub.catalog import Catalog, Offering, load_catalog
 from hybridhub.errors import as_refusal, start_failed
 from hybridhub.spawner.display import name_after_hardware
 from hybridhub.spawner.instruments import InstrumentsMixin
+from hybridhub.spawner.move import CarriedAdmissionMixin
 from hybridhub.spawner.options import (
     DEFAULT_HOURS_STEP,
     DEFAULT_MIN_HOURS,
@@ -46,7 +47,7 @@ from hybridhub.spawner.options import (
     validate_options,
 )
 from hybridhub.spawner.pagevars import SPAWN_PAGE_VARS, PageVar
-from hybridhub.spawner.picker import picker_html, preselect
+from hybridhub.spawner.picker import offering_facts, picker_html, preselect
 from hybridhub.spawner.refusals import RefusalLogMixin, admission_reason, error_text, offering_labels
 from hybridhub.spawner.trust_provenance import TrustAndProvenanceMixin
 
@@ -78,7 +79,7 @@ class NotServed(RuntimeError):
 PICKER_SYNC_SECONDS = 60.0
 
 
-class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, Spawner):
+class HybridSpawner(CarriedAdmissionMixin, TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, Spawner):
     """Launch notebook servers on the hardware the user picks, within their group's quota."""
 
     catalog = Dict(
@@ -209,15 +210,14 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, 
         if reads is None:
             return ""  # a running course session fixes the hardware: straight to the server
         trust, remaining_by_key, outlook = reads
+        facts = offering_facts(catalog, self.config, self.offering_facts)
         rows = [
             {
                 "offering": off,
                 "free_now": free_now,
                 "price": price.per_hour if price else off.price_per_hour,
                 "price_refused": price.refused if price else None,
-                "simulated": (backend := self.backend_class(off)).simulated,
-                "detail": backend.offering_detail(off),
-                "shared": backend.shares_machine(self.config),
+                **facts[off.key],
                 "remaining": remaining_by_key[off.key],
                 "trust": trust[off.key],
             }
@@ -226,6 +226,12 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, 
         previous = self.user_options or (self.orm_spawner.user_options if self.orm_spawner else None) or {}
         choice = preselect(rows, previous, groups, self.default_hours)
         return picker_html(catalog, rows, groups, choice, {bid: f.label for bid, f in outlook.items()})
+
+    def offering_facts(self, off: Offering) -> dict[str, Any]:
+        """What the picker shows of ``off`` that is fixed while the hub runs (:func:`offering_facts`)."""
+        backend = self.backend_class(off)
+        return {"simulated": backend.simulated, "detail": backend.offering_detail(off),
+                "shared": backend.shares_machine(self.config)}
 
     async def picker_live(self, offerings: list[Offering]) -> tuple[list, list]:
         """The "free now" and live price of each offering: one :meth:`free_now_many` and one
@@ -460,7 +466,7 @@ class HybridSpawner(TrustAndProvenanceMixin, RefusalLogMixin, InstrumentsMixin, 
         except web.HTTPError as e:
             self.note_refusal("barred", error_text(e))
             raise
-        self.reservation_id = self._admit()
+        self.reservation_id = self.take_carried() or self._admit()  # a move's admission, held for this launch
         metrics.ADMISSIONS.labels("admitted", *offering_labels(self.offering)).inc()
 
     async def start(self):

@@ -1,9 +1,13 @@
 /**
  * hybridhub inside JupyterLab.
  *
- * A status bar item (`H100 × 2 · enterprise · 1 h 20 min left · 0.5 h charged`) that opens
- * a panel with the full session record, and every warning before a stop as a JupyterLab
- * notification, each shown once (and kept in the notification centre).
+ * A status bar item (`H100 × 2 · enterprise · 1 h 20 min left · 0.5 h ($3.25) charged · $6.50/h`)
+ * that opens a panel with the full session record, and every warning before a stop as a
+ * JupyterLab notification, each shown once (and kept in the notification centre).
+ *
+ * "Move to other hardware" (panel button, command `hybridhub:move`) saves every open document,
+ * records the open ones in this browser's storage, and opens the hub's move page (the picker,
+ * preselected); the new Lab reopens the recorded documents once (`reopenMoved`).
  *
  * The data comes from this server's `hybridhub/session` endpoint (the server extension in
  * `hybridhub_lab`), which reads the portal at most once per 30 s; the front end asks it
@@ -14,7 +18,7 @@ import {
   JupyterFrontEndPlugin
 } from '@jupyterlab/application';
 import { MainAreaWidget, Notification } from '@jupyterlab/apputils';
-import { URLExt } from '@jupyterlab/coreutils';
+import { PageConfig, URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { Widget } from '@lumino/widgets';
@@ -22,7 +26,7 @@ import { Widget } from '@lumino/widgets';
 /** A warning the portal says is due. */
 interface IWarning {
   id: string;
-  kind: 'budget' | 'stop' | 'course';
+  kind: 'budget' | 'stop' | 'course' | 'idle';
   level: string;
   message: string;
   stop_at?: string;
@@ -44,6 +48,16 @@ interface ISession {
     unit: string;
     charged_text: string;
     group: string;
+    /** Money at the price the launch was admitted at (absent from an older portal). */
+    cost_text?: string;
+    hourly_price_text?: string;
+  } | null;
+  /** Accelerator use as the server reports it (absent from an older portal). */
+  utilisation?: {
+    state: 'busy' | 'idle' | 'unknown';
+    idle_minutes: number | null;
+    devices: { index: number; utilisation: number; memory_used_mb: number; memory_total_mb: number }[];
+    sampled_at: string | null;
   } | null;
   budget: Record<string, unknown> | null;
   course: { title: string; ends_at: string } | null;
@@ -59,6 +73,10 @@ const PLUGIN_ID = 'hybridhub-lab:plugin';
 const SAVE_ALL = 'docmanager:save-all';
 /** The final warning comes this long before an announced stop. */
 const FINAL_WARNING_MS = 60_000;
+/** Documents recorded before a move are reopened by the new Lab if it starts within this time. */
+const REOPEN_WITHIN_MS = 30 * 60_000;
+/** At most this many documents are recorded for reopening. */
+const REOPEN_MAX = 20;
 
 /** `1 h 05 min`, `4 min`, `< 1 min`. */
 export function formatLeft(ms: number): string {
@@ -74,7 +92,24 @@ export function formatLeft(ms: number): string {
   return h > 0 ? `${h} h ${String(m).padStart(2, '0')} min` : `${m} min`;
 }
 
-/** The status bar text: `H100 × 2 · enterprise · 1 h 20 min left · 0.5 h charged`. */
+/** `0.5 h ($3.25)`: hours charged, with their money when the portal says it. */
+export function chargedText(r: NonNullable<ISession['reservation']>): string {
+  return r.cost_text ? `${r.charged_text} (${r.cost_text})` : r.charged_text;
+}
+
+/** The panel's "Accelerator use" row: `busy`, `idle 25 min`, `unknown`; null when not reported. */
+export function utilisationText(u: ISession['utilisation']): string | null {
+  if (!u) {
+    return null;
+  }
+  if (u.state === 'idle') {
+    return u.idle_minutes === null ? 'idle' : `idle ${u.idle_minutes} min`;
+  }
+  const peak = u.devices.length ? Math.max(...u.devices.map(d => d.utilisation)) : null;
+  return u.state === 'busy' && peak !== null ? `busy (${Math.round(peak)} %)` : u.state;
+}
+
+/** The status bar text: `H100 × 2 · enterprise · 1 h 20 min left · 0.5 h ($3.25) charged · $6.50/h`. */
 export function statusText(s: ISession, nowMs: number): string {
   const r = s.reservation;
   if (!r) {
@@ -84,7 +119,10 @@ export function statusText(s: ISession, nowMs: number): string {
   if (s.ends_at) {
     parts.push(`${formatLeft(Date.parse(s.ends_at) - nowMs)} left`);
   }
-  parts.push(`${r.charged_text} charged`);
+  parts.push(`${chargedText(r)} charged`);
+  if (r.hourly_price_text) {
+    parts.push(r.hourly_price_text);
+  }
   return parts.join(' · ');
 }
 
@@ -99,7 +137,7 @@ class SessionStatus extends Widget {
 
 /** The panel with the full session record. */
 class SessionPanel extends Widget {
-  constructor() {
+  constructor(private readonly onMove: () => void) {
     super();
     this.addClass('jp-hybridhub-panel');
   }
@@ -149,13 +187,72 @@ class SessionPanel extends Widget {
     row('Reserved hours', r?.hours);
     row('Reservation ends', r?.ends_at);
     row('Course session', s.course ? `${s.course.title}, ends ${s.course.ends_at}` : null);
-    row('Charged so far', r?.charged_text);
+    row('Charged so far', r ? chargedText(r) : null);
+    row('Price', r?.hourly_price_text ? `${r.hourly_price_text} (as admitted)` : null);
+    row('Accelerator use', utilisationText(s.utilisation));
     row('Group budget left', b['left_text']);
     row('Budget used', typeof b['share'] === 'number' ? `${Math.round((b['share'] as number) * 100)} %` : null);
     row('Budget resets', b['resets_at']);
     row('Stop announced for', s.stop_at && s.warnings.some(w => w.kind !== 'budget') ? s.stop_at : null);
     row('As of', s.now + (s.stale ? ' (portal not answering; last known)' : ''));
     root.appendChild(table);
+    if (r && !s.course) {
+      const move = document.createElement('button');
+      move.className = 'jp-Button jp-mod-styled jp-mod-accept jp-hybridhub-move';
+      move.textContent = 'Move to other hardware';
+      move.title = 'Save all, then choose other hardware: the same home and image, this server replaced';
+      move.addEventListener('click', this.onMove);
+      root.appendChild(move);
+    }
+  }
+}
+
+/** The browser-storage key of the documents to reopen in this user's server after a move. */
+function reopenKey(): string {
+  return `hybridhub:reopen:${PageConfig.getOption('hubUser')}/${PageConfig.getOption('hubServerName')}`;
+}
+
+/** Paths of the documents open in the main area (at most REOPEN_MAX). */
+function openDocuments(app: JupyterFrontEnd): string[] {
+  const paths: string[] = [];
+  for (const widget of app.shell.widgets('main')) {
+    const path = (widget as unknown as { context?: { path?: unknown } }).context?.path;
+    if (typeof path === 'string' && path && !paths.includes(path) && paths.length < REOPEN_MAX) {
+      paths.push(path);
+    }
+  }
+  return paths;
+}
+
+/** Save every open document, record the open ones, then open the hub's move page. */
+async function moveToOtherHardware(app: JupyterFrontEnd): Promise<void> {
+  await app.commands.execute(SAVE_ALL);
+  window.localStorage.setItem(reopenKey(), JSON.stringify({ at: Date.now(), paths: openDocuments(app) }));
+  const hub = PageConfig.getOption('hubPrefix') || '/hub/';
+  const user = encodeURIComponent(PageConfig.getOption('hubUser'));
+  const server = encodeURIComponent(PageConfig.getOption('hubServerName'));
+  window.location.assign(URLExt.join(hub, 'hybridhub', 'move', user, server));
+}
+
+/** After a move: reopen, once, the documents the old Lab recorded (recent records only). */
+async function reopenMoved(app: JupyterFrontEnd): Promise<void> {
+  const raw = window.localStorage.getItem(reopenKey());
+  if (!raw) {
+    return;
+  }
+  window.localStorage.removeItem(reopenKey());
+  let paths: unknown[] = [];
+  try {
+    const rec = JSON.parse(raw);
+    paths = Date.now() - Number(rec.at) < REOPEN_WITHIN_MS && Array.isArray(rec.paths) ? rec.paths : [];
+  } catch {
+    return;
+  }
+  const open = new Set(openDocuments(app));
+  for (const path of paths.slice(0, REOPEN_MAX)) {
+    if (typeof path === 'string' && !open.has(path)) {
+      await app.commands.execute('docmanager:open', { path }).catch(() => undefined);
+    }
   }
 }
 
@@ -169,7 +266,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const url = URLExt.join(settings.baseUrl, 'hybridhub', 'session');
     const shown = new Set<string>();
     const item = new SessionStatus();
-    const panel = new SessionPanel();
+    const panel = new SessionPanel(() => void moveToOtherHardware(app));
     let current: ISession | null = null;
     let lastError = '';
     let offsetMs = 0; // server clock minus browser clock
@@ -242,6 +339,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
       render();
     };
     item.node.addEventListener('click', openPanel);
+    app.commands.addCommand('hybridhub:move', {
+      label: 'hybridhub: Move to Other Hardware',
+      caption: 'Save all, then choose other hardware for this server',
+      execute: () => moveToOtherHardware(app)
+    });
     app.commands.addCommand('hybridhub:open-session', {
       label: 'hybridhub: Show Session',
       execute: openPanel
@@ -285,7 +387,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       });
     }
     window.setInterval(render, 15_000); // time left counts down between polls
-    void app.restored.then(() => poll());
+    void app.restored.then(() => {
+      void reopenMoved(app);
+      return poll();
+    });
   }
 };
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from hybridhub.catalog import Catalog
+from hybridhub.catalog import Catalog, Offering
 from hybridhub.spawner.options import reservation_summary
 
 #: The spawner's Jinja templates (package data, in a checkout and a wheel alike).
@@ -74,6 +75,23 @@ def class_budgets(rows: list[dict], groups: list[str]) -> list[dict]:
                 line["keys"] = line["models"] = None
             out.append(line)
     return out
+
+
+#: Each offering's fixed facts per (catalog, hub config) (:func:`offering_facts`): one entry per hub start.
+_facts: dict[tuple[int, int], tuple[Catalog, object, dict[str, dict]]] = {}
+
+
+def offering_facts(catalog: Catalog, config: object, facts_of: Callable[[Offering], dict]) -> dict[str, dict]:
+    """``facts_of(offering)`` per offering key, asked once per catalog and hub configuration (both fixed while
+    the hub runs), not per offering on every picker: whether its backend is simulated, its detail line,
+    whether it shares a machine."""
+    hit = _facts.get((id(catalog), id(config)))
+    if hit is None or hit[0] is not catalog or hit[1] is not config:
+        if len(_facts) > 16:
+            _facts.clear()
+        facts = {o.key: facts_of(o) for o in catalog.all_offerings()}
+        hit = _facts[(id(catalog), id(config))] = (catalog, config, facts)
+    return hit[2]
 
 
 #: Rendered pickers by what they show (:func:`picker_html`), newest last.

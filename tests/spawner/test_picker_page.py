@@ -7,7 +7,7 @@ import re
 
 from hybridhub.accounting.ledger import Remaining
 from hybridhub.catalog import load_catalog
-from hybridhub.spawner.picker import picker_html, preselect
+from hybridhub.spawner.picker import offering_facts, picker_html, preselect
 
 CAT = load_catalog()
 TRUST = {"trust": "trusted", "words": "run by the university", "barred": [], "hidden": []}
@@ -71,3 +71,20 @@ def test_a_providers_live_price_is_shown_and_a_price_above_the_ceiling_cannot_be
     assert "above this offering&#39;s ceiling of $0.40/h" in refused and " disabled " in refused
     assert preselect(rs, {"class": over["offering"].resource_class, "model": over["offering"].model},
                      ["lab-a"], 1.0)["key"] != over["offering"].key
+
+
+def test_an_offerings_fixed_facts_are_asked_once_per_catalog_and_config():
+    asked: list[str] = []
+
+    def facts_of(off) -> dict:
+        asked.append(off.key)
+        return {"simulated": True, "detail": "", "shared": False}
+
+    config, other = object(), object()
+    first = offering_facts(CAT, config, facts_of)
+    assert offering_facts(CAT, config, facts_of) is first
+    assert sorted(first) == sorted(o.key for o in CAT.all_offerings())
+    assert len(asked) == len(CAT.all_offerings())  # not again for the second picker
+    offering_facts(CAT, other, facts_of)  # another hub configuration: asked again
+    offering_facts(dataclasses.replace(CAT), config, facts_of)  # another catalog (equal values): asked again
+    assert len(asked) == 3 * len(CAT.all_offerings())

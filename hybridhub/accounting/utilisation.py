@@ -4,7 +4,7 @@ A server's extension (``hybridhub_lab.sampler``) posts its devices' utilisation 
 the portal with the server's own token; :func:`record_report` checks the report, refuses one
 that comes sooner than ``min_report_seconds`` after the last (:class:`TooSoon`), stores it
 (one row per report: the peak over the devices, which the idle rule reads, and the devices)
-and prunes that server's rows older than ``keep_hours``.
+and prunes every row older than ``keep_hours`` (one range delete on an index).
 
 :func:`utilisation_of` turns the open session's recent rows into its state:
 
@@ -195,7 +195,7 @@ def record_report(db: Database, *, username: str, server_name: str, source: str,
         s.execute(insert(_UT).values(session_id=session_id, username=username, server_name=server_name,
                                      at=now, source=source, peak=float(peak), devices=checked,
                                      limit_minutes=limit_of(record.offering)))
-        s.execute(delete(_UT).where(*where, _UT.c.at < now - timedelta(hours=settings.keep_hours)))
+    prune(db, now, settings)
     return {"accepted": len(checked), "next_after": settings.min_report_seconds}
 
 

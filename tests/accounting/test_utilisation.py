@@ -77,8 +77,12 @@ def test_reports_are_rate_limited_and_pruned(db):
     assert err.value.retry_after == pytest.approx(6)
     for minute in range(1, 90, 10):
         _report(db, T0 + timedelta(minutes=minute), 50)
-    assert prune(db, T0 + timedelta(minutes=81), SETTINGS) == 0  # the last report pruned its server's old rows
-    assert prune(db, T0 + timedelta(hours=5), SETTINGS) > 0
+    assert prune(db, T0 + timedelta(minutes=81), SETTINGS) == 0  # each report prunes what is too old
+    _open(db, user="dave")
+    _report(db, T0 + timedelta(hours=5), 50, user="dave")  # carol's server stopped reporting: gone too
+    assert prune(db, T0 + timedelta(hours=5), SETTINGS) == 0
+    assert utilisation_of(db, SessionLog(db).open_session_id("carol", ""), T0 + timedelta(hours=5),
+                          SETTINGS).state == "unknown"
 
 
 def test_busy_idle_unknown_and_the_verdict(db):

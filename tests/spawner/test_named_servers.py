@@ -158,6 +158,33 @@ def test_the_admin_page_shows_each_servers_offering_in_its_profile_column(hub, d
         assert row.locator('[data-testid="user-row-profile-used"]').inner_text().strip() == offering
 
 
+@pytest.mark.browser
+def test_a_researcher_starts_two_servers_side_by_side_in_the_browser_and_each_lab_shows_its_own(hub, page):
+    login(page, hub.url, "carol", DEMO_USER_PASSWORD)
+    for server, offering, words in (("small", "RTX 4090", ("4090", "community")),
+                                    ("big", "H100 80GB", ("H100", "enterprise"))):
+        page.goto(f"{hub.url}/hub/home")
+        page.fill(".new-server-name", server)  # JupyterHub 6's own "Add New Server" row, then its start link
+        page.click(".new-server-btn")
+        page.locator(f'tr.home-server-row[data-server-name="{server}"] .start-server').click()
+        page.wait_for_url(f"**/hub/spawn/carol/{server}**")
+        page.get_by_label(offering, exact=True).check()
+        page.get_by_label("Requested hours").fill("1")
+        page.get_by_role("button", name="Start").click()
+        page.wait_for_url(f"**/user/carol/{server}/lab**", timeout=120_000)
+        status = page.locator("#jp-main-statusbar .jp-hybridhub-status")
+        status.wait_for(timeout=90_000)
+        page.wait_for_function("() => document.querySelector('#jp-main-statusbar .jp-hybridhub-status')"
+                               ".textContent.includes('×')", timeout=30_000)
+        assert all(word in status.text_content() for word in words), status.text_content()
+    page.goto(f"{hub.url}/hub/home")
+    for server, hardware in (("small", "RTX 4090 × 1"), ("big", "H100 80GB × 1")):
+        assert hardware in page.locator(f'#running-servers tr[data-server="{server}"]').inner_text()
+        assert f"{server} · {hardware}" in page.locator(f'tr.home-server-row[data-server-name="{server}"]').inner_text()
+    for server in ("small", "big"):
+        hub.stop_server("carol", server)
+
+
 def test_a_user_has_at_most_three_named_servers_and_verification_is_not_limited(hub):
     ivy = hub.user_token("ivy")
     create = lambda name, token=ivy: hub.api("PUT", f"/users/ivy/servers/{name}", token=token)  # noqa: E731

@@ -14,7 +14,7 @@ import requests
 
 from hybridhub.accounting.db import Database
 from hybridhub.accounting.models import Reservation
-from hybridhub.accounting.sessions import END_FAILED_START, END_HOST_LOST, END_STOPPED_BY_USER, SessionLog
+from hybridhub.accounting.sessions import END_BY_SERVICE, END_FAILED_START, END_HOST_LOST, SessionLog
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 from tests.fixtures.slurm import hub_slurm_config
 from tests.spawner.test_trust_hub import login
@@ -135,7 +135,7 @@ def test_spawn_on_a_node_then_stop(slurm_hub, slurm_cluster):
     assert done["job_id"] == job["job_id"]
     assert slurm_cluster.node("hhn1")["gres_used"].startswith("gpu:h100:0")
     assert [s for s, _ in reservations(hub, user)] == ["closed"]
-    assert session_records(hub, user)[0].end_reason == END_STOPPED_BY_USER
+    assert session_records(hub, user)[0].end_reason == END_BY_SERVICE  # hub.stop_server: the test-admin service
 
 
 def test_capacity_is_429_with_retry_after(slurm_hub):

@@ -17,7 +17,7 @@ import nbformat
 import pytest
 
 from hybridhub.accounting.db import Database
-from hybridhub.accounting.sessions import END_HOST_LOST, END_STOPPED_BY_USER, SessionLog
+from hybridhub.accounting.sessions import END_BY_SERVICE, END_HOST_LOST, SessionLog
 from hybridhub.accounting.trust import TrustPolicy
 from tests.fixtures.docker import DATA, engine_url, hub_docker_config, remove_labelled
 from tests.fixtures.hub import hub_factory, hub_prereqs  # noqa: F401  (fixtures)
@@ -133,7 +133,7 @@ def test_confidential_folder_is_not_mounted_and_provenance_names_host_gpus_image
     assert rec.host == "volunteer-h1" and rec.backend == "docker" and rec.trust == "untrusted"
     assert len(rec.gpu_uuids) == 1 and rec.gpu_uuids[0].startswith("GPU-")
     assert rec.image and rec.image_id.startswith("sha256:") and rec.details["container"]
-    assert rec.hidden_dirs == ["secret"] and rec.end_reason == END_STOPPED_BY_USER
+    assert rec.hidden_dirs == ["secret"] and rec.end_reason == END_BY_SERVICE  # hub.stop_server: a service
 
 
 def test_verification_on_docker_passes_then_finds_the_tampered_cell(setup):

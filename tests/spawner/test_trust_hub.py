@@ -19,7 +19,7 @@ import requests
 
 from hybridhub.accounting.db import Database
 from hybridhub.accounting.ledger import Accounting
-from hybridhub.accounting.sessions import END_QUOTA, END_STOPPED_BY_USER, SessionLog
+from hybridhub.accounting.sessions import END_BY_SERVICE, END_QUOTA, SessionLog
 from hybridhub.accounting.trust import TrustPolicy
 from hybridhub.hub.config import DEMO_USER_PASSWORD
 from tests.fixtures.env import docs_artifact
@@ -198,10 +198,11 @@ def test_provenance_after_a_normal_stop_and_a_quota_stop(hub, db):
     log = SessionLog(db)
     assert hub.spawn("ivy", {**UNTRUSTED, "model": "rtx3090"}).status_code in (201, 202)
     hub.wait_ready("ivy")
-    hub.stop_server("ivy")
+    hub.stop_server("ivy")  # through the REST API, as the test-admin service
     [rec] = log.sessions("ivy")
     assert (rec.end_reason, rec.group, rec.offering, rec.accelerator, rec.trust) == (
-        END_STOPPED_BY_USER, "course-ml101", "community/rtx3090", "RTX 3090", "untrusted")
+        END_BY_SERVICE, "course-ml101", "community/rtx3090", "RTX 3090", "untrusted")
+    assert rec.end_detail == "stopped by service test-admin"
     assert rec.host and rec.image == "local-process" and rec.details.get("pid")
     assert rec.reservation_id and rec.started_at < rec.stopped_at
 
@@ -243,7 +244,8 @@ def test_verification_passes_for_a_deterministic_notebook(hub, db, notebooks):
     assert report["checked_session"]["host"] == "volunteer-7"
     run = SessionLog(db).get(v.run_session_id)
     assert run.server_name == v.server_name and run.offering == "enterprise/a100" and run.trust == "trusted"
-    assert run.end_reason == END_STOPPED_BY_USER and run.stopped_at is not None
+    assert run.end_reason == END_BY_SERVICE and run.stopped_at is not None  # the verifier stops it when done
+    assert run.end_detail.startswith("stopped by service "), run.end_detail
     assert report["run_session"]["id"] == run.id and report["seconds"] < time.monotonic() - t0 + 1
     # charged like any launch: a closed reservation on the group's enterprise budget
     assert run.reservation_id is not None

@@ -81,6 +81,9 @@ openapi_paths: dict[str, Any] = {
                 "session": _NULLABLE_OBJECT, "reservation": _NULLABLE_OBJECT,
                 "budget": _NULLABLE_OBJECT, "course": _NULLABLE_OBJECT,
                 "warnings": {"type": "array", "items": {"type": "object", "required": ["id", "kind", "message"]}},
+                "utilisation": {"type": ["object", "null"], "description": "the accelerators: state "
+                                "(busy, idle, unknown), idle_minutes, devices, sampled_at "
+                                "(hybridhub.accounting.utilisation)"},
             }}}}}, 400, 403),
     }},
 }

@@ -156,3 +156,29 @@ def test_the_lab_session_shows_utilisation_and_warns_before_the_idle_stop(db, mo
     util = state["utilisation"]
     assert util["idle_minutes"] == 25 and util["sampled_at"] == "2026-11-10T12:25:00Z"
     assert util["devices"][1] == {"index": 1, "utilisation": 3, "memory_used_mb": 100, "memory_total_mb": 81920}
+
+
+def test_the_dashboard_counts_hours_given_back_by_idle_stops_per_class(db, clock):
+    from hybridhub.accounting.dashboard import Scope, idle_culled_by_class
+    from hybridhub.accounting.periods import to_datetime
+
+    acct = Accounting(db, clock=clock)
+    acct.sync_groups({"lab-vision": ["carol", "dave"]}, kinds={"lab-vision": "lab"})
+    acct.ensure_budget("lab-vision", "enterprise", 100)
+    start = to_datetime(clock())
+    log = SessionLog(db)
+    for user, hours_run, reason in (("carol", 0.5, END_IDLE), ("dave", 0.25, END_IDLE), ("dave", 1, END_BY_SERVICE)):
+        rid = acct.admit(username=user, group="lab-vision", resource_class="enterprise", model="h100", count=2,
+                         hours=2, price_per_hour=2.5, server_name=f"s{hours_run}")
+        acct.mark_running(rid, started_at=start)
+        sid = log.open(username=user, server_name=f"s{hours_run}", group="lab-vision", resource_class="enterprise",
+                       offering="enterprise/h100", accelerator="H100", count=2, trust="trusted", backend="local",
+                       reservation_id=rid, started_at=start)
+        log.close(sid, observed=reason, at=start + timedelta(hours=hours_run))
+    (row,) = idle_culled_by_class(db, Scope(groups=None, username=None), start)
+    # carol gave back 2 × 1.5 h, dave 2 × 1.75 h; dave's service stop is not an idle one
+    assert row["servers"] == 2 and row["accelerator_hours"] == pytest.approx(6.5)
+    assert row["value"] == pytest.approx(6.5 * 2.5)
+    (mine,) = idle_culled_by_class(db, Scope(groups=None, username="carol"), start)
+    assert mine["accelerator_hours"] == pytest.approx(3.0)
+    assert idle_culled_by_class(db, Scope(groups=frozenset({"other"}), username=None), start) == []

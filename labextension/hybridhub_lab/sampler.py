@@ -233,6 +233,8 @@ class Reporter:
             return self.interval
         if code == 429:
             return max(self.interval, retry_after)
+        if code == 409:  # the hub has not recorded this server's start yet: try again next time
+            return self.interval
         self.failures += 1
         return min(self.interval * 2 ** self.failures, self.max_backoff)
 

@@ -292,7 +292,7 @@ def configure_idle_culling(c: Config, culling: IdleCulling) -> None:
     except ValueError as e:
         sys.exit(f"hybridhub: {e}")
     portal = next(s for s in c.JupyterHub.services if s.get("name") == PORTAL)
-    portal.setdefault("environment", {}).update(idle.env())
+    portal.setdefault("environment", {}).update(idle.env(), HYBRIDHUB_IDLE_CULLING="1" if culling.enabled else "0")
     services = [s for s in c.JupyterHub.services if s.get("name") != SERVICE_NAME]
     roles = [r for r in c.JupyterHub.get("load_roles", []) if r.get("name") != SERVICE_NAME]
     if culling.enabled:

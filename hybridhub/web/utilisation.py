@@ -43,7 +43,10 @@ UTILISATION_SCOPE = "custom:quota:utilisation"
 
 @lru_cache(maxsize=1)
 def idle_minutes() -> dict[str, float | None]:
-    """Each offering's idle minutes, from the catalog this portal runs with (``HYBRIDHUB_CATALOG``)."""
+    """Each offering's idle minutes, from the catalog this portal runs with (``HYBRIDHUB_CATALOG``);
+    none while the idle culler does not run (``HYBRIDHUB_IDLE_CULLING``): then no server is warned."""
+    if os.environ.get("HYBRIDHUB_IDLE_CULLING") != "1":
+        return {}
     catalog = load_catalog(path=os.environ.get("HYBRIDHUB_CATALOG") or None)
     return {o.key: o.idle_minutes for o in catalog.all_offerings()}
 

@@ -56,12 +56,15 @@ def _config(tmp_path, **culling) -> Config:
 
 def test_the_culler_is_opt_in_with_the_smallest_scopes(tmp_path, monkeypatch):
     monkeypatch.delenv("HYBRIDHUB_IDLE_CULLER", raising=False)
-    assert "idle-culler" not in [s["name"] for s in _config(tmp_path).JupyterHub.services]
+    off = _config(tmp_path).JupyterHub.services
+    assert "idle-culler" not in [s["name"] for s in off]
+    assert next(s for s in off if s["name"] == "hybridhub-portal")["environment"]["HYBRIDHUB_IDLE_CULLING"] == "0"
     c = _config(tmp_path, enabled=True, cull_every=5, timeout=600)
     (service,) = [s for s in c.JupyterHub.services if s["name"] == "idle-culler"]
     assert service["command"][1:] == ["-m", "jupyterhub_idle_culler", f"--config={CONFIG_FILE}",
                                       "--cull-every=5", "--timeout=600"]
     portal = next(s for s in c.JupyterHub.services if s["name"] == "hybridhub-portal")
+    assert portal["environment"]["HYBRIDHUB_IDLE_CULLING"] == "1"  # the portal warns only then
     assert service["environment"]["HYBRIDHUB_PORTAL_API_URL"] == portal["url"] + "/services/hybridhub-portal"
     (role,) = [r for r in c.JupyterHub.load_roles if r["name"] == "idle-culler"]
     assert sorted(role["scopes"]) == sorted(["list:users", "read:users:activity", "read:servers",

@@ -141,7 +141,8 @@ def test_untrusted_server_gets_only_its_own_token_no_secrets_no_confidential_fol
         assert seen["not_mounted"] == "secret (confidential to course-ml101)"
         assert seen["trust"] == "untrusted"
         assert seen["env"] == ["HYBRIDHUB_CLASS", "HYBRIDHUB_COUNT", "HYBRIDHUB_GROUP", "HYBRIDHUB_MODEL",
-                               "HYBRIDHUB_NOT_MOUNTED", "HYBRIDHUB_PORTAL_URL", "HYBRIDHUB_TRUST"]
+                               "HYBRIDHUB_NOT_MOUNTED", "HYBRIDHUB_PORTAL_URL", "HYBRIDHUB_TRUST",
+                               "HYBRIDHUB_UTILISATION_SOURCE"]  # how the Lab samples (no secret)
         token = seen["token"]
         assert hub_call(hub, token, "GET", "/user") == 200  # it is a valid token ...
         assert hub_call(hub, token, "GET", "/users") == 403  # ... that cannot list users

@@ -30,26 +30,37 @@ def may_read_session(model: dict[str, Any], username: str, server_name: str) -> 
     })
 
 
-class LabSessionHandler(PortalHandler):
-    """``GET /api/users/{name}/session?server=<name>``: the session record the Lab shows."""
+class HubTokenHandler(PortalHandler):
+    """A route any hub token may call (a server's own included): each method checks the
+    token's scopes itself (:func:`may_read_session`)."""
 
     async def prepare(self) -> None:
-        """Refuse a method the document does not list (405), then identify the token with
-        the hub; the scope check is :func:`may_read_session`."""
+        """Refuse a method the document does not list (405) and an oversized body (413), then
+        identify the token with the hub."""
         self.refuse_undocumented_method()
+        if len(self.request.body or b"") > self.max_body_bytes:
+            raise ApiError(413, f"the request body is larger than {self.max_body_bytes} bytes", "body")
         model = await self.hub_auth.get_user(self, sync=False)
         if not model:
             raise ApiError(403, "a hub token (Authorization: token ...) is needed")
         self._hub_auth_user_cache = model
 
-    async def get(self, username: str) -> None:
+    def server_arg(self) -> str:
+        """The ``server`` query parameter (``''``: the default server)."""
         server = self.query(QUERY)["server"]
         if not server.isprintable():
             raise ApiError(400, "server must be at most 255 printable characters", "server")
+        return server
+
+
+class LabSessionHandler(HubTokenHandler):
+    """``GET /api/users/{name}/session?server=<name>``: the session record the Lab shows."""
+
+    async def get(self, username: str) -> None:
+        server = self.server_arg()
         if not may_read_session(self.current_user, username, server):
             raise forbidden(f"read the session of {username}'s server {server!r}")
         self.write_json(await to_thread(session_state, self.accounting, username, server))
-
 
 handlers = [(r"api/users/([^/]+)/session", LabSessionHandler)]
 

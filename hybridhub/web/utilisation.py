@@ -34,8 +34,8 @@ from hybridhub.accounting.utilisation import (
     settings_from_env,
 )
 from hybridhub.catalog import load_catalog
-from hybridhub.web.base import ApiError, PortalHandler, forbidden, responses
-from hybridhub.web.lab import QUERY, may_read_session
+from hybridhub.web.base import ApiError, forbidden, responses
+from hybridhub.web.lab import QUERY, HubTokenHandler, may_read_session
 
 #: The portal scope that lets a service (the idle culler) ask for idle verdicts.
 UTILISATION_SCOPE = "custom:quota:utilisation"
@@ -51,35 +51,18 @@ def idle_minutes() -> dict[str, float | None]:
     return {o.key: o.idle_minutes for o in catalog.all_offerings()}
 
 
-class _HubTokenHandler(PortalHandler):
-    """A route any hub token may call; each method checks the token's scopes itself."""
-
-    async def prepare(self) -> None:
-        """Refuse an undocumented method, then identify the token with the hub."""
-        self.refuse_undocumented_method()
-        if len(self.request.body or b"") > self.max_body_bytes:
-            raise ApiError(413, f"the request body is larger than {self.max_body_bytes} bytes", "body")
-        model = await self.hub_auth.get_user(self, sync=False)
-        if not model:
-            raise ApiError(403, "a hub token (Authorization: token ...) is needed")
-        self._hub_auth_user_cache = model
+class _RetryAfterHandler(HubTokenHandler):
+    """A hub-token route whose 429 carries ``Retry-After`` (tornado clears headers set before)."""
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """The error, with ``Retry-After`` for a 429 (tornado clears headers set before)."""
+        """The error, with ``Retry-After`` for a 429."""
         retry_after = getattr(kwargs.get("exc_info", (None, None))[1], "retry_after", None)
         if retry_after is not None:
             self.set_header("Retry-After", str(retry_after))
         super().write_error(status_code, **kwargs)
 
-    def server_arg(self) -> str:
-        """The ``server`` query parameter (``''``: the default server)."""
-        server = self.query(QUERY)["server"]
-        if not server.isprintable():
-            raise ApiError(400, "server must be at most 255 printable characters", "server")
-        return server
 
-
-class UtilisationHandler(_HubTokenHandler):
+class UtilisationHandler(_RetryAfterHandler):
     """``POST /api/users/{name}/utilisation?server=<s>``: one report from that server."""
 
     async def post(self, username: str) -> None:
@@ -101,7 +84,7 @@ class UtilisationHandler(_HubTokenHandler):
         self.write_json(answer)
 
 
-class IdleVerdictHandler(_HubTokenHandler):
+class IdleVerdictHandler(HubTokenHandler):
     """``POST /api/users/{name}/idle-verdict?server=<s>``: the idle culler's question."""
 
     async def post(self, username: str) -> None:

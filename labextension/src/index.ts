@@ -105,8 +105,8 @@ export function utilisationText(u: ISession['utilisation']): string | null {
   if (u.state === 'idle') {
     return u.idle_minutes === null ? 'idle' : `idle ${u.idle_minutes} min`;
   }
-  const peak = u.devices.length ? Math.max(...u.devices.map(d => d.utilisation)) : null;
-  return u.state === 'busy' && peak !== null ? `busy (${Math.round(peak)} %)` : u.state;
+  const values = (u.devices ?? []).map(d => Number(d.utilisation)).filter(Number.isFinite);
+  return u.state === 'busy' && values.length ? `busy (${Math.round(Math.max(...values))} %)` : u.state;
 }
 
 /** The status bar text: `H100 × 2 · enterprise · 1 h 20 min left · 0.5 h ($3.25) charged · $6.50/h`. */

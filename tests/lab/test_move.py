@@ -10,6 +10,7 @@ open in the new Lab, and the status item shows money.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -86,6 +87,9 @@ def test_move_is_admitted_first_links_the_records_and_charges_only_served_launch
     res, _, records, held = _db_state(hub, "alice")
     assert [m for m, state, *_ in res.values() if state != "closed"] == ["rtx4090"] and held == 0
     old_record = records[0].id
+    # the home page: money at the admitted price, and the way to move
+    home = hub.signed_in("alice").get(f"{hub.url}/hub/home", timeout=60).text
+    assert 'href="/hub/hybridhub/move/alice/"' in home and re.search(r"\$\d+\.\d\d <span[^>]*>at \$\d+\.\d\d/h", home)
 
     r = _move(hub, "alice", H100, alice)
     assert r.status_code == 202 and r.json()["pending_url"].endswith("/hub/spawn-pending/alice"), r.text
@@ -187,6 +191,7 @@ def test_student_moves_from_the_lab_panel_and_finds_the_notebook_open(moving_hub
     tab.wait_for(timeout=120_000)
     assert hub.server_model("alice")["user_options"]["model"] == "h100"
     (saved,) = Path(hub.workdir).rglob("moving.ipynb")  # the same home: the edit was saved before the stop
+    print("Lab workspaces in the home:", [p.name for p in Path(hub.workdir).rglob("*.jupyterlab-workspace")])
     assert "moved_marker = 42" in saved.read_text()
     try:
         page.locator(".jp-Notebook", has_text="moved_marker = 42").first.wait_for(timeout=60_000)

@@ -217,3 +217,28 @@ def _choose(page, key: str, *, count: int, hours: float) -> None:
     page.locator(f"input[name='offering'][value='{key}']").check()
     page.locator(f"select[name='count:{key}']").select_option(str(count))
     page.fill("#hours", str(hours))
+
+
+#: The local backend's command, except that a server on an H100 exits at once (a start that fails).
+H100_FAILS = ("c.LocalBackend.cmd = ['/bin/sh', '-c', 'case \"$HYBRIDHUB_MODEL\" in H100*) exit 3;; esac; "
+              "exec \"$0\" \"$@\"', " + repr(sys.executable) + ", '-P', '-m', 'hybridhub.backends.local.server']\n")
+
+
+def test_a_move_whose_new_server_fails_releases_the_held_reservation_and_charges_nothing(hub_factory):
+    hub = hub_factory(env={"HYBRIDHUB_METER_INTERVAL": "2"}, extra_config=LAB_ARGS + H100_FAILS)
+    assert hub.spawn("alice", RTX).status_code in (201, 202)
+    hub.wait_ready("alice")
+    r = _move(hub, "alice", H100, hub.user_token("alice"))
+    assert r.status_code in (202, 500, 503), r.text
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        res, charged, records, held = _db_state(hub, "alice")
+        if len(res) == 2 and all(state == "closed" for _, state, *_ in res.values()):
+            break
+        time.sleep(0.5)
+    by_model = {m: (state, reason, started, amount) for m, state, reason, started, amount in res.values()}
+    assert by_model["h100"] == ("closed", "failed to start", False, 0.0), by_model  # taken, never served
+    assert by_model["rtx4090"][:3] == ("closed", "stopped", True)
+    assert held == 0 and all(res[r][3] for r in charged)  # nothing held, only the served launch charged
+    new, old = records[0], records[1]
+    assert old.end_reason == END_MOVED and new.end_reason == "failed to start" and new.moved_from_id == old.id

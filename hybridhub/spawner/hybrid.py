@@ -466,8 +466,10 @@ class HybridSpawner(CarriedAdmissionMixin, TrustAndProvenanceMixin, RefusalLogMi
         except web.HTTPError as e:
             self.note_refusal("barred", error_text(e))
             raise
-        self.reservation_id = self.take_carried() or self._admit()  # a move's admission, held for this launch
-        metrics.ADMISSIONS.labels("admitted", *offering_labels(self.offering)).inc()
+        carried = self.take_carried()  # a move's admission, held for this launch (counted when the move admitted it)
+        self.reservation_id = carried or self._admit()
+        if carried is None:
+            metrics.ADMISSIONS.labels("admitted", *offering_labels(self.offering)).inc()
 
     async def start(self):
         """Admit the launch against the group's budget, then start it on the backend."""

@@ -264,7 +264,7 @@ class MovePageHandler(BaseHandler):
                 raise web.HTTPError(409, "this server is not running: only a running server can move")
             url = await move_server(self, user, server_name, spawner.options_from_form(form))
         except web.HTTPError as e:
-            self.log.info("move of %s/%s refused: %s", user.name, server_name, e)
+            self.log.info("move of %s/%r refused: %s", user.name, server_name, e)
             await self._page(user_name, server_name, error=e)
             return
         self.redirect(url)

@@ -20,8 +20,8 @@ once (REST POST, 1 x RTX 4090 for ours) and each waits until it is ready (bounde
 ``--spawn-timeout``).  Prints p50/p99 of login, page and spawn POST, spawns ready / refused 429 /
 failed, time until the last server was ready, and the hub process's CPU seconds during the storm.
 
-Targets (issue #14): our picker p99 <= 1.5 x the peer's home page p99 under the same storm;
-0 failed spawns other than 429 at capacity.  Loopback only; every loop is bounded.
+Targets: our picker p99 <= 1.2 x the peer's home page p99 under the same storm (issue #30; issue #14 asked
+for 1.5); 0 failed spawns other than 429 at capacity.  Loopback only; every loop is bounded.
 
     PATH=.venv/bin:$PATH .venv/bin/python bench/login_storm.py [--students 200] [--spawns 30]
 """
@@ -49,6 +49,8 @@ PEER_CONFIG = Path(__file__).resolve().parent / "peer_jupyterhub_config.py"
 OPTIONS = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "course-ml101"}
 
 
+#: The most our picker's p99 may be, as a multiple of plain JupyterHub's home page p99 (issue #30).
+TARGET = 1.2
 #: The user whose visit warms each hub up before the storm (not one of the students).
 WARMUP = "warmup"
 
@@ -311,12 +313,12 @@ def main() -> int:
     ratio = pct(ours["page"], 0.99) / pct(peer["page"], 0.99)
     failed = [o for o in ours["outcomes"] if o not in ("ready", "429")]
     print(f"ratio picker p99 / plain home p99, same groups: {ratio:.2f}  "
-          f"(target <= 1.5: {'ok' if ratio <= 1.5 else 'MISSED'}); round by round: "
+          f"(target <= {TARGET}: {'ok' if ratio <= TARGET else 'MISSED'}); round by round: "
           + ", ".join(f"{a / b:.2f}" for a, b in zip(ours["round_p99"], peer["round_p99"], strict=True)))
     print(f"ratio picker p99 / plain home p99, students in no group: "
           f"{pct(ours['page'], 0.99) / pct(bare['page'], 0.99):.2f}")
     print(f"failed spawns other than 429: {len(failed)}  (target 0: {'ok' if not failed else 'MISSED'})")
-    return 0 if ratio <= 1.5 and not failed else 1
+    return 0 if ratio <= TARGET and not failed else 1
 
 
 if __name__ == "__main__":

@@ -240,6 +240,7 @@ def add_hybridhub(
     quota_leaders: Mapping[str, Iterable[str]] | None = None,
     instructors: Mapping[str, Iterable[str]] | None = None,
     freeze_gc: bool = True,
+    switch_interval: float | None = None,
 ) -> None:
     """Add hybridhub to an existing hub's config ``c``: spawner, templates, database and services.
 
@@ -249,7 +250,9 @@ def add_hybridhub(
     ``meter_interval`` and ``grace_seconds`` (else ``HYBRIDHUB_METER_INTERVAL`` /
     ``HYBRIDHUB_GRACE_SECONDS``, else 60 and 300) are resolved here once and used by the hub and
     every service alike (:mod:`hybridhub.accounting.settings`).
-    With ``freeze_gc`` it ends with :func:`freeze_startup_objects`.
+    With ``freeze_gc`` it ends with :func:`freeze_startup_objects`, and it sets the process's GIL switch
+    interval to ``switch_interval`` (None: :data:`GIL_SWITCH_SECONDS`; 0 leaves Python's) with
+    :func:`quicken_thread_handoffs`.
     """
     loghygiene.install()  # no cookie, token or Authorization value in the hub's log; user errors in one line
     from hybridhub.spawner import stop_requester
@@ -277,6 +280,7 @@ def add_hybridhub(
     record_provider_bills()  # providers' bills and balances (Theta), for the portal's reconciliation
     if freeze_gc:
         freeze_startup_objects()
+    quicken_thread_handoffs(GIL_SWITCH_SECONDS if switch_interval is None else switch_interval)
 
 
 def configure_idle_culling(c: Config, culling: IdleCulling) -> None:
@@ -421,6 +425,22 @@ def freeze_startup_objects() -> None:
     """
     gc.collect()  # what is already garbage is freed, not frozen
     gc.freeze()
+
+
+#: The hub process's GIL switch interval (:func:`quicken_thread_handoffs`); Python's default is 5 ms.
+GIL_SWITCH_SECONDS = 0.001
+
+
+def quicken_thread_handoffs(seconds: float) -> None:
+    """Let a worker thread take the GIL back from the hub's loop within ``seconds`` (0: leave Python's).
+
+    Every accounting read runs in a worker thread (docs/performance.md, "The hub's loop"), and each
+    database call there releases the GIL and must take it back.  While the loop serves other users,
+    Python's default switch interval lets each of those waits last up to 5 ms (the convoy effect of
+    CPython's GIL): a picker's six statements queued behind a lecture hall's logins.
+    """
+    if seconds:
+        sys.setswitchinterval(seconds)
 
 
 def keep_state_private(data_dir: Path) -> None:

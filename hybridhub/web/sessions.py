@@ -235,6 +235,8 @@ _SESSION = {
         "started_at": {"type": "string"}, "stopped_at": _NULLABLE_STR,
         "end_reason": {"type": ["string", "null"], "enum": [*END_REASONS, None]},
         "end_detail": _NULLABLE_STR,
+        "moved_from_id": {"type": ["integer", "null"],
+                          "description": "the session this server replaced when its user moved it to other hardware"},
     },
 }
 _VERIFICATION = {

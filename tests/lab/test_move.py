@@ -104,7 +104,11 @@ def test_move_is_admitted_first_links_the_records_and_charges_only_served_launch
     new, old = records[0], records[1]
     assert (old.id, old.end_reason, old.end_detail) == (old_record, END_MOVED, "to H100 80GB × 1")
     assert new.moved_from_id == old.id and new.stopped_at is None and new.offering == "enterprise/h100"
-    assert new.as_dict()["moved_from_id"] == old.id
+    portal = f"{hub.url}/services/{SERVICE_NAME}"
+    r = requests.get(f"{portal}/api/sessions", headers={"Authorization": f"token {alice}"}, timeout=60)
+    assert [s["moved_from_id"] for s in r.json()["sessions"]] == [old.id, None], r.text
+    r = requests.get(f"{portal}/sessions", headers={"Authorization": f"token {alice}"}, timeout=60)
+    assert f'moved from <a href="#session-{old.id}">' in r.text and END_MOVED in r.text
     # the Lab's session (the portal) shows money at the admitted price
     state = requests.get(f"{hub.url}/services/{SERVICE_NAME}/api/users/alice/session",
                          headers={"Authorization": f"token {alice}"}, timeout=60).json()

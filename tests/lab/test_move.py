@@ -89,6 +89,10 @@ def test_move_is_admitted_first_links_the_records_and_charges_only_served_launch
     old_record = records[0].id
     # the home page: money at the admitted price, and the way to move
     home = hub.signed_in("alice").get(f"{hub.url}/hub/home", timeout=60).text
+    page = hub.signed_in("alice").get(f"{hub.url}/hub/hybridhub/move/alice/", timeout=60)
+    html = page.content.decode()
+    assert page.status_code == 200 and "Move default (RTX 4090 × 1) to other hardware" in html
+    assert re.search(r'value="community/rtx4090"[^>]*checked', html), "not preselected"
     assert 'href="/hub/hybridhub/move/alice/"' in home and re.search(r"\$\d+\.\d\d <span[^>]*>at \$\d+\.\d\d/h", home)
 
     r = _move(hub, "alice", H100, alice)

@@ -213,6 +213,15 @@ def test_offering_controls_are_named_with_model_price_and_free_count(chromium, h
         page.context.close()
 
 
+def assert_lab_without_news_prompt(page, hub: Hub) -> None:
+    """dave's Lab starts without its "get notified about official Jupyter news?" prompt (item 6)."""
+    r = page.request.get(f"{hub.url}/user/dave/lab/api/settings/@jupyterlab/apputils-extension:notification")
+    assert r.ok and r.json()["schema"]["properties"]["fetchNews"]["default"] == "false"
+    page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
+    page.wait_for_timeout(1500)
+    assert "Jupyter news" not in " ".join(page.locator(".Toastify__toast").all_inner_texts())
+
+
 def test_a_keyboard_alone_launches_and_a_refusal_is_announced_and_focused(chromium, hub):
     page = new_page(chromium, hub, "dave", DESKTOP)
     try:
@@ -258,13 +267,7 @@ def test_a_keyboard_alone_launches_and_a_refusal_is_announced_and_focused(chromi
         chosen = (options["class"], options["model"], options["group"])
         assert chosen == ("community", "rtx3090", "project-llm"), options
 
-        # Lab starts without its "get notified about official Jupyter news?" prompt (item 6)
-        r = page.request.get(f"{hub.url}/user/dave/lab/api/settings/@jupyterlab/apputils-extension:notification")
-        assert r.ok and r.json()["schema"]["properties"]["fetchNews"]["default"] == "false"
-        page.wait_for_selector("#jp-main-dock-panel", timeout=120_000)
-        page.wait_for_timeout(1500)
-        assert "Jupyter news" not in " ".join(page.locator(".Toastify__toast").all_inner_texts())
-
+        assert_lab_without_news_prompt(page, hub)
         page.goto(f"{hub.url}/hub/home")  # the home page with our running-servers table, under axe
         assert page.locator("#running-servers tr.running-server").count() == 1
         ours, _ = serious_violations(page)
@@ -401,8 +404,8 @@ def test_every_admin_portal_page_is_clean_and_readable_light_and_dark(chromium, 
     assert all(r is not None and r >= 4.5 for r in charts.values()), charts
 
 
-def test_the_hubs_toggle_draws_the_charts_again_in_its_theme(chromium, charted):
-    """On the admin's overview (its spend chart), dark -> light -> dark."""
+def test_the_hubs_toggle_draws_the_charts_again_in_its_theme(chromium, charted, tmp_path):
+    """On the admin's overview (its spend chart), dark -> light -> dark; docs/dashboard-admin-dark.png."""
     hub = charted
     context = chromium.new_context(viewport=DESKTOP, color_scheme="dark")
     context.set_default_timeout(60_000)
@@ -415,6 +418,7 @@ def test_the_hubs_toggle_draws_the_charts_again_in_its_theme(chromium, charted):
             page.locator("#dark-theme-toggle").click()
             page.wait_for_function(CHARTS_DRAWN_IN, arg=theme)
             contrast[theme] = page.evaluate(CHART_TEXT_CONTRAST)
+        page.screenshot(path=str(docs_artifact("dashboard-admin-dark.png", tmp_path)), full_page=True)
     finally:
         context.close()
     assert all(r is not None and r >= 4.5 for r in contrast.values()), contrast

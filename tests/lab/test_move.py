@@ -195,11 +195,12 @@ def test_student_moves_from_the_lab_panel_and_finds_the_notebook_open(moving_hub
     _choose(page, "enterprise/h100", count=1, hours=1)
     page.locator("#start-launch").click()
     page.wait_for_url("**/user/alice/lab**", timeout=180_000)
+    # reopened by the extension's record: Lab's own workspace does not do it here (a server running as the
+    # user cannot write its workspace under the hub's ~/.jupyter: checked with the record removed)
     tab = page.locator(".lm-TabBar-tab", has_text="moving.ipynb")
     tab.wait_for(timeout=120_000)
     assert hub.server_model("alice")["user_options"]["model"] == "h100"
     (saved,) = Path(hub.workdir).rglob("moving.ipynb")  # the same home: the edit was saved before the stop
-    print("Lab workspaces in the home:", [p.name for p in Path(hub.workdir).rglob("*.jupyterlab-workspace")])
     assert "moved_marker = 42" in saved.read_text()
     try:
         page.locator(".jp-Notebook", has_text="moved_marker = 42").first.wait_for(timeout=60_000)

@@ -14,6 +14,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import requests
 
 from tests.fixtures.env import require
 from tests.fixtures.metrics import refused
@@ -107,6 +108,12 @@ def test_code_in_bobs_kernel_cannot_read_alices_home_token_or_the_hubs_secrets(d
     info = home.stat()
     assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (alice_uid, 0o700)
     assert "started ahead" in hub.log()  # the second launch was taken by the process started ahead
+    for user, model in (("alice", alice), ("bob", bob)):  # Lab keeps its workspace in its user's own home
+        saved = requests.put(f"{hub.url}{model['url']}lab/api/workspaces/default", timeout=30,
+                             json={"data": {}, "metadata": {"id": "default"}},
+                             headers={"Authorization": f"token {hub.token}"})
+        assert saved.status_code == 204, (user, saved.status_code, saved.text[:300])
+        assert (hub.workdir / "homes" / user / ".jupyter" / "lab" / "workspaces").is_dir()
     page = hub.signed_in("alice").get(f"{hub.url}/hub/spawn", timeout=60)
     assert "shared machine" not in page.text
 

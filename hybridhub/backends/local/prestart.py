@@ -36,6 +36,21 @@ def import_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith(IMPORT_ENV_PREFIXES)}
 
 
+def home_options() -> list[str]:
+    """Command-line settings for what JupyterLab fixed from ``HOME`` when it was imported ahead.
+
+    ``LabApp.user_settings_dir`` and ``workspaces_dir`` are class defaults evaluated at import,
+    in this process's account and ``HOME`` as it waited: without these options a launch taken
+    by it keeps its Lab settings and workspaces in that home (and cannot write them), not its
+    user's.  The values are the ones a cold start computes for the launch's ``HOME``.
+    """
+    labapp = sys.modules.get("jupyterlab.labapp")
+    if labapp is None:
+        return []
+    return [f"--LabApp.user_settings_dir={labapp.get_user_settings_dir()}",
+            f"--LabApp.workspaces_dir={labapp.get_workspaces_dir()}"]
+
+
 def main() -> int:
     for name in PRELOAD:
         try:
@@ -56,7 +71,7 @@ def main() -> int:
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
-    sys.argv = list(launch["argv"])
+    sys.argv = [*launch["argv"], *home_options()]
     from hybridhub.backends.local.server import run
 
     return run()

@@ -4,7 +4,6 @@ JupyterLab on an emulated GPU Node (a container with a real sshd), then stopping
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import time
@@ -29,6 +28,7 @@ from tests.fixtures.theta import (  # noqa: F401  (fixture)
     hub_theta_config,
     theta_controller,
 )
+from tests.fixtures.trust import run_async
 
 RTX = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "course-ml101"}
 
@@ -206,7 +206,7 @@ def test_orphans_deleted_at_start_and_a_deployment_deleted_outside_ends_the_serv
     for who, name in (("orphan", launch_name(hub_id)), ("foreign", "someoneelse1")):
         request = deployment_body(template_id=TEMPLATE, resource_id="community_node/1", image=TEST_IMAGE, name=name,
                                   ssh_public_key="ssh-ed25519 AAAA x", display_name="x", max_price=1.0)
-        made[who] = asyncio.run(client.create_gpu_deployment(request))["id"]
+        made[who] = run_async(client.create_gpu_deployment(request))["id"]  # Chromium's loop runs here
     ctl.resources[0]["capacity"] = 3
     hub = hub_factory(extra_config=config)
     deadline = time.monotonic() + 20  # the runner's first pass, when the hub starts

@@ -33,7 +33,7 @@ from hybridhub.web.app import SERVICE_NAME
 from hybridhub.web.lab import may_read_session
 from hybridhub_lab.upstream import PortalUnavailable, SessionSource, session_url
 from tests.fixtures.browser import login
-from tests.fixtures.courses import stop_all_servers
+from tests.fixtures.courses import start_course_session, stop_all_servers
 from tests.fixtures.docker import h100_host, hub_docker_config, remove_labelled
 from tests.fixtures.env import docs_artifact, require
 
@@ -285,16 +285,7 @@ def test_lab_warns_ten_minutes_before_the_course_session_ends(hub_factory, chrom
     require(LABEXT.exists(), f"the built Lab extension in {sys.prefix} (run scripts/setup.sh)")
     hub = hub_factory(env={"HYBRIDHUB_COURSE_INTERVAL": "0.5"}, extra_config=LAB_ARGS)
     request.addfinalizer(lambda: stop_all_servers(hub))
-    portal = f"{hub.url}/services/{SERVICE_NAME}/api/courses"
-    ivy = {"Authorization": f"token {hub.user_token('ivy')}"}
-    now = time.time()
-    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
-    r = requests.post(portal, headers=ivy, timeout=30, json={
-        "group": "course-ml101", "class": "community", "model": "rtx4090", "count": 1,
-        "title": "Quiz 3", "starts_at": iso(now + 60), "ends_at": iso(now + 10 * 60 + 30)})
-    assert r.status_code == 201, r.text
-    r = requests.post(f"{portal}/{r.json()['id']}/start", headers=ivy, timeout=300)
-    assert r.status_code in (200, 202), r.text
+    start_course_session(hub, "Quiz 3", ends_in=10 * 60 + 30)
     student = chromium.new_context(viewport={"width": 1400, "height": 1000})
     student.set_default_timeout(120_000)
     try:

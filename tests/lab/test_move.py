@@ -25,7 +25,7 @@ from hybridhub.accounting.sessions import END_MOVED, SessionLog
 from hybridhub.hub.config import DEMO_USER_PASSWORD
 from hybridhub.web.app import SERVICE_NAME
 from tests.fixtures.browser import login
-from tests.fixtures.courses import stop_all_servers
+from tests.fixtures.courses import start_course_session, stop_all_servers
 from tests.fixtures.env import require
 
 LABEXT = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "hybridhub-lab" / "package.json"
@@ -127,16 +127,7 @@ def test_a_course_locked_server_cannot_move(hub_factory, request):
     is the move page; the server keeps running on the session's hardware."""
     hub = hub_factory(env={"HYBRIDHUB_COURSE_INTERVAL": "0.5"})
     request.addfinalizer(lambda: stop_all_servers(hub))
-    portal = f"{hub.url}/services/{SERVICE_NAME}/api/courses"
-    ivy = {"Authorization": f"token {hub.user_token('ivy')}"}
-    now = time.time()
-    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
-    r = requests.post(portal, headers=ivy, timeout=30, json={
-        "group": "course-ml101", "class": "community", "model": "rtx4090", "count": 1,
-        "title": "Quiz 4", "starts_at": iso(now + 60), "ends_at": iso(now + 20 * 60)})
-    assert r.status_code == 201, r.text
-    r = requests.post(f"{portal}/{r.json()['id']}/start", headers=ivy, timeout=300)
-    assert r.status_code in (200, 202), r.text
+    start_course_session(hub, "Quiz 4", ends_in=20 * 60)
     hub.wait_ready("alice", timeout=180)
     alice = hub.user_token("alice")
     for options in (H100, RTX):  # other hardware, or even the same: a course server does not move

@@ -239,13 +239,17 @@ class HybridSpawner(CarriedAdmissionMixin, TrustAndProvenanceMixin, RefusalLogMi
         by_class: dict[type, list[int]] = {}
         for i, off in enumerate(offerings):
             by_class.setdefault(self.backend_class(off), []).append(i)
-        asked = [(cls.free_now_many, cls.live_prices_many) for cls in by_class]
-        answers = await asyncio.gather(*(ask([offerings[i] for i in idx], self.config)
-                                         for pair, idx in zip(asked, by_class.values(), strict=True) for ask in pair))
+
+        async def ask(cls: type, idx: list[int]) -> tuple[list, list]:
+            chosen = [offerings[i] for i in idx]
+            return await asyncio.gather(cls.free_now_many(chosen, self.config),
+                                        cls.live_prices_many(chosen, self.config))
+
+        answers = await asyncio.gather(*(ask(cls, idx) for cls, idx in by_class.items()))
         free: list = [None] * len(offerings)
         prices: list = [None] * len(offerings)
-        for n, idx in enumerate(by_class.values()):
-            for i, f, p in zip(idx, answers[2 * n], answers[2 * n + 1], strict=True):
+        for idx, (got_free, got_prices) in zip(by_class.values(), answers, strict=True):
+            for i, f, p in zip(idx, got_free, got_prices, strict=True):
                 free[i], prices[i] = f, p
         return free, prices
 

@@ -28,8 +28,11 @@ from hybridhub.errors import no_capacity_error, user_error
 UNAVAILABLE = "This hardware is unavailable right now: the hub cannot use its Theta EdgeCloud project"
 
 
-def above_ceiling(model: str, quote: float, cap: float) -> str:
-    """Why a launch at ``quote`` is refused: both prices (the picker and ``start()`` say the same)."""
+def above_ceiling(model: str, quote: float | None, cap: float | None) -> str | None:
+    """Why a launch at ``quote`` is refused, naming both prices (the picker, admission and ``start()`` ask
+    this one check); None when there is no quote, no ceiling, or the quote is within it."""
+    if quote is None or cap is None or quote <= cap:
+        return None
     return f"Theta quotes ${quote:.2f}/h for {model}, above this offering's ceiling of ${cap:.2f}/h"
 
 
@@ -183,8 +186,7 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
             fields = cls.fields_of(offering)
             res = tb.find_resource(found, fields.resource_id, fields.region)
             quote, cap = (res.price_per_hour_usd if res else None), fields.max_price_per_hour_usd
-            refused = above_ceiling(offering.model, quote, cap) if None not in (quote, cap) and quote > cap else None
-            prices.append(None if quote is None else LivePrice(quote, refused))
+            prices.append(None if quote is None else LivePrice(quote, above_ceiling(offering.model, quote, cap)))
         return prices
 
     @classmethod
@@ -197,7 +199,7 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
         except (ThetaError, ValueError):
             return None
         cap, price = fields.max_price_per_hour_usd, quote.price_per_hour_usd
-        return None if price is None or (cap is not None and price > cap) else price
+        return None if price is None or above_ceiling(offering.model, price, cap) else price
 
     @classmethod
     async def provider_bill(cls, config, since: date, until: date) -> ProviderBill | None:
@@ -305,8 +307,8 @@ class ThetaBackend(ThetaLaunch, BackendMixin, Spawner):
                 raise no_capacity_error(f"No {self.offering.model} node is free on Theta right now.") from None
             raise
         cap, quote = fields.max_price_per_hour_usd, res.price_per_hour_usd
-        if cap is not None and quote is not None and quote > cap:
-            raise user_error(409, f"{above_ceiling(self.offering.model, quote, cap)}; nothing was created.")
+        if refused := above_ceiling(self.offering.model, quote, cap):
+            raise user_error(409, f"{refused}; nothing was created.")
         if res.available == 0:
             raise no_capacity_error(f"No {self.offering.model} node is free on Theta right now.")
         return res

@@ -6,16 +6,21 @@ One demo hub (SQLite, the demo's simulated inventory) for the whole module; ``da
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
+from hybridhub.accounting.db import Database
 from hybridhub.accounting.models import utcnow
 from hybridhub.accounting.periods import month_start
+from hybridhub.accounting.sessions import SessionLog
 from hybridhub.hub.config import DEMO_ADMIN_PASSWORD, DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
 from tests.fixtures.env import docs_artifact, require
@@ -270,8 +275,10 @@ def test_a_keyboard_alone_launches_and_a_refusal_is_announced_and_focused(chromi
         assert_lab_without_news_prompt(page, hub)
         page.goto(f"{hub.url}/hub/home")  # the home page with our running-servers table, under axe
         assert page.locator("#running-servers tr.running-server").count() == 1
-        ours, _ = serious_violations(page)
-        assert not ours, ours
+        ours = {"light": serious_violations(page, "light")[0]}
+        page.locator("#dark-theme-toggle").click()  # and in the dark theme (JupyterHub's own toggle)
+        ours["dark"] = serious_violations(page, "dark")[0]
+        assert not any(ours.values()), ours
         page.set_viewport_size(PHONE)  # its table scrolls in its own box on a phone
         assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     finally:
@@ -285,9 +292,10 @@ OURS = ", ".join([".hybridhub-picker", "#spawn_form", "#spawn-error", "main.cont
                  ".hybridhub-banner", "body.portal"])
 
 
-def serious_violations(page) -> tuple[list[str], list[str]]:
+def serious_violations(page, scheme: str | None = None) -> tuple[list[str], list[str]]:
     """axe-core's serious and critical violations on the page: (in what we render, in JupyterHub's chrome).
 
+    With ``scheme``, a page not in the hub's ``scheme`` theme is one of ours too.
     JupyterHub 6.1's login page fails color-contrast (white on its orange #f37524, 2.84:1, in the form's
     header and the Sign in button): upstream jupyterhub/jupyterhub#4260, reported here, not silenced.
     """
@@ -301,50 +309,106 @@ def serious_violations(page) -> tuple[list[str], list[str]]:
             target = node["target"][0] if isinstance(node["target"][0], str) else node["target"][0][0]
             mine = page.evaluate("([t, s]) => !!document.querySelector(t)?.closest(s)", [target, OURS])
             (ours if mine else chrome).append(f"{v['id']} ({v['impact']}) at {target}: {node['failureSummary']}")
+    if scheme and page.evaluate("document.documentElement.dataset.bsTheme") != scheme:
+        ours.append(f"the hub's {scheme} theme is not applied")
     return ours, chrome
 
 
-def test_axe_finds_nothing_serious_in_what_we_render(chromium, hub, capsys):
+#: A real report (docs/trust.md's example: a tampered mean, cell 2 differs).
+REPORT_EXAMPLE = Path(__file__).parents[2] / "docs" / "verification-report-example.json"
+
+
+@contextmanager
+def session_log(hub) -> Iterator[SessionLog]:
+    """Session records and verifications on the hub's own database."""
+    db = Database(hub.db_url)
+    try:
+        yield SessionLog(db)
+    finally:
+        db.dispose()
+
+
+@pytest.fixture(scope="module")
+def verified(hub) -> dict[str, int]:
+    """dave's verifications of a session on the hub's database, one per way the portal's verification page
+    looks: running (it reloads itself), failed (the docs' report) and passed (that report, every cell matching)."""
+    failed = json.loads(REPORT_EXAMPLE.read_text())
+    cells = [{**c, "status": "match", "differences": []} if c["status"] == "differs" else c for c in failed["cells"]]
+    passed = {**failed, "verdict": "passed", "cells": cells,
+              "summary": {**failed["summary"], "matched": failed["summary"]["compared"], "differing": []}}
+    with session_log(hub) as log:
+        checked = log.open(username="dave", server_name="", group="lab-vision", resource_class="community",
+                           offering="community/rtx4090", accelerator="RTX 4090", count=1, trust="untrusted",
+                           backend="local", host="node-7")
+        log.close(checked)
+        ids = {}
+        for state, report, message in [("running", None, None),
+                                       ("failed", failed, "cell(s) 2 differ from the saved outputs"),
+                                       ("passed", passed, "every compared cell matches")]:
+            v = log.create_verification(username="dave", group="lab-vision", notebook=failed["notebook"],
+                                        offering="enterprise/a100", session_id=checked)
+            ids[state] = log.update_verification(v.id, state=state, message=message, report=report).id
+    return ids
+
+
+def refuse(page, hub: Hub) -> None:
+    """dave asks the picker for 8 H200s for 20 h: 800 h > lab-vision's 100, refused."""
+    page.goto(f"{hub.url}/hub/spawn")
+    page.locator("#offering-enterprise--h200").check()
+    page.locator("#count-enterprise--h200").select_option("8")
+    page.locator("#hours").fill("20")
+    page.get_by_role("button", name="Start").click()
+    page.locator(".spawn-error-msg").wait_for()
+
+
+def test_axe_finds_nothing_serious_in_what_we_render(chromium, hub, verified, capsys):
+    """dave's pages light and dark: the login page, the picker, home, the portal's, his verifications (running,
+    failed, passed) and the picker after a refused Start."""
     require(importlib.util.find_spec("axe_playwright_python") is not None, "axe-playwright-python")
+    pages = [("picker", "/hub/spawn"), ("home", "/hub/home")] + \
+        [(f"portal {p or 'overview'}", PORTAL + p) for p in PORTAL_PAGES] + \
+        [(f"verification {state}", f"{PORTAL}verifications/{vid}") for state, vid in verified.items()]
     found: dict[str, list[str]] = {}
     upstream: dict[str, list[str]] = {}
-    page = new_page(chromium, hub, None, DESKTOP)
-    try:
-        page.goto(f"{hub.url}/hub/login")
-        found["login"], upstream["login"] = serious_violations(page)
-        login(page, hub.url, "dave", DEMO_USER_PASSWORD)
-        for name, path in [("picker", "/hub/spawn"), ("home", "/hub/home")] + \
-                [(f"portal {p or 'overview'}", PORTAL + p) for p in PORTAL_PAGES]:
-            page.goto(f"{hub.url}{path}")
-            page.wait_for_load_state("networkidle")
-            found[name], upstream[name] = serious_violations(page)
-        page.goto(f"{hub.url}/hub/spawn")
-        page.locator("#offering-enterprise--h200").check()
-        page.locator("#count-enterprise--h200").select_option("8")
-        page.locator("#hours").fill("20")
-        page.get_by_role("button", name="Start").click()  # 800 h > lab-vision's 100: refused
-        page.locator(".spawn-error-msg").wait_for()
-        found["refusal"], upstream["refusal"] = serious_violations(page)
-    finally:
-        page.context.close()
-    dark = chromium.new_context(viewport=DESKTOP, color_scheme="dark")  # the hub's theme follows the system's
-    try:
-        page = dark.new_page()
-        login(page, hub.url, "dave", DEMO_USER_PASSWORD)
-        for name, path in [("picker", "/hub/spawn"), ("home", "/hub/home")] + \
-                [(f"portal {p or 'overview'}", PORTAL + p) for p in PORTAL_PAGES]:
-            page.goto(f"{hub.url}{path}")
-            page.wait_for_load_state("networkidle")
-            found[f"{name} (dark)"], upstream[f"{name} (dark)"] = serious_violations(page)
-            if page.evaluate("document.documentElement.dataset.bsTheme") != "dark":
-                found[f"{name} (dark)"].append("the hub's dark theme is not applied")
-    finally:
-        dark.close()
+    for scheme in ("light", "dark"):
+        context = chromium.new_context(viewport=DESKTOP, color_scheme=scheme)  # the hub's theme follows the system's
+        context.set_default_timeout(60_000)
+        try:
+            page = context.new_page()
+            page.goto(f"{hub.url}/hub/login")
+            found[f"login ({scheme})"], upstream[f"login ({scheme})"] = serious_violations(page, scheme)
+            login(page, hub.url, "dave", DEMO_USER_PASSWORD)
+            for name, path in pages:
+                page.goto(f"{hub.url}{path}")
+                page.wait_for_load_state("networkidle")
+                found[f"{name} ({scheme})"], upstream[f"{name} ({scheme})"] = serious_violations(page, scheme)
+            refuse(page, hub)
+            found[f"refusal ({scheme})"], upstream[f"refusal ({scheme})"] = serious_violations(page, scheme)
+        finally:
+            context.close()
     with capsys.disabled():
         for name, found_there in upstream.items():
             for line in found_there:
                 print(f"\n[JupyterHub chrome, not ours] {name}: {line}")
     assert not any(found.values()), {k: v for k, v in found.items() if v}
+
+
+def test_a_running_verifications_page_reloads_once_it_moves_on(chromium, hub):
+    """The page polls its verification (no timed refresh) and shows the new state once there is one."""
+    from playwright.sync_api import expect
+
+    page = new_page(chromium, hub, "dave", DESKTOP)
+    try:
+        with session_log(hub) as log:
+            v = log.create_verification(username="dave", group="lab-vision", notebook="results/mean.ipynb",
+                                        offering="enterprise/a100")
+            log.update_verification(v.id, state="running")
+            page.goto(f"{hub.url}{PORTAL}verifications/{v.id}")
+            expect(page.locator("#verification-state")).to_have_text("running")
+            log.update_verification(v.id, state="error", message="the server did not start")
+        expect(page.locator("#verification-message")).to_have_text("the server did not start", timeout=15_000)
+    finally:
+        page.context.close()
 
 
 #: The lowest contrast ratio (WCAG) of the charts' text against the page's background; None without text.
@@ -391,9 +455,7 @@ def test_every_admin_portal_page_is_clean_and_readable_light_and_dark(chromium, 
                 page.goto(f"{hub.url}{PORTAL}{p}")
                 page.wait_for_load_state("networkidle")
                 name = f"{p or 'overview'} ({scheme})"
-                found[name], _ = serious_violations(page)
-                if page.evaluate("document.documentElement.dataset.bsTheme") != scheme:
-                    found[name].append(f"the hub's {scheme} theme is not applied")
+                found[name], _ = serious_violations(page, scheme)
                 if page.locator(".vega-chart").count():
                     page.wait_for_function(CHARTS_DRAWN)
                     charts[name] = page.evaluate(CHART_TEXT_CONTRAST)
@@ -446,8 +508,7 @@ def test_the_spawn_pending_page_under_axe_light_and_dark(chromium, hub):
                     login(page, hub.url, "carol", DEMO_USER_PASSWORD)
                     page.goto(f"{hub.url}/hub/spawn-pending/carol")
                     page.locator("#progress-bar").wait_for(state="attached")  # the pending page, not a redirect
-                    assert page.evaluate("document.documentElement.dataset.bsTheme") == scheme
-                    found[scheme], upstream[scheme] = serious_violations(page)
+                    found[scheme], upstream[scheme] = serious_violations(page, scheme)
                 finally:
                     context.close()
         finally:

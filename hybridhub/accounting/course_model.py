@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from hybridhub.accounting.db import read_memo
+from hybridhub.accounting.db import read_memo, unchanged
 from hybridhub.accounting.models import Base, Group, json_ready, utcnow
 
 
@@ -262,6 +262,9 @@ _SEAT_SESSION = (
     .order_by(CourseSession.started_at, CourseSession.id)
 )
 
+#: Whether any course session runs: most pages, most of the time, need not look for the user's seat.
+_ANY_SESSION_RUNS = select(CourseSession.id).where(CourseSession.state == "running").limit(1)
+
 
 def _seat_session(
     s: Session, username: str, server_name: str
@@ -272,7 +275,8 @@ def _seat_session(
     memo = read_memo(s)  # a page asks it twice: the picker's course check and the banners
     if memo is not None and ("seat", username) in memo:
         return memo[("seat", username)]
-    row = s.execute(_SEAT_SESSION, {"username": username}).first()
+    row = (s.execute(_SEAT_SESSION, {"username": username}).first()
+           if unchanged(s, "a course session runs", lambda: s.scalar(_ANY_SESSION_RUNS) is not None) else None)
     found = (_info(s, row[0], row[1]), row[2]) if row else None
     if memo is not None:
         memo[("seat", username)] = found

@@ -17,8 +17,10 @@ instead of inside the commit.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -82,6 +84,37 @@ def read_memo(session: Session) -> dict | None:
     """The memo of a :meth:`Database.reading` session (None outside one): one transaction sees
     one snapshot, so a question asked twice in it has one answer."""
     return session.info.get(READ_MEMO)
+
+
+#: ``Session.info`` keys of a reading: the database's data version taken before its snapshot
+#: (:meth:`Database.data_version`), and the database's answers kept across readings (:func:`unchanged`).
+DATA_VERSION = "hybridhub_data_version"
+UNCHANGED = "hybridhub_unchanged"
+#: The longest :func:`unchanged` reuses an answer, even with no write committed since.
+UNCHANGED_SECONDS = 10.0
+
+
+def unchanged(session: Session, key: Hashable, compute: Callable[[], Any]) -> Any:
+    """``compute()``, or its answer from an earlier :meth:`Database.reading` if no write has been
+    committed to the database since that reading began (and at most :data:`UNCHANGED_SECONDS` ago).
+
+    For reads that many users' pages share (a lecture hall's pickers: their groups' budgets, trust
+    policies and burn rates), so that a page reads only what is its user's own.  ``compute`` must
+    return plain values or rows, read-only from then on.  Outside a reading, or where the database
+    cannot tell its version, ``compute()`` every time.
+    """
+    version, kept = session.info.get(DATA_VERSION), session.info.get(UNCHANGED)
+    if version is None or kept is None:
+        return compute()
+    now = time.monotonic()
+    found = kept.get(key)
+    if found is not None and found[0] == version and now - found[1] < UNCHANGED_SECONDS:
+        return found[2]
+    value = compute()
+    if len(kept) > 4096:
+        kept.clear()
+    kept[key] = (version, now, value)
+    return value
 
 
 def _setup_sqlite(engine: Engine) -> None:
@@ -140,6 +173,9 @@ class Database:
         self._wal = self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_lock = threading.Lock()
+        self._version_conns = threading.local()  # SQLite: each thread's connection that only asks data_version
+        self._pg_version: bool | None = None  # PostgreSQL: whether this server tells its WAL position
+        self._unchanged: dict[Hashable, tuple[Any, float, Any]] = {}
 
     def __repr__(self) -> str:
         return f"Database({make_url(self.url).render_as_string(hide_password=True)!r})"
@@ -174,13 +210,41 @@ class Database:
         if getattr(self._reading, "session", None) is not None:
             yield self._reading.session
             return
+        version = self.data_version()  # before the snapshot: a write in between only makes it look older
         with self._read_sessions() as session, session.begin():
             session.info[READ_MEMO] = {}
+            if version is not None:
+                session.info[DATA_VERSION], session.info[UNCHANGED] = version, self._unchanged
             self._reading.session = session
             try:
                 yield session
             finally:
                 self._reading.session = None
+
+    def data_version(self) -> Any:
+        """A value that changes whenever any connection commits a write to the database; None where
+        it cannot be told (an in-memory SQLite, a PostgreSQL standby).
+
+        SQLite: ``PRAGMA data_version`` on a connection of this thread that never writes (so every
+        commit is another connection's).  PostgreSQL: ``pg_current_wal_insert_lsn()``, which moves
+        with every write as it is made (committed or not) and also for other databases of the server:
+        those only cost a re-read.
+        """
+        if self._wal:
+            conn = getattr(self._version_conns, "conn", None)
+            if conn is None:
+                conn = self._version_conns.conn = sqlite3.connect(make_url(self.url).database)
+            return conn.execute("PRAGMA data_version").fetchone()[0]
+        if self.dialect != "postgresql" or self._pg_version is False:
+            return None
+        try:
+            with self.engine.connect() as conn:
+                lsn = conn.execute(text("SELECT pg_current_wal_insert_lsn()")).scalar()
+        except Exception:  # a standby ("recovery is in progress"), or no such function
+            self._pg_version = False
+            return None
+        self._pg_version = True
+        return lsn
 
     @contextmanager
     def bulk_session(self) -> Iterator[Session]:

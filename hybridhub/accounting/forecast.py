@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, func, select
 
-from hybridhub.accounting.db import Database
+from hybridhub.accounting.db import Database, unchanged
 from hybridhub.accounting.models import ChargedHour
 
 #: Days of history the burn rate is measured over.
@@ -76,7 +76,8 @@ def burn_rates(db: Database, budget_ids: Iterable[int], now: datetime,
     since = (now - timedelta(days=days) - _EPOCH) // _HOUR
     upto = -((_EPOCH - now) // _HOUR)  # the end of the hour ``now`` is in
     with db.session() as s:
-        rows = s.execute(_CHARGED, {"ids": ids, "since": since, "upto": upto}).all()
+        rows = unchanged(s, ("charged", since, upto, *ids),
+                         lambda: s.execute(_CHARGED, {"ids": ids, "since": since, "upto": upto}).all())
     charged = {b: float(a or 0.0) for b, a in rows}
     return {b: charged.get(b, 0.0) / days for b in ids}
 

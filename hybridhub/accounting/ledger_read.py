@@ -15,6 +15,7 @@ from datetime import datetime
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
+from hybridhub.accounting.db import unchanged
 from hybridhub.accounting.ledger_base import LedgerBase, ReservationInfo
 from hybridhub.accounting.ledger_errors import NoBudget
 from hybridhub.accounting.models import (
@@ -64,6 +65,16 @@ _STOPS_PENDING = (
            Notice.level == "stop_pending")
     .order_by(Notice.id)
 )
+#: Whether any group has a notice this period, any user a stop pending: most pages, most of the
+#: time, need not look for their user's own (:func:`~hybridhub.accounting.db.unchanged`).
+_ANY_GROUP_NOTICE = (
+    select(Notice.id).join(Budget, Budget.id == Notice.budget_id)
+    .where(Notice.reservation_id.is_(None), Notice.period_start == Budget.period_start).limit(1)
+)
+_ANY_STOP_PENDING = (
+    select(Notice.id).join(Reservation, Reservation.id == Notice.reservation_id)
+    .where(Reservation.state != "closed", Notice.level == "stop_pending").limit(1)
+)
 
 
 @dataclass(frozen=True)
@@ -111,7 +122,10 @@ class LedgerReads(LedgerBase):
         with self.db.session() as s:
             groups: dict[str, Group] = {}
             budgets: dict[tuple[int, str], list[Budget]] = {}
-            for b, g in s.execute(_BUDGETS_OF_GROUPS, {"names": sorted({g for g, _, _ in keys})}):
+            names = sorted({g for g, _, _ in keys})
+            rows = unchanged(s, ("budgets of groups", *names),
+                             lambda: s.execute(_BUDGETS_OF_GROUPS, {"names": names}).all())
+            for b, g in rows:
                 groups[g.name] = g  # a group without a budget has nothing left: it need not be read
                 budgets.setdefault((b.group_id, b.resource_class), []).append(b)
             seen: dict[tuple[int, bool], Remaining] = {}
@@ -172,7 +186,8 @@ class LedgerReads(LedgerBase):
         now_dt = self._now(now)
         lines: list[str] = []
         with self.db.session() as s:
-            notices = s.execute(_GROUP_NOTICES, {"username": username}).all()
+            notices = (s.execute(_GROUP_NOTICES, {"username": username}).all()
+                       if unchanged(s, "a group notice", lambda: s.scalar(_ANY_GROUP_NOTICE) is not None) else [])
             rank = {"exhausted": 0, "95": 1, "80": 2}
             current = [
                 notice for notice, budget in notices
@@ -182,7 +197,8 @@ class LedgerReads(LedgerBase):
             # every threshold crossed is told, the highest first, budget by budget
             current.sort(key=lambda n: (n.budget_id, rank.get(n.level, 9), n.id))
             lines.extend(n.message for n in current)
-            stops = s.scalars(_STOPS_PENDING, {"username": username}).all()
+            stops = (s.scalars(_STOPS_PENDING, {"username": username}).all()
+                     if unchanged(s, "a stop pending", lambda: s.scalar(_ANY_STOP_PENDING) is not None) else [])
             lines.extend(n.message for n in stops)
         return lines
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, select, update
 
 from hybridhub.accounting.budgets import AuditHook, BudgetChange
-from hybridhub.accounting.db import Database
+from hybridhub.accounting.db import Database, unchanged
 from hybridhub.accounting.models import Group
 
 MAX_CONFIDENTIAL_DIRS = 64
@@ -89,7 +89,7 @@ class TrustPolicy:
         if not names:
             return {}
         with self.db.session() as s:
-            rows = s.execute(_POLICIES_OF, {"names": names}).all()
+            rows = unchanged(s, ("trust policies of", *names), lambda: s.execute(_POLICIES_OF, {"names": names}).all())
         return {
             name: GroupPolicy(name, bool(barred), tuple(dirs or ()))
             for name, barred, dirs in rows

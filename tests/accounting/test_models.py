@@ -10,7 +10,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import func, inspect, select, text, update
+from sqlalchemy import event, func, inspect, select, text, update
 
 from hybridhub.accounting.db import (
     SQLITE_AUTOCHECKPOINT_PAGES,
@@ -221,3 +221,34 @@ def test_a_reading_does_not_wait_for_a_writer(db, db_factory):
         reader.join(timeout=10)  # the busy timeout a write lock would wait for is longer
         assert not reader.is_alive(), "the reading waited for the writer's lock"
     assert read and read[0][("lab-a", "community", None)].amount_left == 10
+
+
+def test_group_reads_are_shared_across_readings_until_any_process_writes(db, db_factory, monkeypatch):
+    """A lecture hall's pickers read the same groups' budgets: a reading reuses them while nothing was
+    written since, by this process or another (another engine here), and for at most UNCHANGED_SECONDS;
+    a write elsewhere shows on the next reading, and outside a reading nothing is reused."""
+    from hybridhub.accounting import db as dbmod
+
+    acct = Accounting(db)
+    acct.ensure_budget("lab-a", "community", 10)
+    queries: list[str] = []
+    event.listen(db.engine, "before_cursor_execute", lambda *a: queries.append(a[2]))
+
+    def left() -> float:
+        with db.reading():
+            return acct.remaining_many([("lab-a", "community", None)])[("lab-a", "community", None)].amount_left
+
+    def budget_reads() -> int:
+        return sum("FROM budgets" in q for q in queries)
+
+    assert left() == 10 and budget_reads() == 1
+    assert left() == 10 and budget_reads() == 1  # nothing written since: reused
+    other = Accounting(db_factory())  # another process's engine
+    other.ensure_budget("lab-a", "community", 25)
+    assert left() == 25 and budget_reads() == 2  # its write shows at once
+    assert left() == 25 and budget_reads() == 2
+    monkeypatch.setattr(dbmod, "UNCHANGED_SECONDS", 0.0)
+    assert left() == 25 and budget_reads() == 3  # kept no longer than UNCHANGED_SECONDS
+    acct.remaining_many([("lab-a", "community", None)])
+    acct.remaining_many([("lab-a", "community", None)])
+    assert budget_reads() == 5  # outside a reading (admission): always read

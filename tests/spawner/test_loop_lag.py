@@ -81,8 +81,9 @@ def pg_hub(hub_prereqs, tmp_path_factory):  # noqa: F811
         drop_pg_database(name)
 
 
-def hold_lock(hub: Hub, tables: str, seconds: float, locked: threading.Event) -> threading.Thread:
-    """Lock ``tables`` in a separate connection; released after ``seconds`` (bounded)."""
+def hold_lock(hub: Hub, tables: str, seconds: float, locked: threading.Event, write: str = "") -> threading.Thread:
+    """Lock ``tables`` in a separate connection, then make ``write`` there (an admin's edit in
+    progress); rolled back, and the locks released, after ``seconds`` (bounded)."""
     import psycopg
 
     conninfo = hub.db_url.replace("postgresql+psycopg://", "postgresql://", 1)
@@ -92,6 +93,8 @@ def hold_lock(hub: Hub, tables: str, seconds: float, locked: threading.Event) ->
             conn.execute("SET lock_timeout = '10s'")
             try:
                 conn.execute(f"LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE")
+                if write:
+                    conn.execute(write)
                 locked.set()
                 time.sleep(seconds)
             finally:
@@ -142,27 +145,28 @@ def _spawn(hub, s):
     return hub.spawn("bob", GOOD)
 
 
-#: name: (user, request, the tables locked while it is in flight).  Each set holds the first
-#: table the request reads, so it waits on the lock wherever its reads run: the picker's
-#: course check and trust reads come before its budget reads, so only budgets are locked.
+#: name: (user, request, the tables locked while it is in flight, a write made under the lock).
+#: Each set holds the first table the request reads, so it waits on the lock wherever its reads
+#: run.  The picker reuses its groups' budgets while the database is unchanged
+#: (:func:`hybridhub.accounting.db.unchanged`): an edit to them under way makes it read, and wait.
 REQUESTS = {
-    "home": ("alice", _home, "budgets, reservations, course_sessions, course_seats"),
-    "picker": ("carol", _picker, "budgets"),
-    "spawn": ("bob", _spawn, "course_sessions, course_seats"),
+    "home": ("alice", _home, "budgets, reservations, course_sessions, course_seats", ""),
+    "picker": ("carol", _picker, "budgets", "UPDATE budgets SET amount = amount"),
+    "spawn": ("bob", _spawn, "course_sessions, course_seats", ""),
 }
 
 
 @pytest.mark.parametrize("what", list(REQUESTS))
 def test_a_locked_table_stalls_only_the_request_that_needs_it(pg_hub, what):
     hub = pg_hub
-    user, call, tables = REQUESTS[what]
+    user, call, tables, write = REQUESTS[what]
     session = hub.signed_in(user)
     if what != "spawn":
         assert call(hub, session).status_code == 200  # warm up (templates compiled, groups synced)
 
     locked, stop = threading.Event(), threading.Event()
     samples: list[tuple[float, float]] = []
-    lock = hold_lock(hub, tables, LOCK_SECONDS, locked)
+    lock = hold_lock(hub, tables, LOCK_SECONDS, locked, write)
     assert locked.wait(15), "could not lock the tables"
     lock_start = time.time()
     sampler = sample_health(hub, stop, samples)

@@ -45,6 +45,8 @@ from hybridhub.spawner.options import LaunchRequest
 
 #: Longest JSON body of a REST move, in bytes (the spawner's own options limit applies after).
 MAX_BODY_BYTES = 64 * 1024
+#: Retry-After of a move refused at the hub's concurrent-spawn limit.
+SPAWN_LIMIT_RETRY_SECONDS = 60
 #: Seconds to wait for the old server to stop before the move gives up (its reservation released).
 STOP_TIMEOUT = 120.0
 
@@ -147,6 +149,7 @@ async def move_server(handler: BaseHandler, user: Any, server_name: str, options
                                  "server can move (start one from the home page)")
     if key in _moving:
         raise web.HTTPError(409, f"server {server_name or 'default'!r} is already moving")
+    _refuse_at_spawn_limit(handler)
     _moving.add(key)
     try:
         carried = await admit_move(spawner, options)  # a refusal: nothing changed
@@ -159,6 +162,19 @@ async def move_server(handler: BaseHandler, user: Any, server_name: str, options
     if task.done() and task.exception() is not None:
         raise task.exception()  # e.g. the hub's 429 at its concurrent-spawn limit: nothing holds
     return url_path_join(handler.hub.base_url, "spawn-pending", user.escaped_name, url_escape_path(server_name))
+
+
+def _refuse_at_spawn_limit(handler: BaseHandler) -> None:
+    """429 (with Retry-After) while the hub is at its ``concurrent_spawn_limit``: its own check would
+    refuse the new start only after the old server stopped.  Checked before anything changes; a start
+    elsewhere in the moment between can still take the last place (the move then ends with no server)."""
+    limit = handler.concurrent_spawn_limit
+    counts = handler.users.count_active_users() if limit else {}
+    if limit and counts["spawn_pending"] + counts["proxy_pending"] >= limit:
+        err = web.HTTPError(429, f"the hub is starting {limit} servers already (its concurrent-spawn limit): "
+                                 "nothing was moved; try again in a minute")
+        err.headers = {"Retry-After": str(SPAWN_LIMIT_RETRY_SECONDS)}
+        raise err
 
 
 def _moved(task: asyncio.Task, key: tuple[str, str], handler: BaseHandler) -> None:

@@ -24,7 +24,7 @@ from hybridhub.accounting.sessions import SessionLog
 from hybridhub.hub.config import DEMO_ADMIN_PASSWORD, DEMO_USER_PASSWORD
 from tests.fixtures.browser import login
 from tests.fixtures.env import docs_artifact, require
-from tests.fixtures.hub import Hub, _stop_user_processes
+from tests.fixtures.hub import Hub, _stop_user_processes, pending_gate
 from tests.fixtures.portal import accounting_on, wait_for_portal
 
 pytestmark = pytest.mark.browser
@@ -37,24 +37,11 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
 
-#: The spawn-pending page's knob: carol's launches wait in JupyterHub's pre-spawn hook until the test
-#: creates ``pending-gate`` in the hub's folder (at most 120 s), so the page stays up while axe reads it.
-PENDING_GATE = """
-import asyncio, time
-from pathlib import Path
-async def _hold_carol(spawner, gate=Path({gate!r})):
-    t0 = time.monotonic()
-    while spawner.user.name == "carol" and not gate.exists() and time.monotonic() - t0 < 120:
-        await asyncio.sleep(0.1)
-c.Spawner.pre_spawn_hook = _hold_carol
-"""
-
-
 @pytest.fixture(scope="module")
 def hub(hub_prereqs, tmp_path_factory) -> Iterator[Hub]:
     workdir = tmp_path_factory.mktemp("hub")
     hub = Hub(workdir, env={"HYBRIDHUB_DEMO_INVENTORY": "1"},
-              extra_config=PENDING_GATE.format(gate=str(workdir / "pending-gate"))).start()
+              extra_config=pending_gate("carol", workdir / "pending-gate")).start()  # spawn-pending stays up for axe
     wait_for_portal(f"{hub.url}{PORTAL}")
     yield hub
     hub.stop()

@@ -27,6 +27,7 @@ from hybridhub.web.app import SERVICE_NAME
 from tests.fixtures.browser import login
 from tests.fixtures.courses import start_course_session, stop_all_servers
 from tests.fixtures.env import require
+from tests.fixtures.hub import pending_gate
 
 LABEXT = Path(sys.prefix) / "share" / "jupyter" / "labextensions" / "hybridhub-lab" / "package.json"
 LAB_ARGS = "c.Spawner.args = ['--allow-root', '--HybridhubLab.min_interval=2']\n"
@@ -242,3 +243,22 @@ def test_a_move_whose_new_server_fails_releases_the_held_reservation_and_charges
     assert held == 0 and all(res[r][3] for r in charged)  # nothing held, only the served launch charged
     new, old = records[0], records[1]
     assert old.end_reason == END_MOVED and new.end_reason == "failed to start" and new.moved_from_id == old.id
+
+
+def test_a_move_at_the_hubs_spawn_limit_is_refused_before_anything_stops(hub_factory, tmp_path):
+    """JupyterHub's concurrent-spawn limit would refuse the new start only after the old server had
+    stopped, leaving the student with none: the move asks first, answers 429 and changes nothing."""
+    gate = tmp_path / "gate"
+    hub = hub_factory(extra_config=LAB_ARGS + "c.JupyterHub.concurrent_spawn_limit = 1\n" + pending_gate("bob", gate))
+    try:
+        assert hub.spawn("alice", RTX).status_code in (201, 202)
+        hub.wait_ready("alice")
+        assert hub.spawn("bob", RTX).status_code == 202  # held at the gate: the hub's one place is taken
+        before = _db_state(hub, "alice")
+        r = _move(hub, "alice", H100, hub.user_token("alice"))
+        assert r.status_code == 429 and r.headers.get("Retry-After") == "60", (r.status_code, r.text)
+        assert "nothing was moved" in r.json()["message"]
+        assert hub.server_model("alice")["ready"]
+        assert _db_state(hub, "alice") == before  # no reservation held, no record ended
+    finally:
+        gate.touch()

@@ -169,8 +169,10 @@ def _refuse_at_spawn_limit(handler: BaseHandler) -> None:
     refuse the new start only after the old server stopped.  Checked before anything changes; a start
     elsewhere in the moment between can still take the last place (the move then ends with no server)."""
     limit = handler.concurrent_spawn_limit
-    counts = handler.users.count_active_users() if limit else {}
-    if limit and counts["spawn_pending"] + counts["proxy_pending"] >= limit:
+    if not limit:
+        return
+    counts = handler.users.count_active_users()
+    if counts["spawn_pending"] + counts["proxy_pending"] >= limit:
         err = web.HTTPError(429, f"the hub is starting {limit} servers already (its concurrent-spawn limit): "
                                  "nothing was moved; try again in a minute")
         err.headers = {"Retry-After": str(SPAWN_LIMIT_RETRY_SECONDS)}

@@ -10,6 +10,7 @@ source the local backend selects); bob's says 80 %, alice's nothing (her two H10
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import sys
@@ -42,7 +43,8 @@ ARGS = ("c.Spawner.args = ['--allow-root', '--HybridhubLab.min_interval=2', "
 @pytest.fixture(scope="module")
 def culling_hub(hub_prereqs, tmp_path_factory) -> Iterator[Hub]:
     require(LABEXT.exists() and SERVER_CONFIG.exists(), f"the built Lab extension in {sys.prefix}")
-    pytest.importorskip("jupyterhub_idle_culler", reason="jupyterhub-idle-culler (hybridhub[culler])")
+    require(importlib.util.find_spec("jupyterhub_idle_culler") is not None,
+            "jupyterhub-idle-culler (hybridhub[culler])")
     workdir = tmp_path_factory.mktemp("hub")
     catalog = copy.deepcopy(DEFAULT_CATALOG)
     for cls in catalog.values():

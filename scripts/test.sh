@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install everything and run the whole test suite (extra arguments go to pytest).
+# Install everything and run the whole test suite (extra arguments go to pytest), on HYBRIDHUB_TEST_WORKERS
+# pytest-xdist workers (default 2; 0 runs it in this process). tests/conftest.py says which tests share one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
@@ -10,4 +11,4 @@ if [ -x scripts/slurm.sh ]; then
     scripts/slurm.sh start
 fi
 export PATH="$PWD/.venv/bin:$PATH"
-exec .venv/bin/pytest -p no:cacheprovider "$@"
+exec .venv/bin/pytest -p no:cacheprovider -n "${HYBRIDHUB_TEST_WORKERS:-2}" --dist loadgroup "$@"

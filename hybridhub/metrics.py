@@ -58,6 +58,9 @@ MONEY_CHARGED = Counter(
 STOPS_AT_ZERO = Counter(
     "hybridhub_stops_at_zero", "Servers stopped because their budget or reservation ran out, by class and group.",
     ["class", "group"], registry=SERVICE_REGISTRY)
+IDLE_CULLS = Counter(
+    "hybridhub_idle_culls", "Servers the idle culler was told to stop because their accelerators stayed idle "
+    "(its 'cull' verdicts), by class and group.", ["class", "group"], registry=SERVICE_REGISTRY)
 MAILS_SENT = Counter(
     "hybridhub_mails_sent", "Threshold mails sent to group leaders.", registry=SERVICE_REGISTRY)
 

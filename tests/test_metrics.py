@@ -23,10 +23,11 @@ def test_every_metric_is_hybridhub_named_with_bounded_labels():
                                      "hybridhub_picker_render_seconds"}
     assert {m.name for m in services} >= {"hybridhub_meter_tick_seconds", "hybridhub_accelerator_hours",
                                           "hybridhub_money_charged", "hybridhub_stops_at_zero",
-                                          "hybridhub_mails_sent", "hybridhub_meter_last_tick_timestamp_seconds"}
+                                          "hybridhub_mails_sent", "hybridhub_meter_last_tick_timestamp_seconds",
+                                          "hybridhub_idle_culls"}
     for collector in (metrics.ADMISSIONS, metrics.REFUSALS, metrics.SPAWN_DURATION, metrics.RUNNING_SERVERS,
                       metrics.RUNNING_ACCELERATORS, metrics.ACCELERATOR_HOURS, metrics.MONEY_CHARGED,
-                      metrics.STOPS_AT_ZERO):
+                      metrics.STOPS_AT_ZERO, metrics.IDLE_CULLS):
         assert set(collector._labelnames) <= ALLOWED_LABELS, collector
 
 

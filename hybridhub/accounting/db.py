@@ -92,6 +92,11 @@ DATA_VERSION = "hybridhub_data_version"
 UNCHANGED = "hybridhub_unchanged"
 #: The longest :func:`unchanged` reuses an answer, even with no write committed since.
 UNCHANGED_SECONDS = 10.0
+#: PostgreSQL's data version: its WAL position, which moves with every write as it is made.
+_PG_LSN = "SELECT pg_current_wal_insert_lsn()"
+#: A reading's data version on a read-committed PostgreSQL: asked in the reading itself, at its first
+#: :func:`unchanged` (a reading that reuses nothing never asks).
+_LSN_AT_FIRST_USE = object()
 
 
 def unchanged(session: Session, key: Hashable, compute: Callable[[], Any]) -> Any:
@@ -106,6 +111,8 @@ def unchanged(session: Session, key: Hashable, compute: Callable[[], Any]) -> An
     version, kept = session.info.get(DATA_VERSION), session.info.get(UNCHANGED)
     if version is None or kept is None:
         return compute()
+    if version is _LSN_AT_FIRST_USE:  # PostgreSQL, read committed: every later statement sees at least this
+        version = session.info[DATA_VERSION] = session.execute(text(_PG_LSN)).scalar()
     now = time.monotonic()
     found = kept.get(key)
     if found is not None and found[0] == version and now - found[1] < UNCHANGED_SECONDS:
@@ -174,7 +181,9 @@ class Database:
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_lock = threading.Lock()
         self._version_conns = threading.local()  # SQLite: each thread's connection that only asks data_version
-        self._pg_version: bool | None = None  # PostgreSQL: whether this server tells its WAL position
+        # PostgreSQL: whether this server tells its WAL position (None: not asked yet), "lazy": and its readings
+        # are read committed, so each reading asks it itself (:func:`unchanged`), not on a connection of its own
+        self._pg_version: bool | str | None = None
         self._unchanged: dict[Hashable, tuple[Any, float, Any]] = {}
 
     def __repr__(self) -> str:
@@ -210,7 +219,8 @@ class Database:
         if getattr(self._reading, "session", None) is not None:
             yield self._reading.session
             return
-        version = self.data_version()  # before the snapshot: a write in between only makes it look older
+        # SQLite: before the snapshot (fixed at its first read), so a write in between only makes it look older
+        version = _LSN_AT_FIRST_USE if self._pg_version == "lazy" else self.data_version()
         with self._read_sessions() as session, session.begin():
             session.info[READ_MEMO] = {}
             if version is not None:
@@ -239,11 +249,13 @@ class Database:
             return None
         try:
             with self.engine.connect() as conn:
-                lsn = conn.execute(text("SELECT pg_current_wal_insert_lsn()")).scalar()
+                lsn = conn.execute(text(_PG_LSN)).scalar()
+                if self._pg_version is None:  # first use: may later readings ask it themselves, lazily?
+                    level = conn.execute(text("SHOW transaction_isolation")).scalar()
+                    self._pg_version = "lazy" if level == "read committed" else True
         except Exception:  # a standby ("recovery is in progress"), or no such function
             self._pg_version = False
             return None
-        self._pg_version = True
         return lsn
 
     @contextmanager

@@ -294,7 +294,8 @@ def idle_verdict(db: Database, username: str, server_name: str, now: datetime,
         with db.session() as s:
             s.execute(update(_ST).where(_ST.c.id == session_id, _ST.c.pending_end_reason == END_IDLE)
                       .values(pending_end_reason=None, pending_end_detail=None))
-    return {"verdict": verdict, "utilisation": util.as_dict(now), "limit_minutes": util.limit_minutes}
+    return {"verdict": verdict, "utilisation": util.as_dict(now), "limit_minutes": util.limit_minutes,
+            "class": record.resource_class if record else None, "group": record.group if record else None}
 
 
 def add_utilisation(out: dict[str, Any], db: Database, record: Any, now: datetime, stops: list,

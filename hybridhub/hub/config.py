@@ -207,7 +207,7 @@ def configure_courses(
     c.JupyterHub.template_vars = template_vars
 
 
-def configure_production(c: Config, *, db_url: str, env: Mapping[str, str]) -> None:
+def configure_production(c: Config, *, env: Mapping[str, str]) -> None:
     """Real backends: GPU hosts from an inventory file, AWS from HYBRIDHUB_AWS_* (docs/docker.md, docs/aws.md).
     Orphans are cleaned up by the hub's reconciliation runner (:mod:`hybridhub.spawner.reconcile`)."""
     c.Spawner.start_timeout = 900  # an EC2 instance boots, installs and answers within this
@@ -521,7 +521,7 @@ def configure_hub(
         instructors=DEMO_INSTRUCTORS if demo else {},
     )
     if mode == "production":
-        configure_production(c, db_url=db_url, env=os.environ)
+        configure_production(c, env=os.environ)
 
     if demo:
         c.LocalBackend.create_system_users = True  # a root hub runs each demo user's server as their own account

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,8 +47,6 @@ from hybridhub.spawner.options import LaunchRequest
 
 #: Longest JSON body of a REST move, in bytes (the spawner's own options limit applies after).
 MAX_BODY_BYTES = 64 * 1024
-#: Retry-After of a move refused at the hub's concurrent-spawn limit.
-SPAWN_LIMIT_RETRY_SECONDS = 60
 #: Seconds to wait for the old server to stop before the move gives up (its reservation released).
 STOP_TIMEOUT = 120.0
 
@@ -165,17 +165,19 @@ async def move_server(handler: BaseHandler, user: Any, server_name: str, options
 
 
 def _refuse_at_spawn_limit(handler: BaseHandler) -> None:
-    """429 (with Retry-After) while the hub is at its ``concurrent_spawn_limit``: its own check would
-    refuse the new start only after the old server stopped.  Checked before anything changes; a start
-    elsewhere in the moment between can still take the last place (the move then ends with no server)."""
+    """429 while the hub is at its ``concurrent_spawn_limit``, with a Retry-After drawn from the hub's
+    ``spawn_throttle_retry_range`` as its own throttle does: that check would refuse the new start only
+    after the old server stopped.  Checked before anything changes; a start elsewhere in the moment
+    between can still take the last place (the move then ends with no server)."""
     limit = handler.concurrent_spawn_limit
     if not limit:
         return
     counts = handler.users.count_active_users()
     if counts["spawn_pending"] + counts["proxy_pending"] >= limit:
+        retry = int(random.uniform(*handler.settings["spawn_throttle_retry_range"]))
         err = web.HTTPError(429, f"the hub is starting {limit} servers already (its concurrent-spawn limit): "
-                                 "nothing was moved; try again in a minute")
-        err.headers = {"Retry-After": str(SPAWN_LIMIT_RETRY_SECONDS)}
+                                 f"nothing was moved; try again in {10 * math.ceil(retry / 10)} seconds")
+        err.headers = {"Retry-After": str(retry)}
         raise err
 
 

@@ -23,6 +23,7 @@ from asyncio import to_thread
 from functools import lru_cache
 from typing import Any
 
+from hybridhub import metrics
 from hybridhub.accounting.models import utcnow
 from hybridhub.accounting.utilisation import (
     MAX_MEMORY_MB,
@@ -91,8 +92,10 @@ class IdleVerdictHandler(HubTokenHandler):
         server = self.server_arg()
         if UTILISATION_SCOPE not in set(self.current_user.get("scopes") or ()):
             raise forbidden("ask for idle verdicts")
-        self.write_json(await to_thread(idle_verdict, self.accounting.db, username, server, utcnow(),
-                                        settings_from_env()))
+        answer = await to_thread(idle_verdict, self.accounting.db, username, server, utcnow(), settings_from_env())
+        if answer["verdict"] == "cull":
+            metrics.IDLE_CULLS.labels(answer["class"], answer["group"]).inc()
+        self.write_json(answer)
 
 
 handlers = [
@@ -145,6 +148,9 @@ openapi_paths: dict[str, Any] = {
             "type": "object", "required": ["verdict", "utilisation", "limit_minutes"],
             "properties": {"verdict": {"type": "string", "enum": ["cull", "keep", "ordinary"]},
                            "utilisation": UTILISATION_SCHEMA,
-                           "limit_minutes": {"type": ["number", "null"]}}}}}}, 400, 403),
+                           "limit_minutes": {"type": ["number", "null"]},
+                           "class": {"type": ["string", "null"], "description": "the server's class (null: none open)"},
+                           "group": {"type": ["string", "null"], "description": "the group it is charged to"}}}}}},
+                      400, 403),
     }},
 }

@@ -30,6 +30,7 @@ from tests.fixtures.browser import login
 from tests.fixtures.courses import stop_all_servers
 from tests.fixtures.env import require
 from tests.fixtures.hub import Hub, _stop_user_processes
+from tests.fixtures.metrics import sample, scrape
 from tests.lab.test_lab import LABEXT, SERVER_CONFIG, server_token
 
 IDLE_MINUTES = 0.75
@@ -164,6 +165,12 @@ def test_idle_accelerators_are_warned_in_lab_then_stopped_busy_ones_keep_running
     (culled,) = [t for t in board["idle_culled"] if t["resource_class"] == "enterprise"]
     assert culled["servers"] == 1 and 1.9 < culled["accelerator_hours"] <= 2, culled
     assert culled["value"] == pytest.approx(culled["accelerator_hours"] * 2.50)
+    # operators see it: the portal's metrics count the cull, by class and group (never by user)
+    portal_metrics = scrape(hub, f"/services/{SERVICE_NAME}/metrics").text
+    culls = {cls: sample(portal_metrics, "hybridhub_idle_culls_total", **{"class": cls})
+             for cls in ("enterprise", "community")}
+    assert culls == {"enterprise": 1, "community": 0}, culls
+    assert "alice" not in portal_metrics
 
 
 def test_an_admins_rest_stop_is_recorded_as_by_that_admin(culling_hub):

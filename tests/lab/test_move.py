@@ -249,15 +249,16 @@ def test_a_move_at_the_hubs_spawn_limit_is_refused_before_anything_stops(hub_fac
     """JupyterHub's concurrent-spawn limit would refuse the new start only after the old server had
     stopped, leaving the student with none: the move asks first, answers 429 and changes nothing."""
     gate = tmp_path / "gate"
-    hub = hub_factory(extra_config=LAB_ARGS + "c.JupyterHub.concurrent_spawn_limit = 1\n" + pending_gate("bob", gate))
+    hub = hub_factory(extra_config=LAB_ARGS + "c.JupyterHub.concurrent_spawn_limit = 1\n"
+                      "c.JupyterHub.spawn_throttle_retry_range = (41, 42)\n" + pending_gate("bob", gate))
     try:
         assert hub.spawn("alice", RTX).status_code in (201, 202)
         hub.wait_ready("alice")
         assert hub.spawn("bob", RTX).status_code == 202  # held at the gate: the hub's one place is taken
         before = _db_state(hub, "alice")
         r = _move(hub, "alice", H100, hub.user_token("alice"))
-        assert r.status_code == 429 and r.headers.get("Retry-After") == "60", (r.status_code, r.text)
-        assert "nothing was moved" in r.json()["message"]
+        assert r.status_code == 429 and r.headers.get("Retry-After") == "41", (r.status_code, r.text)  # the hub's
+        assert "nothing was moved" in r.json()["message"] and "in 50 seconds" in r.json()["message"]
         assert hub.server_model("alice")["ready"]
         assert _db_state(hub, "alice") == before  # no reservation held, no record ended
     finally:

@@ -19,13 +19,13 @@ import pytest
 import requests
 
 from hybridhub.accounting.courses import CourseSchedule
-from hybridhub.accounting.db import Database
 from hybridhub.accounting.ledger import Accounting
 from hybridhub.accounting.models import utcnow
 from hybridhub.accounting.trust import TrustPolicy
 from hybridhub.catalog import load_catalog
 from tests.fixtures.hub import Hub, _stop_user_processes
 from tests.fixtures.metrics import sample, scrape
+from tests.fixtures.portal import accounting_on
 from tests.fixtures.smtp import Inbox, smtp_server
 from tests.fixtures.trust import probe, user_home
 
@@ -64,9 +64,7 @@ def hub(hub_prereqs, hub_db_url, mailbox, tmp_path_factory) -> Iterator[Hub]:
 
 @pytest.fixture(scope="module")
 def acct(hub) -> Iterator[Accounting]:
-    db = Database(hub.db_url)
-    yield Accounting(db)
-    db.dispose()
+    yield from accounting_on(hub)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from jupyterhub.slugs import is_valid_display_name
 from traitlets.config import Config
 
 from hybridhub import loghygiene
-from hybridhub.accounting.db import Database
 from hybridhub.accounting.lab_session import session_state
 from hybridhub.accounting.ledger import Accounting
 from hybridhub.accounting.sessions import SessionLog
@@ -38,6 +37,7 @@ from hybridhub.services.verification import stop_and_wait
 from hybridhub.spawner.display import hardware_display_name
 from tests.fixtures.browser import login
 from tests.fixtures.hub import Hub, _stop_user_processes
+from tests.fixtures.portal import accounting_on
 
 RTX = {"class": "community", "model": "rtx4090", "count": 1, "hours": 1, "group": "lab-vision"}
 H100 = {"class": "enterprise", "model": "h100", "count": 1, "hours": 1, "group": "lab-vision"}
@@ -84,9 +84,7 @@ def hub(hub_prereqs, tmp_path_factory) -> Iterator[Hub]:
 
 @pytest.fixture(scope="module")
 def acct(hub) -> Iterator[Accounting]:
-    db = Database(hub.db_url)
-    yield Accounting(db)
-    db.dispose()
+    yield from accounting_on(hub)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,8 @@ Fills a fresh database with 1,000 groups (a budget each), 10,000 running servers
 - an admission check (``Accounting.admit``: one conditional-update transaction) and
   ``Accounting.remaining``, p50/p99 over ``--samples`` calls;
 - one metering tick over the 10,000 running servers;
+- a ``Database.reading()`` that reuses nothing (a portal page's), against a plain session; on PostgreSQL also
+  with its data version asked eagerly on a connection of its own (how readings asked it before);
 
 each printed beside a bare ``SELECT 1`` round trip measured in the same run, with ratios.
 Targets: admission p99 < 5 ms on PostgreSQL; a metering tick <= 0.2 s (``bench/meter.py``
@@ -160,6 +162,27 @@ def timed(fn, samples: int) -> list[float]:
     return out
 
 
+def reading_costs(db: Database, samples: int, rounds: int = 5) -> dict[str, list[float]]:
+    """A ``Database.reading()`` that reuses nothing (one ``SELECT 1``); on PostgreSQL also with its data version
+    asked on a connection of its own before it begins, as before readings asked it lazily (rounds alternate)."""
+
+    def one_reading() -> None:
+        with db.reading() as s:
+            s.execute(text("SELECT 1")).scalar()
+
+    one_reading()  # the first reading asks the server how its readings may learn the data version
+    modes = {"reading (SELECT 1)": db._pg_version}
+    if db._pg_version == "lazy":
+        modes["reading, version eager"] = True
+    out: dict[str, list[float]] = {label: [] for label in modes}
+    for _ in range(rounds):
+        for label, mode in modes.items():
+            db._pg_version = mode  # a private switch, for this comparison only
+            out[label] += timed(one_reading, max(1, samples // rounds))
+    db._pg_version = modes["reading (SELECT 1)"]
+    return out
+
+
 def run(kind: str, url: str, rows: int, samples: int) -> None:
     print(f"\n== {kind}: {rows:,} ledger rows, {GROUPS:,} groups, {RUNNING:,} running servers")
     db = Database(url)
@@ -179,6 +202,7 @@ def run(kind: str, url: str, rows: int, samples: int) -> None:
             s.execute(text("SELECT 1")).scalar()
 
     session1 = timed(one_session_select1, samples)
+    readings = reading_costs(db, samples)
 
     def one_admit() -> None:
         i = rng.randrange(GROUPS)
@@ -196,6 +220,10 @@ def run(kind: str, url: str, rows: int, samples: int) -> None:
     s50, s99 = statistics.median(session1), percentile(session1, 0.99)
     print(f"  SELECT 1 round trip          p50 {b50:7.3f} ms  p99 {b99:7.3f} ms")
     print(f"  SELECT 1 in a session/txn    p50 {s50:7.3f} ms  p99 {s99:7.3f} ms")
+    for label, ms in readings.items():
+        p50, p99 = statistics.median(ms), percentile(ms, 0.99)
+        print(f"  {label:<28} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms   "
+              f"ratio to the session: p50 x{p50 / s50:.2f}, p99 x{p99 / s99:.2f}")
     for label, ms in (("admit (admission check)", admit_ms), ("remaining()", remaining_ms)):
         p50, p99 = statistics.median(ms), percentile(ms, 0.99)
         print(f"  {label:<28} p50 {p50:7.3f} ms  p99 {p99:7.3f} ms   "

@@ -22,7 +22,7 @@ from hybridhub.accounting.models import Reservation
 from hybridhub.catalog import load_catalog
 from hybridhub.hubapi import HubApi
 from hybridhub.services.course_scheduler import SERVICE_SCOPES, CourseScheduler
-from tests.fixtures.courses import make_course, servers, stop_all_servers
+from tests.fixtures.courses import make_course, servers, stop_all_servers, wait_seats_requested
 from tests.fixtures.db import FakeClock
 from tests.fixtures.hub import Hub, hub_factory, hub_prereqs  # noqa: F401  (fixtures)
 
@@ -197,6 +197,7 @@ def test_portal_start_now_refuses_with_numbers_then_starts_the_class(hub_factory
     assert r.status_code == 200, r.text
     assert r.json()["state"] == "running" and r.json()["seats"]["pending"] + r.json()["seats"][
         "starting"] + r.json()["seats"]["ready"] == 2
+    wait_seats_requested(hub, f"{portal}/{lab['id']}", ivy)  # on the scheduler's next tick
     for user in ("alice", "bob"):
         assert hub.wait_ready(user, timeout=120)["user_options"]["group"] == "course-ml101"
     assert hub.server_model("ivy") is None

@@ -180,7 +180,10 @@ class Database:
         self._wal = self.dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_lock = threading.Lock()
-        self._version_conns = threading.local()  # SQLite: each thread's connection that only asks data_version
+        # SQLite: the one connection that only asks data_version, for every thread (its counter is the
+        # connection's own: two connections' values do not compare)
+        self._version_conn: sqlite3.Connection | None = None
+        self._version_lock = threading.Lock()
         # PostgreSQL: whether this server tells its WAL position (None: not asked yet), "lazy": and its readings
         # are read committed, so each reading asks it itself (:func:`unchanged`), not on a connection of its own
         self._pg_version: bool | str | None = None
@@ -235,16 +238,16 @@ class Database:
         """A value that changes whenever any connection commits a write to the database; None where
         it cannot be told (an in-memory SQLite, a PostgreSQL standby).
 
-        SQLite: ``PRAGMA data_version`` on a connection of this thread that never writes (so every
-        commit is another connection's).  PostgreSQL: ``pg_current_wal_insert_lsn()``, which moves
-        with every write as it is made (committed or not) and also for other databases of the server:
-        those only cost a re-read.
+        SQLite: ``PRAGMA data_version`` on one connection that never writes (so every commit is
+        another connection's), shared by all threads under a lock: each connection counts on its own.
+        PostgreSQL: ``pg_current_wal_insert_lsn()``, which moves with every write as it is made
+        (committed or not) and also for other databases of the server: those only cost a re-read.
         """
         if self._wal:
-            conn = getattr(self._version_conns, "conn", None)
-            if conn is None:
-                conn = self._version_conns.conn = sqlite3.connect(make_url(self.url).database)
-            return conn.execute("PRAGMA data_version").fetchone()[0]
+            with self._version_lock:
+                if self._version_conn is None:
+                    self._version_conn = sqlite3.connect(make_url(self.url).database, check_same_thread=False)
+                return self._version_conn.execute("PRAGMA data_version").fetchone()[0]
         if self.dialect != "postgresql" or self._pg_version is False:
             return None
         try:
@@ -331,6 +334,10 @@ class Database:
                     raw.execute("PRAGMA foreign_keys = ON")
 
     def dispose(self) -> None:
-        """Close all pooled connections (after a running checkpoint)."""
+        """Close all pooled connections (after a running checkpoint) and the data-version connection."""
         self.wait_checkpoint()
         self.engine.dispose()
+        with self._version_lock:
+            if self._version_conn is not None:
+                self._version_conn.close()
+                self._version_conn = None

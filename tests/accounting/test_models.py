@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 import pytest
@@ -221,6 +222,24 @@ def test_a_reading_does_not_wait_for_a_writer(db, db_factory):
         reader.join(timeout=10)  # the busy timeout a write lock would wait for is longer
         assert not reader.is_alive(), "the reading waited for the writer's lock"
     assert read and read[0][("lab-a", "community", None)].amount_left == 10
+
+
+def test_a_write_shows_to_the_next_reading_whichever_thread_reads(db, db_factory):
+    """The hub reads in a pool of worker threads: a reading in another thread than the one that kept an
+    answer must see a write made since (SQLite's data_version counts per connection, so the threads must
+    ask one connection)."""
+    acct = Accounting(db)
+    acct.ensure_budget("lab-a", "community", 10)
+
+    def left() -> float:
+        with db.reading():
+            return acct.remaining_many([("lab-a", "community", None)])[("lab-a", "community", None)].amount_left
+
+    with ThreadPoolExecutor(1) as first:
+        assert first.submit(left).result() == 10
+    Accounting(db_factory()).ensure_budget("lab-a", "community", 25)  # another process's write
+    with ThreadPoolExecutor(1) as second:
+        assert second.submit(left).result() == 25
 
 
 def test_group_reads_are_shared_across_readings_until_any_process_writes(db, db_factory, monkeypatch):

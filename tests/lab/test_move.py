@@ -250,7 +250,9 @@ def test_a_move_at_the_hubs_spawn_limit_is_refused_before_anything_stops(hub_fac
     stopped, leaving the student with none: the move asks first, answers 429 and changes nothing."""
     gate = tmp_path / "gate"
     hub = hub_factory(extra_config=LAB_ARGS + "c.JupyterHub.concurrent_spawn_limit = 1\n"
-                      "c.JupyterHub.spawn_throttle_retry_range = (41, 42)\n" + pending_gate("bob", gate))
+                      # the hub's range (JupyterHub 6.1's trait of that name has no config tag: its settings do)
+                      "c.JupyterHub.tornado_settings = {'spawn_throttle_retry_range': (41, 42)}\n"
+                      + pending_gate("bob", gate))
     try:
         assert hub.spawn("alice", RTX).status_code in (201, 202)
         hub.wait_ready("alice")

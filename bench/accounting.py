@@ -173,7 +173,7 @@ def reading_costs(db: Database, samples: int, rounds: int = 5) -> dict[str, list
     one_reading()  # the first reading asks the server how its readings may learn the data version
     modes = {"reading (SELECT 1)": db._pg_version}
     if db._pg_version == "lazy":
-        modes["reading, version eager"] = True
+        modes["reading, version eager"] = "eager"
     out: dict[str, list[float]] = {label: [] for label in modes}
     for _ in range(rounds):
         for label, mode in modes.items():

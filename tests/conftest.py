@@ -22,8 +22,10 @@ pytest_plugins = [
     "tests.fixtures.wheel",
 ]
 
-#: Fixtures of the machine-wide test infrastructure: tests using any of them never run at the same time.
-SHARED_FIXTURES = {"docker_engines", "backend_factory", "slurm_cluster", "theta_controller"}
+#: Fixtures of the machine-wide test infrastructure: tests using any of them, directly or through another fixture
+#: (``item.fixturenames`` is the closure: the Theta nodes and ``backend_factory`` stand on the engines), never
+#: run at the same time.
+SHARED_FIXTURES = {"docker_engines", "slurm_cluster"}
 #: Modules that use it without those fixtures (the README's commands on a fresh clone serve port 8000).
 SHARED_MODULES = {"tests.e2e.test_first_contact"}
 SHARED_GROUP = "machine-wide"

@@ -97,6 +97,10 @@ _PG_LSN = "SELECT pg_current_wal_insert_lsn()"
 #: A reading's data version on a read-committed PostgreSQL: asked in the reading itself, at its first
 #: :func:`unchanged` (a reading that reuses nothing never asks).
 _LSN_AT_FIRST_USE = object()
+#: How a reading on PostgreSQL learns the data version: "lazy" (inside the reading, at its first reuse: the
+#: server's readings are read committed), "eager" (on a connection of its own, before the reading begins), or
+#: "none" (the server cannot tell it: a standby; nothing is reused).
+PG_VERSION_MODES = ("lazy", "eager", "none")
 
 
 def unchanged(session: Session, key: Hashable, compute: Callable[[], Any]) -> Any:
@@ -184,9 +188,8 @@ class Database:
         # connection's own: two connections' values do not compare)
         self._version_conn: sqlite3.Connection | None = None
         self._version_lock = threading.Lock()
-        # PostgreSQL: whether this server tells its WAL position (None: not asked yet), "lazy": and its readings
-        # are read committed, so each reading asks it itself (:func:`unchanged`), not on a connection of its own
-        self._pg_version: bool | str | None = None
+        # PostgreSQL: how a reading learns the data version (:data:`PG_VERSION_MODES`); None: not asked yet
+        self._pg_version: str | None = None
         self._unchanged: dict[Hashable, tuple[Any, float, Any]] = {}
 
     def __repr__(self) -> str:
@@ -248,16 +251,16 @@ class Database:
                 if self._version_conn is None:
                     self._version_conn = sqlite3.connect(make_url(self.url).database, check_same_thread=False)
                 return self._version_conn.execute("PRAGMA data_version").fetchone()[0]
-        if self.dialect != "postgresql" or self._pg_version is False:
+        if self.dialect != "postgresql" or self._pg_version == "none":
             return None
         try:
             with self.engine.connect() as conn:
                 lsn = conn.execute(text(_PG_LSN)).scalar()
                 if self._pg_version is None:  # first use: may later readings ask it themselves, lazily?
                     level = conn.execute(text("SHOW transaction_isolation")).scalar()
-                    self._pg_version = "lazy" if level == "read committed" else True
+                    self._pg_version = "lazy" if level == "read committed" else "eager"
         except Exception:  # a standby ("recovery is in progress"), or no such function
-            self._pg_version = False
+            self._pg_version = "none"
             return None
         return lsn
 
